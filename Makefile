@@ -1,0 +1,40 @@
+# bemi: a pure-SQL PostgreSQL extension (PGXS) and its Python client.
+#   make install   installs the extension into the server's share directory
+#   make demo      runs the example end to end on a throwaway server
+#   make test      runs the test suite against real PostgreSQL
+
+EXTENSION = bemi
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+DATA = $(wildcard sql/*--*.sql)
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+else
+install: deps
+	$(MAKE) install
+endif
+
+VENV := .venv
+# PostgreSQL refuses to run as root: as root, servers (and the tests that start them) run as postgres.
+AS_USER := $(if $(filter 0,$(shell id -u)),runuser -u postgres -- env HOME=/tmp,)
+
+.PHONY: deps venv test demo
+
+deps:
+	@bash tools/install-deps
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: deps install venv
+	$(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+
+demo: deps install venv
+	$(AS_USER) $(VENV)/bin/bemi-pg demo

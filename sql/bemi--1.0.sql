@@ -1,0 +1,523 @@
+\echo Use "CREATE EXTENSION bemi" to load this file. \quit
+
+-- bemi: automatic, context-aware change tracking.
+-- Sections follow a change on its way: context, trigger, tracking, slot, decoding, ingest.
+
+DO $$
+BEGIN
+  IF pg_catalog.current_setting('wal_level') <> 'logical' THEN
+    RAISE WARNING 'bemi: wal_level is "%", changes cannot be decoded until it is "logical"',
+      pg_catalog.current_setting('wal_level')
+      USING HINT = 'ALTER SYSTEM SET wal_level = logical; then restart the server.';
+  END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------
+-- 1. Context: the application says who, where and how, once per transaction.
+--    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
+------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bemi.set_context(context jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  limit_bytes integer := coalesce(
+    nullif(pg_catalog.current_setting('bemi.max_context_bytes', true), ''), '65536')::integer;
+BEGIN
+  IF context IS NOT NULL AND pg_catalog.jsonb_typeof(context) <> 'object' THEN
+    RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
+  END IF;
+  IF pg_catalog.octet_length(context::text) > limit_bytes THEN
+    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes',
+      pg_catalog.octet_length(context::text), limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+  END IF;
+  -- An empty object is no context at all.
+  PERFORM pg_catalog.set_config('bemi.context', coalesce(nullif(context, '{}')::text, ''), true);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.set_context(jsonb) IS
+  'Sets the application context of the current transaction (a JSON object; NULL clears).';
+
+CREATE FUNCTION bemi.context() RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN nullif(pg_catalog.current_setting('bemi.context', true), '')::jsonb;
+
+COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or NULL.';
+
+------------------------------------------------------------------------------------------
+-- 2. The context trigger: before each statement on a tracked table, put the context into
+--    the WAL, once, and only when it differs from the last one this transaction emitted.
+------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bemi.context_trigger() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  pending text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
+BEGIN
+  IF pending <> coalesce(pg_catalog.current_setting('bemi.emitted', true), '') THEN
+    PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi', coalesce(nullif(pending, ''), '{}'));
+    PERFORM pg_catalog.set_config('bemi.emitted', pending, true);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+------------------------------------------------------------------------------------------
+-- 3. Tracking: which tables are tracked. A table is tracked when it carries the context
+--    trigger; its rows are logged whole (REPLICA IDENTITY FULL) so "before" is complete.
+------------------------------------------------------------------------------------------
+
+CREATE VIEW bemi.tracked AS
+SELECT c.oid::pg_catalog.regclass AS relation, n.nspname::text AS schema, c.relname::text AS "table"
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgname = 'bemi_context' AND t.tgfoid = 'bemi.context_trigger()'::pg_catalog.regprocedure
+  AND NOT c.relispartition;
+
+COMMENT ON VIEW bemi.tracked IS 'The tracked tables (partitions are covered by their tracked parent).';
+
+-- A table and, when it is partitioned, all its partitions.
+CREATE FUNCTION bemi.partition_family(relation regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT relation
+  UNION
+  SELECT p.relid FROM pg_catalog.pg_partition_tree(relation) AS p;
+END;
+
+CREATE FUNCTION bemi.track(relation regclass) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  member regclass;
+BEGIN
+  IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = relation) NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION 'bemi: % is not a table', relation
+      USING ERRCODE = 'wrong_object_type', HINT = 'Only ordinary and partitioned tables can be tracked.';
+  END IF;
+  IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = relation) THEN
+    RAISE EXCEPTION 'bemi: % is a partition', relation
+      USING ERRCODE = 'wrong_object_type', HINT = 'Track its partitioned parent, which covers every partition.';
+  END IF;
+  -- Statement triggers of a partitioned table do not fire for statements on a partition,
+  -- so every member of the family gets one.
+  FOR member IN SELECT bemi.partition_family(relation) LOOP
+    EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') THEN
+      EXECUTE pg_catalog.format(
+        'CREATE TRIGGER bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
+    END IF;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track(regclass) IS
+  'Tracks a table (idempotent): REPLICA IDENTITY FULL plus the context trigger, on every partition too.';
+
+CREATE FUNCTION bemi.untrack(relation regclass) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  member regclass;
+BEGIN
+  FOR member IN SELECT bemi.partition_family(relation) LOOP
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS bemi_context ON %s', member);
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.untrack(regclass) IS 'Stops tracking a table; its history stays in bemi.changes.';
+
+CREATE FUNCTION bemi.track_all(schema_name name DEFAULT 'public') RETURNS SETOF regclass
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  relation regclass;
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
+    RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
+  END IF;
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+    ORDER BY c.relname
+  LOOP
+    PERFORM bemi.track(relation);
+    RETURN NEXT relation;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_all(name) IS 'Tracks every ordinary and partitioned table of a schema.';
+
+------------------------------------------------------------------------------------------
+-- 4. The slot: a logical replication slot named "bemi" keeps the WAL until it is ingested.
+--    It uses test_decoding, which every stock server allows.
+------------------------------------------------------------------------------------------
+
+CREATE TABLE bemi.progress (
+  slot_name name PRIMARY KEY,
+  lsn pg_lsn NOT NULL,
+  ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE bemi.progress IS
+  'The end of the last transaction ingested from each slot: the slot may be advanced up to here.';
+
+CREATE FUNCTION bemi.create_slot() RETURNS pg_lsn
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  start pg_lsn;
+BEGIN
+  SELECT s.lsn INTO start FROM pg_catalog.pg_create_logical_replication_slot('bemi', 'test_decoding') AS s;
+  INSERT INTO bemi.progress (slot_name, lsn) VALUES ('bemi', start)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, ingested_at = excluded.ingested_at;
+  RETURN start;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.create_slot() IS 'Creates the logical slot "bemi"; changes are captured from here on.';
+
+CREATE FUNCTION bemi.drop_slot() RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  PERFORM pg_catalog.pg_drop_replication_slot('bemi');
+  DELETE FROM bemi.progress WHERE slot_name = 'bemi';
+END
+$$;
+
+COMMENT ON FUNCTION bemi.drop_slot() IS 'Drops the logical slot "bemi"; WAL not yet ingested is no longer kept.';
+
+------------------------------------------------------------------------------------------
+-- 5. Decoding: test_decoding's text, read back into wal2json format-version 2 entries.
+--    Names and values are parsed by their quoting rules, never by splitting on spaces.
+------------------------------------------------------------------------------------------
+
+-- An identifier as the server prints it (quote_identifier), back to the name.
+CREATE FUNCTION bemi.unquote_ident(ident text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+RETURN CASE WHEN pg_catalog.left(ident, 1) = '"'
+  THEN pg_catalog.replace(pg_catalog.substr(ident, 2, pg_catalog.length(ident) - 2), '""', '"')
+  ELSE ident END;
+
+-- A value as test_decoding prints it, back to its text form (NULL for null).
+CREATE FUNCTION bemi.unquote_literal(literal text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+RETURN CASE
+  WHEN pg_catalog.left(literal, 1) = ''''
+    THEN pg_catalog.replace(pg_catalog.substr(literal, 2, pg_catalog.length(literal) - 2), '''''', '''')
+  WHEN pg_catalog.left(literal, 2) = 'B'''
+    THEN pg_catalog.substr(literal, 3, pg_catalog.length(literal) - 3)
+  WHEN literal = 'null' THEN NULL
+  ELSE literal END;
+
+-- The JSON of a value of a type that needs the type's own input function (arrays,
+-- composites, domains, types with a cast to json). Types gone since are kept as text.
+CREATE FUNCTION bemi.cast_json(type_name text, value text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  type_oid regtype := pg_catalog.to_regtype(type_name);
+  result jsonb;
+BEGIN
+  IF type_oid IS NULL OR (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = type_oid) = 'e' THEN
+    RETURN pg_catalog.to_jsonb(value);
+  END IF;
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb($1::%s)', type_oid) INTO result USING value;
+  RETURN result;
+EXCEPTION WHEN data_exception THEN
+  RETURN pg_catalog.to_jsonb(value);
+END
+$$;
+
+-- The JSON of a value, exactly as to_jsonb() gives it for the typed value: numbers,
+-- booleans, json and arrays stay what they are, so jsonb_populate_record() round-trips.
+CREATE FUNCTION bemi.value_json(type_name text, value text) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN CASE
+  WHEN value IS NULL THEN 'null'::jsonb
+  WHEN type_name IN ('integer', 'bigint', 'smallint', 'numeric') THEN pg_catalog.to_jsonb(value::numeric)
+  WHEN type_name IN ('double precision', 'real') THEN pg_catalog.to_jsonb(value::double precision)
+  WHEN type_name = 'boolean' THEN pg_catalog.to_jsonb(value::boolean)
+  WHEN type_name IN ('jsonb', 'json') THEN value::jsonb
+  WHEN type_name = 'timestamp with time zone' THEN pg_catalog.to_jsonb(value::timestamptz)
+  WHEN type_name = 'timestamp without time zone' THEN pg_catalog.to_jsonb(value::timestamp)
+  WHEN type_name IN ('text', 'character varying', 'character', 'uuid', 'date', 'bytea', 'name',
+                     'time without time zone', 'interval', 'inet', 'bit', 'bit varying', 'citext')
+    THEN pg_catalog.to_jsonb(value)
+  ELSE bemi.cast_json(type_name, value) END;
+
+-- A printed tuple as wal2json columns, [{name, type, value}]: the old image (identity) and
+-- the new one (columns). Without old-key/new-tuple markers, old_image says which it is.
+-- Unchanged TOASTed values are marked {"unchanged": true}; the old image fills them in.
+CREATE FUNCTION bemi.tuple_columns(tuple text, old_image boolean, OUT identity jsonb, OUT columns jsonb)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT
+    pg_catalog.jsonb_agg(col ORDER BY ord) FILTER (WHERE NOT is_new),
+    pg_catalog.jsonb_agg(col ORDER BY ord) FILTER (WHERE is_new)
+  FROM (
+    SELECT m.ord,
+      CASE WHEN pg_catalog.bool_or(m.token[1] IS NOT NULL) OVER ()
+        THEN pg_catalog.bool_or(m.token[1] = 'new-tuple') OVER (ORDER BY m.ord)
+        ELSE NOT old_image END AS is_new,
+      pg_catalog.jsonb_build_object('name', bemi.unquote_ident(m.token[2]), 'type', m.token[3])
+        || CASE WHEN m.token[4] = 'unchanged-toast-datum' THEN '{"unchanged": true}'::jsonb
+           ELSE pg_catalog.jsonb_build_object('value', bemi.value_json(m.token[3], bemi.unquote_literal(m.token[4])))
+           END AS col
+    FROM pg_catalog.regexp_matches(tuple,
+      '(?:(old-key|new-tuple): )?("(?:[^"]|"")+"|[a-z0-9_]+)\[((?:[^\]]|\](?!:))+)\]:(''(?:[^'']|'''')*''|B''[01]*''|[^ ]+)',
+      'g') WITH ORDINALITY AS m(token, ord)
+  ) AS cols;
+END;
+
+-- Fills the unchanged TOASTed columns of a new image from the old one.
+CREATE FUNCTION bemi.fill_unchanged(columns jsonb, identity jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.jsonb_agg(
+    CASE WHEN c.col ? 'unchanged'
+      THEN (c.col - 'unchanged') || coalesce(
+        (SELECT pg_catalog.jsonb_build_object('value', o.col -> 'value')
+         FROM pg_catalog.jsonb_array_elements(identity) AS o(col) WHERE o.col ->> 'name' = c.col ->> 'name'),
+        '{}')
+      ELSE c.col END ORDER BY c.ord)
+  FROM pg_catalog.jsonb_array_elements(columns) WITH ORDINALITY AS c(col, ord)
+  WHERE NOT (c.col ? 'unchanged' AND identity IS NULL);
+END;
+
+-- The primary key columns of a table, in key order, as wal2json "pk": [{name, type}].
+CREATE FUNCTION bemi.primary_key(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.jsonb_agg(
+    pg_catalog.jsonb_build_object('name', a.attname, 'type', pg_catalog.format_type(a.atttypid, NULL))
+    ORDER BY k.ord)
+  FROM pg_catalog.pg_index i
+  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+  WHERE i.indrelid = relation AND i.indisprimary;
+END;
+
+-- Decodes the pending WAL of the slot without consuming it: one wal2json format-version 2
+-- entry per row. B and C for every transaction (so progress can pass transactions that
+-- touched no tracked table), M for bemi's context messages, I/U/D/T for tracked tables;
+-- a partition's changes are reported under its tracked parent.
+CREATE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
+RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE sql VOLATILE
+SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET timezone = 'UTC'
+BEGIN ATOMIC
+  WITH relations AS (
+    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS printed,
+      t.schema, t."table", bemi.primary_key(t.relation) AS pk
+    FROM bemi.tracked AS t
+    CROSS JOIN LATERAL bemi.partition_family(t.relation) AS f(member)
+    JOIN pg_catalog.pg_class c ON c.oid = f.member
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  ), lines AS (
+    SELECT w.lsn, w.xid, w.data AS line, w.n,
+      pg_catalog.regexp_match(w.data,
+        '^table ((?:(?:"(?:[^"]|"")+"|[a-z0-9_]+)\.(?:"(?:[^"]|"")+"|[a-z0-9_]+)(?:, )?)+): (INSERT|UPDATE|DELETE|TRUNCATE):'
+      ) AS change
+    FROM pg_catalog.pg_logical_slot_peek_changes('bemi', NULL, max_changes,
+      'include-xids', '1', 'include-timestamp', '1', 'skip-empty-xacts', '1') WITH ORDINALITY AS w(lsn, xid, data, n)
+  )
+  SELECT l.lsn, l.xid, e.data
+  FROM lines AS l
+  CROSS JOIN LATERAL (
+    SELECT pg_catalog.jsonb_build_object('action', 'B', 'xid', l.xid::text::bigint) AS data, 0::bigint AS sub
+    WHERE l.line LIKE 'BEGIN %'
+    UNION ALL
+    SELECT pg_catalog.jsonb_build_object('action', 'C', 'xid', l.xid::text::bigint,
+      'timestamp', pg_catalog.substring(l.line, ' \(at (.*)\)$')), 0
+    WHERE l.line LIKE 'COMMIT %'
+    UNION ALL
+    SELECT pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi',
+      'content', pg_catalog.substr(l.line, pg_catalog.strpos(l.line, ' content:') + 9)), 0
+    WHERE l.line LIKE 'message: transactional: 1 prefix: bemi, sz: %'
+    UNION ALL
+    SELECT pg_catalog.jsonb_build_object('action', pg_catalog.left(l.change[2], 1), 'schema', r.schema, 'table', r."table")
+      || CASE WHEN tup.columns IS NULL THEN '{}'
+           WHEN tup.identity IS NOT NULL AND pg_catalog.strpos(tup.columns::text, '"unchanged": true') > 0
+           THEN pg_catalog.jsonb_build_object('columns', bemi.fill_unchanged(tup.columns, tup.identity))
+           ELSE pg_catalog.jsonb_build_object('columns', tup.columns) END
+      || CASE WHEN tup.identity IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('identity', tup.identity) END
+      || CASE WHEN r.pk IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('pk', r.pk) END,
+      r.sub
+    FROM (
+      SELECT DISTINCT ON (rel.schema, rel."table") rel.*, nm.ord AS sub
+      FROM pg_catalog.regexp_matches(l.change[1], '(?:"(?:[^"]|"")+"|[a-z0-9_]+)\.(?:"(?:[^"]|"")+"|[a-z0-9_]+)', 'g')
+        WITH ORDINALITY AS nm(name, ord)
+      JOIN relations AS rel ON rel.printed = nm.name[1]
+      ORDER BY rel.schema, rel."table", nm.ord
+    ) AS r
+    LEFT JOIN LATERAL bemi.tuple_columns(
+      pg_catalog.substr(l.line, pg_catalog.length(l.change[1]) + pg_catalog.length(l.change[2]) + 11),
+      l.change[2] = 'DELETE') AS tup ON l.change[2] <> 'TRUNCATE'
+    WHERE l.change IS NOT NULL
+  ) AS e
+  ORDER BY l.n, e.sub;
+END;
+
+CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
+
+COMMENT ON VIEW bemi.wal IS
+  'Pending WAL entries of tracked tables, wal2json format-version 2 shaped, without consuming them.';
+
+------------------------------------------------------------------------------------------
+-- 6. Ingest: the audit trail, and the function that fills it from the slot exactly once.
+--    A change is keyed by its WAL position, so decoding it again never stores it twice.
+------------------------------------------------------------------------------------------
+
+CREATE TABLE bemi.changes (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  database text NOT NULL DEFAULT pg_catalog.current_database(),
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  primary_key text,
+  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+  before jsonb NOT NULL DEFAULT '{}',
+  after jsonb NOT NULL DEFAULT '{}',
+  context jsonb NOT NULL DEFAULT '{}',
+  committed_at timestamptz NOT NULL,
+  queued_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  transaction_id bigint NOT NULL,
+  position pg_lsn NOT NULL,
+  ordinal integer NOT NULL,
+  UNIQUE (position, ordinal)
+);
+
+CREATE INDEX changes_record_idx ON bemi.changes (schema, "table", primary_key);
+CREATE INDEX changes_committed_at_idx ON bemi.changes (committed_at);
+CREATE INDEX changes_context_idx ON bemi.changes USING gin (context jsonb_path_ops);
+
+COMMENT ON TABLE bemi.changes IS 'The audit trail: one row per captured change, in commit order.';
+COMMENT ON COLUMN bemi.changes.ordinal IS 'Which of the changes decoded from one WAL record (COPY, TRUNCATE) this is.';
+
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
+
+-- A wal2json columns array as a JSON object of the row.
+CREATE FUNCTION bemi.row_json(columns jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN coalesce(
+  (SELECT pg_catalog.jsonb_object_agg(c ->> 'name', c -> 'value') FROM pg_catalog.jsonb_array_elements(columns) AS c),
+  '{}');
+
+-- The context carried by a message; text that is not a JSON object is kept, not lost.
+CREATE FUNCTION bemi.context_json(content text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+  parsed jsonb;
+BEGIN
+  parsed := content::jsonb;
+  RETURN CASE WHEN pg_catalog.jsonb_typeof(parsed) = 'object' THEN parsed
+    ELSE pg_catalog.jsonb_build_object('invalid_context', content) END;
+EXCEPTION WHEN data_exception THEN
+  RETURN pg_catalog.jsonb_build_object('invalid_context', content);
+END
+$$;
+
+CREATE FUNCTION bemi.ingest(max_changes integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  done pg_lsn;
+  slot_at pg_lsn;
+  ingested bigint;
+  last_commit pg_lsn;
+BEGIN
+  IF max_changes IS NULL OR max_changes < 1 THEN
+    RAISE EXCEPTION 'bemi: max_changes must be a positive number, not %', coalesce(max_changes::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- One ingest at a time; a second one waits here, then carries on after the first.
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+
+  SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s
+  WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database();
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'bemi: the replication slot "bemi" does not exist in database "%"', pg_catalog.current_database()
+      USING ERRCODE = 'undefined_object', HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured.';
+  END IF;
+
+  -- The slot moves only up to what an earlier, committed ingest has stored.
+  SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = 'bemi';
+  IF done > slot_at THEN
+    PERFORM pg_catalog.pg_replication_slot_advance('bemi', done);
+  END IF;
+
+  WITH entries AS MATERIALIZED (
+    SELECT w.lsn, w.xid::text::bigint AS xid, w.data, w.data ->> 'action' AS action, w.n
+    FROM bemi.peek(max_changes) WITH ORDINALITY AS w(lsn, xid, data, n)
+  ), stitched AS (
+    SELECT e.*,
+      bemi.context_json(pg_catalog.max(e.data ->> 'content') FILTER (WHERE e.action = 'M')
+        OVER (PARTITION BY e.xid, e.context_group)) AS context,
+      pg_catalog.max((e.data ->> 'timestamp')::timestamptz) FILTER (WHERE e.action = 'C')
+        OVER (PARTITION BY e.xid) AS committed_at
+    FROM (
+      SELECT e.*, pg_catalog.count(*) FILTER (WHERE e.action = 'M') OVER (PARTITION BY e.xid ORDER BY e.n) AS context_group
+      FROM entries e
+    ) AS e
+  ), changes AS (
+    SELECT s.*, bemi.row_json(s.data -> 'identity') AS before, bemi.row_json(s.data -> 'columns') AS after
+    FROM stitched s WHERE s.action IN ('I', 'U', 'D', 'T')
+  ), inserted AS (
+    INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, context,
+                              committed_at, transaction_id, position, ordinal)
+    SELECT c.data ->> 'schema', c.data ->> 'table',
+      CASE WHEN c.action = 'T' OR c.data -> 'pk' IS NULL THEN NULL
+        WHEN pg_catalog.jsonb_array_length(c.data -> 'pk') = 1
+          THEN (CASE WHEN c.action = 'D' THEN c.before ELSE c.after END) ->> (c.data -> 'pk' -> 0 ->> 'name')
+        ELSE (SELECT pg_catalog.jsonb_agg((CASE WHEN c.action = 'D' THEN c.before ELSE c.after END) -> (k ->> 'name'))
+              FROM pg_catalog.jsonb_array_elements(c.data -> 'pk') AS k)::text
+      END,
+      CASE c.action WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END,
+      c.before, c.after, coalesce(c.context, '{}'), c.committed_at, c.xid, c.lsn,
+      pg_catalog.row_number() OVER (PARTITION BY c.lsn ORDER BY c.n)
+    FROM changes c
+    ORDER BY c.n
+    ON CONFLICT (position, ordinal) DO NOTHING
+    RETURNING 1
+  )
+  SELECT (SELECT pg_catalog.count(*) FROM inserted), (SELECT pg_catalog.max(e.lsn) FROM entries e WHERE e.action = 'C')
+  INTO ingested, last_commit;
+
+  IF last_commit > done THEN
+    UPDATE bemi.progress SET lsn = last_commit, ingested_at = pg_catalog.now() WHERE slot_name = 'bemi';
+  END IF;
+  -- The slot is advanced past these rows by the next ingest, so they must be on disk first.
+  PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+  RETURN ingested;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.ingest(integer) IS
+  'Moves pending changes from the slot into bemi.changes, exactly once; returns how many.';
+
+------------------------------------------------------------------------------------------
+-- 7. Privileges: anyone may set a context; decoding and ingest are for the worker role;
+--    the trail is read-only to everyone but the extension's owner.
+------------------------------------------------------------------------------------------
+
+REVOKE ALL ON FUNCTION bemi.ingest(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.peek(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.create_slot() FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.drop_slot() FROM PUBLIC;
+REVOKE ALL ON bemi.changes, bemi.progress, bemi.wal FROM PUBLIC;
+GRANT USAGE ON SCHEMA bemi TO PUBLIC;
+GRANT SELECT ON bemi.tracked TO PUBLIC;
