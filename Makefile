@@ -17,6 +17,8 @@ install: deps
 endif
 
 VENV := .venv
+# The venv must be readable by the unprivileged user: prefer the system Python to one under /root.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 # PostgreSQL refuses to run as root: as root, servers (and the tests that start them) run as postgres.
 AS_USER := $(if $(filter 0,$(shell id -u)),runuser -u postgres -- env HOME=/tmp,)
 
@@ -26,7 +28,7 @@ deps:
 	@bash tools/install-deps
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@

@@ -1,0 +1,12 @@
+"""bemi for PostgreSQL: the Python client of the bemi extension.
+
+    import bemi_pg
+    with bemi_pg.with_context(conn, {"user_id": 7, "endpoint": "/todo"}):
+        conn.execute("INSERT INTO todo (task) VALUES ('Sleep')")
+"""
+
+from bemi_pg.client import set_context, set_context_async, with_context
+from bemi_pg.demo import seed_example
+
+__all__ = ["seed_example", "set_context", "set_context_async", "with_context"]
+__version__ = "1.0.0"
