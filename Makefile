@@ -2,6 +2,7 @@
 #   make install   installs the extension into the server's share directory
 #   make demo      runs the example end to end on a throwaway server
 #   make test      runs the test suite against real PostgreSQL
+#   make bench     measures write overhead and ingest throughput (bench/results/, docs/benchmarks.md)
 
 EXTENSION = bemi
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
@@ -22,7 +23,7 @@ PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 # PostgreSQL refuses to run as root: as root, servers (and the tests that start them) run as postgres.
 AS_USER := $(if $(filter 0,$(shell id -u)),runuser -u postgres -- env HOME=/tmp,)
 
-.PHONY: deps venv test demo
+.PHONY: deps venv test demo bench bench-quick node-deps
 
 deps:
 	@bash tools/install-deps
@@ -35,8 +36,23 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: deps install venv
-	$(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+# examples/node's npm packages (node-postgres), for tests/test_node_example.py; without node
+# (not root, so tools/install-deps could not install it) that test is left out.
+node-deps:
+	@if command -v npm >/dev/null; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
+
+test: deps install venv node-deps
+	$(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
+	  $$(command -v node >/dev/null || echo --ignore=tests/test_node_example.py) tests
 
 demo: deps install venv
 	$(AS_USER) $(VENV)/bin/bemi-pg demo
+
+# The bench writes bench/results/ as the unprivileged user that runs it.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	touch $@
+
+bench bench-quick: deps install venv $(VENV)/.bench-installed
+	install -d $(if $(AS_USER),-o postgres) bench/results
+	$(AS_USER) $(VENV)/bin/python -m bench.run $(if $(filter bench-quick,$@),--quick)

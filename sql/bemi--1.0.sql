@@ -53,12 +53,68 @@ COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or
 --    the WAL, once, and only when it differs from the last one this transaction emitted.
 ------------------------------------------------------------------------------------------
 
+-- The context of a statement that ends with a /*Bemi {...} Bemi*/ comment, the form Bemi's
+-- ORM packages append; '' when it has none. Only a comment that ends the statement counts (a
+-- string literal cannot end with */, so data cannot pose as context), and only the last
+-- limit + 64 characters are read. A bad comment is a WARNING, never an error.
+CREATE FUNCTION bemi.comment_context(query text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  limit_bytes integer := coalesce(
+    nullif(pg_catalog.current_setting('bemi.max_context_bytes', true), ''), '65536')::integer;
+  tail text := pg_catalog.rtrim(query, E' \t\r\n;');
+  opening integer;
+  body text;
+  parsed jsonb;
+BEGIN
+  IF pg_catalog.right(tail, 6) <> 'Bemi*/' THEN
+    RETURN '';
+  END IF;
+  tail := pg_catalog.right(tail, limit_bytes + 64);
+  -- The last /*Bemi of the tail: found from its end, as "imeB*/" in the reversed tail.
+  opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
+  body := CASE WHEN opening >= 7 THEN pg_catalog.btrim(
+    pg_catalog.substr(tail, pg_catalog.length(tail) - opening + 2, opening - 7), E' \t\r\n') ELSE '' END;
+  IF opening = 0 OR pg_catalog.octet_length(body) > limit_bytes THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+    RETURN '';
+  END IF;
+  BEGIN
+    parsed := body::jsonb;
+  EXCEPTION WHEN invalid_text_representation THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: %', pg_catalog.left(body, 200)
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END;
+  IF pg_catalog.jsonb_typeof(parsed) <> 'object' THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is a JSON %, not an object', pg_catalog.jsonb_typeof(parsed)
+      USING ERRCODE = 'invalid_parameter_value';
+    RETURN '';
+  END IF;
+  RETURN coalesce(nullif(parsed, '{}')::text, '');
+END
+$$;
+
+COMMENT ON FUNCTION bemi.comment_context(text) IS
+  'The context of a statement''s trailing /*Bemi {...} Bemi*/ comment, or '''' (WARNING when malformed).';
+
+-- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment
+-- is the context: one current_query() read and one strpos per statement, never per row.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
   pending text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
+  query text;
 BEGIN
+  IF pending = '' THEN
+    query := pg_catalog.current_query();
+    IF pg_catalog.strpos(query, '/*Bemi') > 0 THEN
+      pending := bemi.comment_context(query);
+    END IF;
+  END IF;
   IF pending <> coalesce(pg_catalog.current_setting('bemi.emitted', true), '') THEN
     PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi', coalesce(nullif(pending, ''), '{}'));
     PERFORM pg_catalog.set_config('bemi.emitted', pending, true);
@@ -204,14 +260,14 @@ COMMENT ON FUNCTION bemi.drop_slot() IS 'Drops the logical slot "bemi"; WAL not 
 
 -- An identifier as the server prints it (quote_identifier), back to the name.
 CREATE FUNCTION bemi.unquote_ident(ident text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE sql IMMUTABLE
 RETURN CASE WHEN pg_catalog.left(ident, 1) = '"'
   THEN pg_catalog.replace(pg_catalog.substr(ident, 2, pg_catalog.length(ident) - 2), '""', '"')
   ELSE ident END;
 
 -- A value as test_decoding prints it, back to its text form (NULL for null).
 CREATE FUNCTION bemi.unquote_literal(literal text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE sql IMMUTABLE
 RETURN CASE
   WHEN pg_catalog.left(literal, 1) = ''''
     THEN pg_catalog.replace(pg_catalog.substr(literal, 2, pg_catalog.length(literal) - 2), '''''', '''')
@@ -256,43 +312,17 @@ RETURN CASE
     THEN pg_catalog.to_jsonb(value)
   ELSE bemi.cast_json(type_name, value) END;
 
--- A printed tuple as wal2json columns, [{name, type, value}]: the old image (identity) and
--- the new one (columns). Without old-key/new-tuple markers, old_image says which it is.
--- Unchanged TOASTed values are marked {"unchanged": true}; the old image fills them in.
-CREATE FUNCTION bemi.tuple_columns(tuple text, old_image boolean, OUT identity jsonb, OUT columns jsonb)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-  SELECT
-    pg_catalog.jsonb_agg(col ORDER BY ord) FILTER (WHERE NOT is_new),
-    pg_catalog.jsonb_agg(col ORDER BY ord) FILTER (WHERE is_new)
-  FROM (
-    SELECT m.ord,
-      CASE WHEN pg_catalog.bool_or(m.token[1] IS NOT NULL) OVER ()
-        THEN pg_catalog.bool_or(m.token[1] = 'new-tuple') OVER (ORDER BY m.ord)
-        ELSE NOT old_image END AS is_new,
-      pg_catalog.jsonb_build_object('name', bemi.unquote_ident(m.token[2]), 'type', m.token[3])
-        || CASE WHEN m.token[4] = 'unchanged-toast-datum' THEN '{"unchanged": true}'::jsonb
-           ELSE pg_catalog.jsonb_build_object('value', bemi.value_json(m.token[3], bemi.unquote_literal(m.token[4])))
-           END AS col
-    FROM pg_catalog.regexp_matches(tuple,
-      '(?:(old-key|new-tuple): )?("(?:[^"]|"")+"|[a-z0-9_]+)\[((?:[^\]]|\](?!:))+)\]:(''(?:[^'']|'''')*''|B''[01]*''|[^ ]+)',
-      'g') WITH ORDINALITY AS m(token, ord)
-  ) AS cols;
-END;
-
--- Fills the unchanged TOASTed columns of a new image from the old one.
+-- Fills the unchanged TOASTed columns of a new image from the old one (REPLICA IDENTITY
+-- FULL logs it whole); without an old image they cannot be known and are left out.
 CREATE FUNCTION bemi.fill_unchanged(columns jsonb, identity jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT pg_catalog.jsonb_agg(
-    CASE WHEN c.col ? 'unchanged'
-      THEN (c.col - 'unchanged') || coalesce(
-        (SELECT pg_catalog.jsonb_build_object('value', o.col -> 'value')
-         FROM pg_catalog.jsonb_array_elements(identity) AS o(col) WHERE o.col ->> 'name' = c.col ->> 'name'),
-        '{}')
-      ELSE c.col END ORDER BY c.ord)
+  SELECT pg_catalog.jsonb_agg(coalesce(
+      (SELECT o.col FROM pg_catalog.jsonb_array_elements(identity) AS o(col)
+       WHERE c.col ? 'unchanged' AND o.col ->> 'name' = c.col ->> 'name'),
+      c.col) ORDER BY c.ord)
   FROM pg_catalog.jsonb_array_elements(columns) WITH ORDINALITY AS c(col, ord)
-  WHERE NOT (c.col ? 'unchanged' AND identity IS NULL);
+  WHERE NOT c.col ? 'unchanged' OR identity IS NOT NULL;
 END;
 
 -- The primary key columns of a table, in key order, as wal2json "pk": [{name, type}].
@@ -311,63 +341,104 @@ END;
 -- Decodes the pending WAL of the slot without consuming it: one wal2json format-version 2
 -- entry per row. B and C for every transaction (so progress can pass transactions that
 -- touched no tracked table), M for bemi's context messages, I/U/D/T for tracked tables;
--- a partition's changes are reported under its tracked parent.
+-- a partition's changes are reported under its tracked parent. One set-based query: the
+-- tokenizer knows the quoting rules (names "a""b", values 'it''s'), so a space, quote or
+-- marker inside a value never splits it, and has no capture groups, which keeps it fast.
 CREATE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
 RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
 LANGUAGE sql VOLATILE
 SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET timezone = 'UTC'
 BEGIN ATOMIC
-  WITH relations AS (
+  WITH relations AS MATERIALIZED (
     SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS printed,
       t.schema, t."table", bemi.primary_key(t.relation) AS pk
     FROM bemi.tracked AS t
     CROSS JOIN LATERAL bemi.partition_family(t.relation) AS f(member)
     JOIN pg_catalog.pg_class c ON c.oid = f.member
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  ), lines AS (
-    SELECT w.lsn, w.xid, w.data AS line, w.n,
-      pg_catalog.regexp_match(w.data,
-        '^table ((?:(?:"(?:[^"]|"")+"|[a-z0-9_]+)\.(?:"(?:[^"]|"")+"|[a-z0-9_]+)(?:, )?)+): (INSERT|UPDATE|DELETE|TRUNCATE):'
-      ) AS change
+  ), lines AS MATERIALIZED (
+    SELECT w.lsn, w.xid, w.data AS line, w.n
     FROM pg_catalog.pg_logical_slot_peek_changes('bemi', NULL, max_changes,
       'include-xids', '1', 'include-timestamp', '1', 'skip-empty-xacts', '1') WITH ORDINALITY AS w(lsn, xid, data, n)
+  ), entries AS (
+    -- Transaction boundaries and context messages.
+    SELECT l.n, 0::bigint AS sub, l.lsn, l.xid,
+      CASE pg_catalog.left(l.line, 6)
+        WHEN 'BEGIN ' THEN pg_catalog.jsonb_build_object('action', 'B', 'xid', l.xid::text::bigint)
+        WHEN 'COMMIT' THEN pg_catalog.jsonb_build_object('action', 'C', 'xid', l.xid::text::bigint,
+          'timestamp', pg_catalog.substring(l.line, ' \(at (.*)\)$'))
+        ELSE pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi',
+          'content', pg_catalog.substr(l.line, pg_catalog.strpos(l.line, ' content:') + 9))
+      END AS head, NULL::text AS tuple, NULL::boolean AS old_image
+    FROM lines l
+    WHERE pg_catalog.left(l.line, 6) IN ('BEGIN ', 'COMMIT')
+       OR pg_catalog.starts_with(l.line, 'message: transactional: 1 prefix: bemi, sz: ')
+    UNION ALL
+    -- Row changes: the line starts with the printed name of a tracked table (or partition).
+    SELECT l.n, 0, l.lsn, l.xid,
+      pg_catalog.jsonb_build_object('action', pg_catalog.left(c.op, 1), 'schema', r.schema, 'table', r."table")
+        || CASE WHEN r.pk IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('pk', r.pk) END,
+      pg_catalog.substr(c.rest, pg_catalog.length(c.op) + 3), c.op = 'DELETE'
+    FROM lines l
+    JOIN relations r ON pg_catalog.starts_with(l.line, 'table ' || r.printed || ': ')
+    CROSS JOIN LATERAL (SELECT pg_catalog.substr(l.line, pg_catalog.length(r.printed) + 9) AS rest) AS p
+    CROSS JOIN LATERAL (SELECT pg_catalog.split_part(p.rest, ':', 1) AS op, p.rest) AS c
+    WHERE c.op IN ('INSERT', 'UPDATE', 'DELETE')
+    UNION ALL
+    -- TRUNCATE: one line names every table truncated together; one entry per tracked table.
+    SELECT l.n, pg_catalog.min(nm.ord), l.lsn, l.xid,
+      pg_catalog.jsonb_build_object('action', 'T', 'schema', r.schema, 'table', r."table"), NULL, NULL
+    FROM lines l
+    CROSS JOIN LATERAL pg_catalog.regexp_matches(
+      pg_catalog.substring(l.line, '^table (.*): TRUNCATE: [a-z_() -]+$'),
+      '(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)\.(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)', 'g') WITH ORDINALITY AS nm(name, ord)
+    JOIN relations r ON r.printed = nm.name[1]
+    WHERE pg_catalog.octet_length(l.line) < 65536 AND pg_catalog.starts_with(l.line, 'table ')
+      AND l.line ~ ': TRUNCATE: [a-z_() ]+$'
+    GROUP BY l.n, l.lsn, l.xid, r.schema, r."table"
   )
-  SELECT l.lsn, l.xid, e.data
-  FROM lines AS l
-  CROSS JOIN LATERAL (
-    SELECT pg_catalog.jsonb_build_object('action', 'B', 'xid', l.xid::text::bigint) AS data, 0::bigint AS sub
-    WHERE l.line LIKE 'BEGIN %'
-    UNION ALL
-    SELECT pg_catalog.jsonb_build_object('action', 'C', 'xid', l.xid::text::bigint,
-      'timestamp', pg_catalog.substring(l.line, ' \(at (.*)\)$')), 0
-    WHERE l.line LIKE 'COMMIT %'
-    UNION ALL
-    SELECT pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi',
-      'content', pg_catalog.substr(l.line, pg_catalog.strpos(l.line, ' content:') + 9)), 0
-    WHERE l.line LIKE 'message: transactional: 1 prefix: bemi, sz: %'
-    UNION ALL
-    SELECT pg_catalog.jsonb_build_object('action', pg_catalog.left(l.change[2], 1), 'schema', r.schema, 'table', r."table")
-      || CASE WHEN tup.columns IS NULL THEN '{}'
-           WHEN tup.identity IS NOT NULL AND pg_catalog.strpos(tup.columns::text, '"unchanged": true') > 0
-           THEN pg_catalog.jsonb_build_object('columns', bemi.fill_unchanged(tup.columns, tup.identity))
-           ELSE pg_catalog.jsonb_build_object('columns', tup.columns) END
-      || CASE WHEN tup.identity IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('identity', tup.identity) END
-      || CASE WHEN r.pk IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('pk', r.pk) END,
-      r.sub
+  SELECT e.lsn, e.xid,
+    e.head
+      || CASE WHEN i.columns IS NULL THEN '{}'
+           WHEN i.unchanged THEN pg_catalog.jsonb_build_object('columns', bemi.fill_unchanged(i.columns, i.identity))
+           ELSE pg_catalog.jsonb_build_object('columns', i.columns) END
+      || CASE WHEN i.identity IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('identity', i.identity) END
+  FROM entries e
+  -- Each printed column, name[type]:value, plus the old-key:/new-tuple: markers. A ] inside
+  -- the type (integer[]) is one not followed by a colon: (?!:), since ]] can be ]]:'{1}'.
+  LEFT JOIN LATERAL (
+    SELECT tk.tokens, pg_catalog.array_position(tk.tokens, 'new-tuple:') AS split
+    FROM (SELECT (SELECT pg_catalog.array_agg(m.token[1]) FROM pg_catalog.regexp_matches(e.tuple,
+      'old-key:|new-tuple:|(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)\[[^\]]*(?:\](?!:)[^\]]*)*\]:(?:''[^'']*(?:''''[^'']*)*''|B''[01]*''|[^ ]+)',
+      'g') AS m(token)) AS tokens) AS tk
+  ) AS t ON e.tuple IS NOT NULL
+  -- The old image (identity) and the new one (columns) of the change.
+  LEFT JOIN LATERAL (
+    SELECT
+      pg_catalog.jsonb_agg(c.col) FILTER (WHERE NOT c.is_new) AS identity,
+      pg_catalog.jsonb_agg(c.col) FILTER (WHERE c.is_new) AS columns,
+      pg_catalog.bool_or(c.literal = 'unchanged-toast-datum') AS unchanged
     FROM (
-      SELECT DISTINCT ON (rel.schema, rel."table") rel.*, nm.ord AS sub
-      FROM pg_catalog.regexp_matches(l.change[1], '(?:"(?:[^"]|"")+"|[a-z0-9_]+)\.(?:"(?:[^"]|"")+"|[a-z0-9_]+)', 'g')
-        WITH ORDINALITY AS nm(name, ord)
-      JOIN relations AS rel ON rel.printed = nm.name[1]
-      ORDER BY rel.schema, rel."table", nm.ord
-    ) AS r
-    LEFT JOIN LATERAL bemi.tuple_columns(
-      pg_catalog.substr(l.line, pg_catalog.length(l.change[1]) + pg_catalog.length(l.change[2]) + 11),
-      l.change[2] = 'DELETE') AS tup ON l.change[2] <> 'TRUNCATE'
-    WHERE l.change IS NOT NULL
-  ) AS e
-  ORDER BY l.n, e.sub;
+      SELECT p.is_new, p.literal, pg_catalog.jsonb_build_object('name', p.name, 'type', p.type)
+        || CASE WHEN p.literal = 'unchanged-toast-datum' THEN '{"unchanged": true}'::jsonb
+           ELSE pg_catalog.jsonb_build_object('value', bemi.value_json(p.type, p.value)) END AS col
+      FROM (
+        SELECT CASE WHEN t.split IS NOT NULL THEN k.ord > t.split ELSE NOT e.old_image END AS is_new,
+          bemi.unquote_ident(q.name) AS name, h.type, h.literal, bemi.unquote_literal(h.literal) AS value
+        FROM pg_catalog.unnest(t.tokens) WITH ORDINALITY AS k(token, ord)
+        CROSS JOIN LATERAL (SELECT CASE WHEN pg_catalog.left(k.token, 1) = '"'
+                                     THEN (pg_catalog.regexp_match(k.token, '^"(?:[^"]|"")*"'))[1]
+                                     ELSE pg_catalog.split_part(k.token, '[', 1) END AS name) AS q
+        CROSS JOIN LATERAL (SELECT pg_catalog.substr(k.token, pg_catalog.length(q.name) + 2) AS rest) AS r
+        CROSS JOIN LATERAL (SELECT pg_catalog.substr(r.rest, 1, pg_catalog.strpos(r.rest, ']:') - 1) AS type,
+                                   pg_catalog.substr(r.rest, pg_catalog.strpos(r.rest, ']:') + 2) AS literal) AS h
+        WHERE k.token NOT IN ('old-key:', 'new-tuple:')
+        OFFSET 0 -- keeps name, type and value plain columns, so bemi.value_json() is inlined
+      ) AS p
+    ) AS c
+  ) AS i ON e.tuple IS NOT NULL
+  ORDER BY e.n, e.sub;
 END;
 
 CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
@@ -415,9 +486,49 @@ RETURN coalesce(
   (SELECT pg_catalog.jsonb_object_agg(c ->> 'name', c -> 'value') FROM pg_catalog.jsonb_array_elements(columns) AS c),
   '{}');
 
+-- The NULL columns of a deleted row, as {"name": null, ...}: test_decoding leaves NULLs out of
+-- old images, so they are the table's columns (as of now) that the image lacks, when every
+-- printed column still exists by its name (none renamed or dropped since) and the column
+-- existed then: it sits before a printed one, or its pg_attribute row is no newer than the
+-- change's transaction. Without REPLICA IDENTITY FULL the image is just the key: nothing is added.
+CREATE FUNCTION bemi.deleted_nulls(schema_name text, table_name text, identity jsonb, xid bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH printed AS (
+    SELECT o.col ->> 'name' AS name FROM pg_catalog.jsonb_array_elements(identity) AS o(col)
+  ), live AS (
+    SELECT a.attname::text AS name, a.attnum, a.xmin AS added, p.name IS NOT NULL AS printed
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN printed p ON p.name = a.attname
+    WHERE n.nspname = schema_name AND c.relname = table_name AND c.relreplident = 'f'
+  )
+  SELECT coalesce(pg_catalog.jsonb_object_agg(l.name, NULL::jsonb), '{}')
+  FROM live l
+  WHERE NOT l.printed
+    AND (SELECT pg_catalog.count(*) FROM live WHERE live.printed) = (SELECT pg_catalog.count(*) FROM printed)
+    AND (l.attnum < (SELECT pg_catalog.max(live.attnum) FROM live WHERE live.printed)
+         OR pg_catalog.age(l.added) >= pg_catalog.age(xid::text::pg_catalog.xid));
+END;
+
+-- The old row of a wal2json entry as a JSON object, NULLs included: an UPDATE's NULL columns
+-- are those of the new image missing from the old one, a DELETE's come from bemi.deleted_nulls.
+CREATE FUNCTION bemi.old_row(entry jsonb, xid bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN CASE
+  WHEN entry -> 'identity' IS NULL THEN '{}'::jsonb
+  WHEN entry -> 'columns' IS NULL
+    THEN bemi.deleted_nulls(entry ->> 'schema', entry ->> 'table', entry -> 'identity', xid)
+      || bemi.row_json(entry -> 'identity')
+  WHEN pg_catalog.jsonb_array_length(entry -> 'identity') < pg_catalog.jsonb_array_length(entry -> 'columns')
+    THEN (SELECT pg_catalog.jsonb_object_agg(c ->> 'name', NULL::jsonb) FROM pg_catalog.jsonb_array_elements(entry -> 'columns') AS c)
+      || bemi.row_json(entry -> 'identity')
+  ELSE bemi.row_json(entry -> 'identity') END;
+
 -- The context carried by a message; text that is not a JSON object is kept, not lost.
 CREATE FUNCTION bemi.context_json(content text) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE STRICT
 AS $$
 DECLARE
   parsed jsonb;
@@ -454,9 +565,10 @@ BEGIN
       USING ERRCODE = 'undefined_object', HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured.';
   END IF;
 
-  -- The slot moves only up to what an earlier, committed ingest has stored.
+  -- The slot moves only up to what an earlier, committed ingest has stored. Moving it is not
+  -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
   SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = 'bemi';
-  IF done > slot_at THEN
+  IF done > slot_at AND coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' THEN
     PERFORM pg_catalog.pg_replication_slot_advance('bemi', done);
   END IF;
 
@@ -474,7 +586,7 @@ BEGIN
       FROM entries e
     ) AS e
   ), changes AS (
-    SELECT s.*, bemi.row_json(s.data -> 'identity') AS before, bemi.row_json(s.data -> 'columns') AS after
+    SELECT s.*, bemi.old_row(s.data, s.xid) AS before, bemi.row_json(s.data -> 'columns') AS after
     FROM stitched s WHERE s.action IN ('I', 'U', 'D', 'T')
   ), inserted AS (
     INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, context,
@@ -502,6 +614,7 @@ BEGIN
   END IF;
   -- The slot is advanced past these rows by the next ingest, so they must be on disk first.
   PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+  PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
   RETURN ingested;
 END
 $$;

@@ -6,7 +6,10 @@
 """
 
 from bemi_pg.client import set_context, set_context_async, with_context
+from bemi_pg.context import context, current_context
 from bemi_pg.demo import seed_example
 
-__all__ = ["seed_example", "set_context", "set_context_async", "with_context"]
+__all__ = [
+    "context", "current_context", "seed_example", "set_context", "set_context_async", "with_context",
+]
 __version__ = "1.0.0"

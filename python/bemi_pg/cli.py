@@ -116,8 +116,9 @@ def status(args: argparse.Namespace) -> int:
             "SELECT count(*) AS n, max(committed_at) AS committed_at, max(queued_at) AS queued_at FROM bemi.changes"
         ).fetchone() or {}
         tracked = [r["relation"] for r in conn.execute("SELECT relation::text FROM bemi.tracked ORDER BY 1")]
+        database = conn.info.dbname
     rows = [
-        ("database", conn.info.dbname),
+        ("database", database),
         ("tracked tables", ", ".join(tracked) or "none (SELECT bemi.track('table'))"),
         ("changes stored", f"{last.get('n', 0):,}"),
         ("last change committed", str(last.get("committed_at") or "-")),

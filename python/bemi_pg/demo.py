@@ -46,8 +46,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def throwaway_server() -> Iterator[str]:
+def throwaway_server(options: str = "") -> Iterator[str]:
     """A PostgreSQL server with wal_level=logical in a temporary directory; yields its DSN.
+
+    ``options`` are extra server options (``-c name=value ...``), added after the defaults.
 
     PostgreSQL refuses to run as root: as root, the server runs as the user "postgres".
     """
@@ -63,8 +65,9 @@ def throwaway_server() -> Iterator[str]:
 
     try:
         run(os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "--no-sync")
-        options = f"-c wal_level=logical -c port={port} -c listen_addresses='' -c unix_socket_directories={workdir}"
-        run(os.path.join(bindir, "pg_ctl"), "-D", data, "-o", options, "-l", os.path.join(workdir, "log"), "-w", "start")
+        defaults = f"-c wal_level=logical -c port={port} -c listen_addresses='' -c unix_socket_directories={workdir}"
+        run(os.path.join(bindir, "pg_ctl"), "-D", data, "-o", f"{defaults} {options}".strip(),
+            "-l", os.path.join(workdir, "log"), "-w", "start")
         try:
             yield psycopg.conninfo.make_conninfo(host=workdir, port=port, user="postgres", dbname="postgres")
         finally:

@@ -1,0 +1,88 @@
+"""BemiChange: the audit trail (bemi.changes) as an unmanaged, read-only model.
+
+    BemiChange.objects.for_instance(todo)             # every change of one row, oldest first
+    BemiChange.objects.for_model(Todo).updated()       # created() / updated() / deleted()
+    BemiChange.objects.with_context(user_id=7)         # context @> {...}, served by its GIN index
+    BemiChange.objects.with_before(task="Sleep")       # and with_after(...)
+    change.diff()                                      # {"is_completed": (False, True)}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+
+
+class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
+    def for_model(self, model: type[models.Model]) -> BemiChangeQuerySet:
+        """The changes of a model's table."""
+        return self.filter(table=model._meta.db_table)
+
+    def for_instance(self, instance: models.Model) -> BemiChangeQuerySet:
+        """The changes of one row, identified by its model's table and primary key."""
+        return self.for_model(type(instance)).filter(primary_key=str(instance.pk))
+
+    def created(self) -> BemiChangeQuerySet:
+        return self.filter(operation=BemiChange.Operation.CREATE)
+
+    def updated(self) -> BemiChangeQuerySet:
+        return self.filter(operation=BemiChange.Operation.UPDATE)
+
+    def deleted(self) -> BemiChangeQuerySet:
+        return self.filter(operation=BemiChange.Operation.DELETE)
+
+    def with_context(self, **values: Any) -> BemiChangeQuerySet:
+        """Changes whose context holds all these keys and values."""
+        return self.filter(context__contains=values)
+
+    def with_before(self, **values: Any) -> BemiChangeQuerySet:
+        """Changes whose row before held all these column values."""
+        return self.filter(before__contains=values)
+
+    def with_after(self, **values: Any) -> BemiChangeQuerySet:
+        """Changes whose row after held all these column values."""
+        return self.filter(after__contains=values)
+
+
+class BemiChange(models.Model):
+    class Operation(models.TextChoices):
+        CREATE = "CREATE"
+        UPDATE = "UPDATE"
+        DELETE = "DELETE"
+        TRUNCATE = "TRUNCATE"
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    database: models.TextField[str, str] = models.TextField()
+    schema: models.TextField[str, str] = models.TextField()
+    table: models.TextField[str, str] = models.TextField()
+    primary_key: models.TextField[str | None, str | None] = models.TextField(null=True)
+    operation: models.TextField[str, str] = models.TextField(choices=Operation.choices)
+    before = models.JSONField()
+    after = models.JSONField()
+    context = models.JSONField()
+    committed_at: models.DateTimeField[datetime, datetime] = models.DateTimeField()
+    queued_at: models.DateTimeField[datetime, datetime] = models.DateTimeField()
+    transaction_id: models.BigIntegerField[int, int] = models.BigIntegerField()
+    position: models.TextField[str, str] = models.TextField()
+    ordinal: models.IntegerField[int, int] = models.IntegerField()
+
+    objects = BemiChangeQuerySet.as_manager()
+
+    class Meta:
+        managed = False
+        db_table = '"bemi"."changes"'
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.schema}.{self.table} {self.primary_key}"
+
+    def diff(self) -> dict[str, tuple[Any, Any]]:
+        """The columns that differ between before and after: {column: (before, after)}."""
+        keys = list(self.before) + [key for key in self.after if key not in self.before]
+        return {
+            key: (self.before.get(key), self.after.get(key))
+            for key in keys
+            if self.before.get(key) != self.after.get(key)
+        }

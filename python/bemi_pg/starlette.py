@@ -1,0 +1,48 @@
+"""The ASGI middleware for FastAPI and any Starlette app: each request runs in its context.
+
+    app.add_middleware(BemiFastAPIMiddleware, set_context=lambda request: {
+        "user_id": request.headers.get("x-user-id"), "endpoint": request.url.path,
+        "method": request.method,
+    })
+
+``set_context`` gets a ``starlette.requests.Request`` (without its body) and returns a
+mapping, None, or an awaitable of either. The context lives in a ContextVar, so concurrent
+requests never see each other's, and sync endpoints run in threads see their own. Writes
+made through an engine registered with ``bemi_pg.sqlalchemy.register`` carry it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bemi_pg.client import Context
+from bemi_pg.context import context
+
+ContextFunction = Callable[[Request], "Context | None | Awaitable[Context | None]"]
+
+__all__ = ["BemiFastAPIMiddleware", "BemiMiddleware"]
+
+
+class BemiMiddleware:
+    """A plain ASGI middleware: each HTTP request runs inside ``bemi_pg.context``."""
+
+    def __init__(self, app: ASGIApp, set_context: ContextFunction) -> None:
+        self.app = app
+        self.set_context = set_context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        values = self.set_context(Request(scope))
+        if inspect.isawaitable(values):
+            values = await values
+        with context(values):
+            await self.app(scope, receive, send)
+
+
+BemiFastAPIMiddleware = BemiMiddleware

@@ -1,0 +1,16 @@
+"""The Django project of the tests: a todo app behind BemiMiddleware.
+
+The database settings are filled in per test (a fresh database each time)."""
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver"]
+USE_TZ = True
+ROOT_URLCONF = "django_project.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = ["bemi_pg.django", "django_project.todos"]
+MIDDLEWARE = ["bemi_pg.django.BemiMiddleware"]
+BEMI_CONTEXT_FUNCTION = "django_project.context.get_bemi_context"
+
+DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "set_per_test"}}

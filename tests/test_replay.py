@@ -1,0 +1,233 @@
+"""Replaying the trail reproduces the table (hypothesis).
+
+Random tables (odd column names, a useful mix of types, with or without a primary key) get
+random INSERT/UPDATE/DELETE workloads spread over transactions, some statements inside
+savepoints that are rolled back, each with its own context, an inherited one or none. After
+ingest, replaying bemi.changes in id order onto an empty copy of the table (INSERT from after,
+UPDATE/DELETE of one row located by before) must give the table exactly, and every change must
+carry the context its statement ran with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+import bemi_pg
+from conftest import changes, ingest
+
+ENUM_LABELS = ["red", "it's", "with space", "Ünï", "a,b"]
+SYSTEM_COLUMNS = {"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
+
+def texts(max_size: int) -> st.SearchStrategy[str]:
+    """Text PostgreSQL can hold (no NUL)."""
+    return st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=max_size)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False)
+    | texts(8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts(5), inner, max_size=3),
+    max_leaves=6,
+)
+
+# SQL type -> strategy of Python values psycopg sends (cast to the type in the statement).
+TYPES: dict[str, st.SearchStrategy[Any]] = {
+    "integer": st.integers(-(2**31), 2**31 - 1),
+    "bigint": st.integers(-(2**63), 2**63 - 1),
+    "numeric": st.decimals(allow_nan=False, allow_infinity=False).map(str)
+    | st.sampled_from(["NaN", "Infinity", "-Infinity"]),
+    "double precision": st.floats().map(repr).map(lambda f: f.replace("inf", "Infinity").replace("nan", "NaN")),
+    "real": st.floats(width=32).map(repr).map(lambda f: f.replace("inf", "Infinity").replace("nan", "NaN")),
+    "boolean": st.booleans(),
+    "text": texts(30),
+    "jsonb": json_values.map(json.dumps),
+    "integer[]": st.lists(st.none() | st.integers(-(2**31), 2**31 - 1), max_size=4).map(
+        lambda xs: "{" + ",".join("NULL" if x is None else str(x) for x in xs) + "}"
+    ),
+    "text[]": st.lists(st.none() | texts(6), max_size=4).map(
+        lambda xs: "{" + ",".join("NULL" if x is None else json.dumps(x, ensure_ascii=False) for x in xs) + "}"
+    ),
+    "timestamp with time zone": st.datetimes(timezones=st.timezones()),
+    "timestamp without time zone": st.datetimes(),
+    "date": st.dates(),
+    "uuid": st.uuids(),
+    "bytea": st.binary(max_size=16),
+    "colour": st.sampled_from(ENUM_LABELS),
+}
+
+column_names = st.text(
+    st.sampled_from('abcXYZ _"[]:.,\'-1ü日') | st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",)),
+    min_size=1, max_size=10,
+).filter(lambda n: n not in SYSTEM_COLUMNS and len(n.encode()) <= 63)
+
+
+@dataclass
+class Column:
+    name: str
+    type: str
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[Column], bool]:
+    """Columns (the first is the key when there is one) and whether there is a primary key."""
+    names = draw(st.lists(column_names, min_size=1, max_size=6, unique=True))
+    columns = [Column(n, draw(st.sampled_from(sorted(TYPES)))) for n in names]
+    has_key = draw(st.booleans())
+    if has_key:
+        columns[0].type = "integer"
+    return columns, has_key
+
+
+contexts = st.none() | st.dictionaries(st.sampled_from(["user_id", "endpoint", "it's", "ü"]),
+                                       st.integers(0, 9) | texts(5), min_size=1, max_size=3)
+
+
+@st.composite
+def workloads(draw: st.DrawFn, columns: list[Column]) -> list[dict[str, Any]]:
+    """Statements: what they do, the context they set (or keep), and how they are committed."""
+    statements = []
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["insert", "insert", "insert", "update", "update_all", "delete"]))
+        changed = draw(st.lists(st.sampled_from(columns), min_size=1, unique_by=lambda c: c.name))
+        statements.append({
+            "kind": kind,
+            "row": draw(st.integers(0, 50)),
+            "values": {c.name: draw(st.none() | TYPES[c.type]) for c in (columns if kind == "insert" else changed)},
+            "set_context": draw(st.booleans()),
+            "context": draw(contexts),
+            "commit_before": draw(st.booleans()),
+            "rolled_back": draw(st.integers(0, 5)) == 0,
+        })
+    return statements
+
+
+def assignments(columns: list[Column], values: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
+    """col = %s::type, ... for the given values."""
+    types = {c.name: c.type for c in columns}
+    parts = [sql.SQL("{} = %s::{}").format(sql.Identifier(n), sql.SQL(types[n])) for n in values]
+    return sql.SQL(", ").join(parts), list(values.values())
+
+
+def run_statement(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[Column],
+                  statement: dict[str, Any], next_key: int) -> int:
+    """Runs one statement; returns how many rows it changed."""
+    one_row = sql.SQL("ctid = (SELECT ctid FROM {} ORDER BY ctid OFFSET %s LIMIT 1)").format(table)
+    count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+    offset = [statement["row"] % max(count[0] if count else 1, 1)]
+    if statement["kind"] == "insert":
+        values = {**statement["values"], columns[0].name: next_key} if next_key else statement["values"]
+        names = sql.SQL(", ").join(sql.Identifier(n) for n in values)
+        types = {c.name: c.type for c in columns}
+        placeholders = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[n])) for n in values)
+        cursor = conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(table, names, placeholders),
+                              list(values.values()))
+    elif statement["kind"] == "delete":
+        cursor = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(table, one_row), offset)
+    else:
+        # Keys stay as they are, so they stay unique.
+        values = {n: v for n, v in statement["values"].items() if not (next_key and n == columns[0].name)}
+        if not values:
+            return 0
+        setter, params = assignments(columns, values)
+        where = sql.SQL("true") if statement["kind"] == "update_all" else one_row
+        cursor = conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(table, setter, where),
+                              params + ([] if statement["kind"] == "update_all" else offset))
+    return cursor.rowcount
+
+
+def rows_json(admin: psycopg.Connection[Any], table: sql.Composable) -> list[str]:
+    """The table's rows as to_jsonb() texts, sorted (a multiset)."""
+    query = sql.SQL("SELECT to_jsonb(t.*) AS j FROM {} AS t").format(table)
+    return sorted(json.dumps(r["j"], sort_keys=True) for r in admin.execute(query))
+
+
+def replay(admin: psycopg.Connection[Any], table_name: str, copy: sql.Identifier) -> list[dict[str, Any]]:
+    """Applies the trail of one table to its copy, in id order; returns the trail."""
+    trail = [r for r in changes(admin, "table", "operation", "before", "after", "context") if r["table"] == table_name]
+    locate = sql.SQL(
+        "ctid = (SELECT c.ctid FROM {copy} AS c "
+        "WHERE to_jsonb(c.*) = to_jsonb(jsonb_populate_record(NULL::{copy}, %s)) LIMIT 1)"
+    ).format(copy=copy)
+    for change in trail:
+        if change["operation"] == "CREATE":
+            query = sql.SQL("INSERT INTO {copy} SELECT * FROM jsonb_populate_record(NULL::{copy}, %s)").format(copy=copy)
+            params = [psycopg.types.json.Jsonb(change["after"])]
+        elif change["operation"] == "UPDATE":
+            query = sql.SQL("UPDATE {copy} AS t SET ({names}) = (SELECT * FROM jsonb_populate_record(NULL::{copy}, %s)) "
+                            "WHERE {locate}").format(copy=copy, names=column_list(admin, copy), locate=locate)
+            params = [psycopg.types.json.Jsonb(change["after"]), psycopg.types.json.Jsonb(change["before"])]
+        else:
+            query = sql.SQL("DELETE FROM {copy} WHERE {locate}").format(copy=copy, locate=locate)
+            params = [psycopg.types.json.Jsonb(change["before"])]
+        assert admin.execute(query, params).rowcount == 1, change
+    return trail
+
+
+def column_list(admin: psycopg.Connection[Any], table: sql.Identifier) -> sql.Composable:
+    names = admin.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        [table.as_string(admin)],
+    ).fetchall()
+    return sql.SQL(", ").join(sql.Identifier(r["attname"]) for r in names)
+
+
+def test_replaying_the_trail_reproduces_the_table(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    admin.execute("CREATE TYPE colour AS ENUM ({})".format(", ".join("'" + x.replace("'", "''") + "'" for x in ENUM_LABELS)))
+    admin.execute("SET timezone = 'UTC'")
+    counter = itertools.count()
+
+    @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        columns, has_key = data.draw(tables())
+        statements = data.draw(workloads(columns))
+        n = next(counter)
+        table_name, copy_name = f'Tab "{n}" [x]:y', f"copy_{n}"
+        table, copy = sql.Identifier(table_name), sql.Identifier(copy_name)
+        definition = sql.SQL(", ").join(
+            sql.SQL("{} {}{}").format(sql.Identifier(c.name), sql.SQL(c.type),
+                                      sql.SQL(" PRIMARY KEY" if has_key and i == 0 else ""))
+            for i, c in enumerate(columns)
+        )
+        admin.execute(sql.SQL("CREATE TABLE {} ({})").format(table, definition))
+        admin.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(copy, table))
+        admin.execute("SELECT bemi.track(%s::regclass)", [table.as_string(admin)])
+
+        expected_contexts: list[dict[str, Any]] = []
+        with psycopg.connect(dsn) as conn:
+            current: dict[str, Any] | None = None
+            for key, statement in enumerate(statements, start=1):
+                if statement["commit_before"]:
+                    conn.commit()
+                    current = None
+                if statement["rolled_back"]:
+                    conn.execute("SELECT 1")  # so that the block below is a savepoint
+                    with conn.transaction(force_rollback=True):
+                        bemi_pg.set_context(conn, statement["context"])
+                        run_statement(conn, table, columns, statement, key if has_key else 0)
+                    continue
+                if statement["set_context"]:
+                    bemi_pg.set_context(conn, statement["context"])
+                    current = statement["context"]
+                changed = run_statement(conn, table, columns, statement, key if has_key else 0)
+                expected_contexts += [current or {}] * changed
+            conn.commit()
+
+        ingest(admin)
+        trail = replay(admin, table_name, copy)
+        assert [c["context"] for c in trail] == expected_contexts
+        names = {c.name for c in columns}
+        for change in trail:
+            for side in ("before", "after"):
+                assert change[side] == {} or set(change[side]) == names, (side, change)
+        assert rows_json(admin, copy) == rows_json(admin, table)
+
+    check()
