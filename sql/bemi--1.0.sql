@@ -631,6 +631,8 @@ REVOKE ALL ON FUNCTION bemi.ingest(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.peek(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.create_slot() FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.drop_slot() FROM PUBLIC;
+-- What is tracked is the administrator's choice, not the application's (docs/security.md).
+REVOKE ALL ON FUNCTION bemi.track(regclass), bemi.untrack(regclass), bemi.track_all(name) FROM PUBLIC;
 REVOKE ALL ON bemi.changes, bemi.progress, bemi.wal FROM PUBLIC;
 GRANT USAGE ON SCHEMA bemi TO PUBLIC;
 GRANT SELECT ON bemi.tracked TO PUBLIC;

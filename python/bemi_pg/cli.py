@@ -115,7 +115,7 @@ def status(args: argparse.Namespace) -> int:
         last = conn.execute(
             "SELECT count(*) AS n, max(committed_at) AS committed_at, max(queued_at) AS queued_at FROM bemi.changes"
         ).fetchone() or {}
-        tracked = [r["relation"] for r in conn.execute("SELECT relation::text FROM bemi.tracked ORDER BY 1")]
+        tracked = [r["relation"] for r in conn.execute("SELECT format('%I.%I', schema, \"table\") AS relation FROM bemi.tracked ORDER BY 1")]
         database = conn.info.dbname
     rows = [
         ("database", database),
