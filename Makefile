@@ -23,7 +23,7 @@ PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 # PostgreSQL refuses to run as root: as root, servers (and the tests that start them) run as postgres.
 AS_USER := $(if $(filter 0,$(shell id -u)),runuser -u postgres -- env HOME=/tmp,)
 
-.PHONY: deps venv test demo bench bench-quick node-deps
+.PHONY: deps venv test demo bench bench-quick node-deps lint stress stress-quick
 
 deps:
 	@bash tools/install-deps
@@ -41,7 +41,11 @@ venv: $(VENV)/.installed
 node-deps:
 	@if command -v npm >/dev/null; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
 
-test: deps install venv node-deps
+# pgspot, in its own virtual environment (.venv-pgspot): zero findings on the extension script.
+lint:
+	bash tools/pgspot
+
+test: deps install venv node-deps lint
 	$(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 	  $$(command -v node >/dev/null || echo --ignore=tests/test_node_example.py) tests
 
@@ -56,3 +60,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench bench-quick: deps install venv $(VENV)/.bench-installed
 	install -d $(if $(AS_USER),-o postgres) bench/results
 	$(AS_USER) $(VENV)/bin/python -m bench.run $(if $(filter bench-quick,$@),--quick)
+
+# The long fault and load scenarios (stress/run.py), with a table of what was counted.
+stress stress-quick: deps install venv
+	$(AS_USER) $(VENV)/bin/python stress/run.py $(if $(filter stress-quick,$@),--quick)

@@ -19,9 +19,9 @@ SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), p.lsn)::bigint FROM bemi.progress p
 """
 
 LAG = """
-SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM queued_at - committed_at)),
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM queued_at - committed_at)),
-       max(extract(epoch FROM queued_at - committed_at))
+SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM queued_at - committed_at)::float8),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM queued_at - committed_at)::float8),
+       max(extract(epoch FROM queued_at - committed_at))::float8
 FROM bemi.changes WHERE committed_at >= %s
 """
 

@@ -58,7 +58,7 @@ class Results:
         self.targets.append(Target(workload, goal, measured, met))
 
     def write_json(self, path: Path) -> None:
-        write_atomically(path, json.dumps(asdict(self), indent=2) + "\n")
+        write_atomically(path, json.dumps(asdict(self), indent=2, default=float) + "\n")
 
 
 def write_atomically(path: Path, text: str) -> None:

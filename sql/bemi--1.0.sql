@@ -20,6 +20,7 @@ $$;
 
 CREATE FUNCTION bemi.set_context(context jsonb) RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   limit_bytes integer := coalesce(
@@ -59,6 +60,7 @@ COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or
 -- limit + 64 characters are read. A bad comment is a WARNING, never an error.
 CREATE FUNCTION bemi.comment_context(query text) RETURNS text
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   limit_bytes integer := coalesce(
@@ -109,14 +111,16 @@ DECLARE
   pending text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
   query text;
 BEGIN
-  IF pending = '' THEN
+  IF pending OPERATOR(pg_catalog.=) '' THEN
     query := pg_catalog.current_query();
-    IF pg_catalog.strpos(query, '/*Bemi') > 0 THEN
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query);
     END IF;
   END IF;
-  IF pending <> coalesce(pg_catalog.current_setting('bemi.emitted', true), '') THEN
-    PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi', coalesce(nullif(pending, ''), '{}'));
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pending OPERATOR(pg_catalog.<>) coalesce(pg_catalog.current_setting('bemi.emitted', true), '') THEN
+    PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi',
+      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
     PERFORM pg_catalog.set_config('bemi.emitted', pending, true);
   END IF;
   RETURN NULL;
@@ -149,6 +153,7 @@ END;
 
 CREATE FUNCTION bemi.track(relation regclass) RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   member regclass;
@@ -179,6 +184,7 @@ COMMENT ON FUNCTION bemi.track(regclass) IS
 
 CREATE FUNCTION bemi.untrack(relation regclass) RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   member regclass;
@@ -193,6 +199,7 @@ COMMENT ON FUNCTION bemi.untrack(regclass) IS 'Stops tracking a table; its histo
 
 CREATE FUNCTION bemi.track_all(schema_name name DEFAULT 'public') RETURNS SETOF regclass
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   relation regclass;
@@ -229,6 +236,7 @@ COMMENT ON TABLE bemi.progress IS
 
 CREATE FUNCTION bemi.create_slot() RETURNS pg_lsn
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   start pg_lsn;
@@ -244,6 +252,7 @@ COMMENT ON FUNCTION bemi.create_slot() IS 'Creates the logical slot "bemi"; chan
 
 CREATE FUNCTION bemi.drop_slot() RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM pg_catalog.pg_drop_replication_slot('bemi');
@@ -280,6 +289,7 @@ RETURN CASE
 -- composites, domains, types with a cast to json). Types gone since are kept as text.
 CREATE FUNCTION bemi.cast_json(type_name text, value text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   type_oid regtype := pg_catalog.to_regtype(type_name);
@@ -529,6 +539,7 @@ RETURN CASE
 -- The context carried by a message; text that is not a JSON object is kept, not lost.
 CREATE FUNCTION bemi.context_json(content text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   parsed jsonb;

@@ -58,10 +58,10 @@ def test_interleaved_transactions_keep_their_own_contexts(dsn: str, admin: psyco
     assert transactions == {"n": WRITERS * ROUNDS, "rows": WRITERS * ROUNDS}
 
 
-def racing_ingest(dsn: str, done: threading.Event, counts: list[int], errors: list[BaseException]) -> None:
+def racing_ingest(dsn: str, end: list[str], counts: list[int], errors: list[BaseException]) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            while not (done.is_set() and scenarios.caught_up(dsn)):
+            while not (end and scenarios.caught_up(dsn, end[0])):
                 counts.append(conn.execute("SELECT bemi.ingest(7)").fetchone()[0])  # type: ignore[index]
     except BaseException as error:
         errors.append(error)
@@ -69,15 +69,15 @@ def racing_ingest(dsn: str, done: threading.Event, counts: list[int], errors: li
 
 def test_two_ingests_racing_store_each_change_once(dsn: str) -> None:
     scenarios.prepare(dsn)
-    done = threading.Event()
+    end: list[str] = []  # set when the writers are done
     counts: list[list[int]] = [[], []]
     errors: list[BaseException] = []
-    racers = [threading.Thread(target=racing_ingest, args=(dsn, done, c, errors)) for c in counts]
+    racers = [threading.Thread(target=racing_ingest, args=(dsn, end, c, errors)) for c in counts]
     for racer in racers:
         racer.start()
     with scenarios.Writers(dsn, 3, transactions=40) as load:
         pass
-    done.set()
+    end.append(scenarios.mark_end(dsn))
     for racer in racers:
         racer.join()
     assert errors == []

@@ -75,3 +75,33 @@ def test_status_warns_when_retained_wal_passes_the_threshold(dsn: str, admin: ps
     assert relaxed.returncode == 0, relaxed.stderr
     assert "retained WAL" in relaxed.stdout
     assert ingest(admin) == 2
+
+
+
+COLUMN_DDL = {  # the DDL, a change after it, that change's row
+    "add column": ("ALTER TABLE t ADD COLUMN extra int DEFAULT 5", "INSERT INTO t VALUES (3, 'd', 3)",
+                   {"id": 3, "v": "d", "n": 3, "extra": 5}),
+    "drop column": ("ALTER TABLE t DROP COLUMN v", "INSERT INTO t VALUES (3, 3)", {"id": 3, "n": 3}),
+    "rename column": ("ALTER TABLE t RENAME COLUMN v TO w", "INSERT INTO t VALUES (3, 'd', 3)",
+                      {"id": 3, "w": "d", "n": 3}),
+    "type change": ("ALTER TABLE t ALTER COLUMN n TYPE text", "INSERT INTO t VALUES (3, 'd', 'x')",
+                    {"id": 3, "v": "d", "n": "x"}),
+}
+
+
+@pytest.mark.parametrize("ddl", COLUMN_DDL)
+def test_column_ddl_while_changes_are_pending(ddl: str, admin: psycopg.Connection[Any]) -> None:
+    """Changes made before the DDL keep the columns and types they were made with (the WAL is
+    decoded with the catalog of its time); the change after it has the new shape."""
+    statement, insert, after = COLUMN_DDL[ddl]
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, v text, n int); SELECT bemi.track('t')")
+    admin.execute("INSERT INTO t VALUES (1, 'a', 1), (2, 'b', 2)")
+    admin.execute("UPDATE t SET v = 'c' WHERE id = 1")
+    admin.execute("DELETE FROM t WHERE id = 2")
+    admin.execute(statement)
+    admin.execute(insert)
+    assert ingest(admin) == 5
+    rows = [(r["operation"], r["before"], r["after"]) for r in changes(admin, "operation", "before", "after")]
+    a1, b2 = {"id": 1, "v": "a", "n": 1}, {"id": 2, "v": "b", "n": 2}
+    assert rows == [("CREATE", {}, a1), ("CREATE", {}, b2), ("UPDATE", a1, {**a1, "v": "c"}), ("DELETE", b2, {}),
+                    ("CREATE", {}, after)]

@@ -143,35 +143,39 @@ def run_statement(conn: psycopg.Connection[Any], table: sql.Identifier, columns:
     return cursor.rowcount
 
 
-def rows_json(admin: psycopg.Connection[Any], table: sql.Composable) -> list[str]:
-    """The table's rows as to_jsonb() texts, sorted (a multiset)."""
-    query = sql.SQL("SELECT to_jsonb(t.*) AS j FROM {} AS t").format(table)
-    return sorted(json.dumps(r["j"], sort_keys=True) for r in admin.execute(query))
+def differences(admin: psycopg.Connection[Any], table: sql.Composable, copy: sql.Composable) -> list[Any]:
+    """Rows (as to_jsonb) in one table and not the other, counting duplicates; compared in SQL,
+    where numbers keep every digit."""
+    query = sql.SQL(
+        "(SELECT to_jsonb(t.*) FROM {table} AS t EXCEPT ALL SELECT to_jsonb(c.*) FROM {copy} AS c) UNION ALL "
+        "(SELECT to_jsonb(c.*) FROM {copy} AS c EXCEPT ALL SELECT to_jsonb(t.*) FROM {table} AS t)"
+    ).format(table=table, copy=copy)
+    return admin.execute(query).fetchall()
 
 
 def replay(admin: psycopg.Connection[Any], table_name: str, copy: sql.Identifier) -> list[dict[str, Any]]:
-    """Applies the trail of one table to its copy, in id order; returns the trail."""
-    trail = [r for r in changes(admin, "table", "operation", "before", "after", "context") if r["table"] == table_name]
+    """Applies the trail of one table to its copy, in id order, inside the server (the JSON
+    never passes through Python numbers); returns the trail."""
+    trail = [r for r in changes(admin, "id", "table", "operation", "before", "after", "context") if r["table"] == table_name]
+    image = sql.SQL("jsonb_populate_record(NULL::{copy}, (SELECT c.{side} FROM bemi.changes AS c WHERE c.id = %s))")
+    before, after = (image.format(copy=copy, side=sql.Identifier(side)) for side in ("before", "after"))
     locate = sql.SQL(
-        "ctid = (SELECT c.ctid FROM {copy} AS c "
-        "WHERE to_jsonb(c.*) = to_jsonb(jsonb_populate_record(NULL::{copy}, %s)) LIMIT 1)"
-    ).format(copy=copy)
+        "ctid = (SELECT r.ctid FROM {copy} AS r WHERE to_jsonb(r.*) = to_jsonb({before}) LIMIT 1)"
+    ).format(copy=copy, before=before)
+    statements = {
+        "CREATE": sql.SQL("INSERT INTO {copy} SELECT * FROM {after}").format(copy=copy, after=after),
+        "UPDATE": sql.SQL("UPDATE {copy} SET ({names}) = (SELECT * FROM {after}) WHERE {locate}").format(
+            copy=copy, names=column_list(admin, copy), after=after, locate=locate),
+        "DELETE": sql.SQL("DELETE FROM {copy} WHERE {locate}").format(copy=copy, locate=locate),
+    }
     for change in trail:
-        if change["operation"] == "CREATE":
-            query = sql.SQL("INSERT INTO {copy} SELECT * FROM jsonb_populate_record(NULL::{copy}, %s)").format(copy=copy)
-            params = [psycopg.types.json.Jsonb(change["after"])]
-        elif change["operation"] == "UPDATE":
-            query = sql.SQL("UPDATE {copy} AS t SET ({names}) = (SELECT * FROM jsonb_populate_record(NULL::{copy}, %s)) "
-                            "WHERE {locate}").format(copy=copy, names=column_list(admin, copy), locate=locate)
-            params = [psycopg.types.json.Jsonb(change["after"]), psycopg.types.json.Jsonb(change["before"])]
-        else:
-            query = sql.SQL("DELETE FROM {copy} WHERE {locate}").format(copy=copy, locate=locate)
-            params = [psycopg.types.json.Jsonb(change["before"])]
-        assert admin.execute(query, params).rowcount == 1, change
+        ids = [change["id"]] * (2 if change["operation"] == "UPDATE" else 1)
+        assert admin.execute(statements[change["operation"]], ids).rowcount == 1, change
     return trail
 
 
 def column_list(admin: psycopg.Connection[Any], table: sql.Identifier) -> sql.Composable:
+    """The table's column names, in order, quoted."""
     names = admin.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         [table.as_string(admin)],
@@ -184,7 +188,7 @@ def test_replaying_the_trail_reproduces_the_table(dsn: str, admin: psycopg.Conne
     admin.execute("SET timezone = 'UTC'")
     counter = itertools.count()
 
-    @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(data=st.data())
     def check(data: st.DataObject) -> None:
         columns, has_key = data.draw(tables())
@@ -228,6 +232,6 @@ def test_replaying_the_trail_reproduces_the_table(dsn: str, admin: psycopg.Conne
         for change in trail:
             for side in ("before", "after"):
                 assert change[side] == {} or set(change[side]) == names, (side, change)
-        assert rows_json(admin, copy) == rows_json(admin, table)
+        assert differences(admin, table, copy) == []
 
     check()

@@ -46,7 +46,7 @@ def functions(version: str = "1.0") -> list[Function]:
             pglast.parse_plpgsql(sql)
         settings = tuple(o.arg.name for o in stmt.options or () if o.defname == "set")
         found.append(Function(
-            name=".".join(n.sval for n in stmt.funcname),
+            name=".".join(n.sval for n in stmt.funcname or ()),
             language=language,
             security_definer=bool(options.get("security") and options["security"].boolval),
             settings=settings,

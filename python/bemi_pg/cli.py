@@ -170,7 +170,7 @@ def changes(args: argparse.Namespace) -> int:
     query = (f"SELECT * FROM (SELECT * FROM bemi.changes WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s) c "
              "ORDER BY id")
     with connect(args) as conn:
-        rows = conn.execute(query, [*params, args.limit]).fetchall()  # type: ignore[arg-type]
+        rows = conn.execute(query, [*params, args.limit]).fetchall()
     print_trail(rows, as_json=args.json)
     return 0
 

@@ -21,7 +21,7 @@ Context = Mapping[str, Any]
 SET_CONTEXT = "SELECT bemi.set_context(%s::jsonb)"
 
 # The context each connection's current transaction carries, for nesting: {id(conn): context}.
-_active: ContextVar[dict[int, dict[str, Any]]] = ContextVar("bemi_active_contexts", default={})
+_active: ContextVar[dict[int, dict[str, Any]]] = ContextVar("bemi_active_contexts")
 
 
 def dump_context(context: Context | None) -> str | None:
@@ -69,13 +69,13 @@ async def set_context_async(conn: psycopg.AsyncConnection[Any], context: Context
 
 def _merged(conn: object, context: Context) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The context a nested block sets (outer keys, inner keys winning) and the outer one."""
-    outer = _active.get().get(id(conn))
+    outer = _active.get({}).get(id(conn))
     return {**(outer or {}), **context}, outer
 
 
 @contextmanager
 def _activate(conn: object, context: dict[str, Any]) -> Iterator[None]:
-    token = _active.set({**_active.get(), id(conn): context})
+    token = _active.set({**_active.get({}), id(conn): context})
     try:
         yield
     finally:

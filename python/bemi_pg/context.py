@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -33,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _current: ContextVar[dict[str, Any] | None] = ContextVar("bemi_context", default=None)
 
 
-class context:  # noqa: N801 - named like the function it reads as: bemi_pg.context({...})
+class context:
     """Sets the ambient context for a block or a function, merged over any outer one.
 
         with bemi_pg.context({"worker": "mailer"}):
