@@ -3,14 +3,16 @@
 
 CREATE SCHEMA bench;
 
--- Row-trigger emit: the context travels as a SQL comment on every statement
+-- Row-trigger emit: the context travels as a SQL comment leading every statement
 -- (/*Bemi {...} Bemi*/), a per-row trigger reads it back from current_query() and
--- puts one logical message per row into the WAL.
+-- puts one logical message per row into the WAL. The pattern is matched against the first
+-- 4 kB of the query only: over the whole query, a 10,000-row multi-VALUES INSERT (1.3 MB of
+-- SQL) took 143 s instead of 0.4 s, as every row scans the whole text again.
 CREATE FUNCTION bench.emit_row_context() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  context text := pg_catalog.substring(pg_catalog.current_query(), '/\*Bemi (.*) Bemi\*/');
+  context text := pg_catalog.substring(pg_catalog.left(pg_catalog.current_query(), 4096), '/\*Bemi (.*) Bemi\*/');
 BEGIN
   IF context IS NOT NULL THEN
     PERFORM pg_catalog.pg_logical_emit_message(true, 'bench', context);

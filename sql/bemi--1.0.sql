@@ -405,7 +405,7 @@ BEGIN ATOMIC
       '(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)\.(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)', 'g') WITH ORDINALITY AS nm(name, ord)
     JOIN relations r ON r.printed = nm.name[1]
     WHERE pg_catalog.octet_length(l.line) < 65536 AND pg_catalog.starts_with(l.line, 'table ')
-      AND l.line ~ ': TRUNCATE: [a-z_() ]+$'
+      AND l.line ~ ': TRUNCATE: [a-z_() -]+$'
     GROUP BY l.n, l.lsn, l.xid, r.schema, r."table"
   )
   SELECT e.lsn, e.xid,

@@ -108,7 +108,7 @@ def tracked(admin: psycopg.Connection[Any]) -> list[str]:
 
 def test_track_refuses_views_and_missing_tables_and_changes_nothing(admin: psycopg.Connection[Any]) -> None:
     admin.execute("CREATE TABLE x (id int PRIMARY KEY); CREATE VIEW v AS SELECT * FROM x")
-    for name, sqlstate, message in [("v", "42809", "^bemi: v is not a table"),
+    for name, sqlstate, message in [("v", "42809", r"^bemi: public\.v is not a table"),
                                     ("missing", "42P01", 'relation "missing" does not exist'),
                                     ("x; DROP TABLE x", "42602", "invalid name syntax")]:
         with pytest.raises(psycopg.Error, match=message) as failure:
@@ -185,7 +185,9 @@ TYPES: dict[str, st.SearchStrategy[Any]] = {
     "numeric": st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-10**9, max_value=10**9),
     "double precision": st.floats(allow_nan=False, allow_infinity=False),
     "boolean": st.booleans(),
-    "jsonb": JSON.map(Jsonb),
+    # A jsonb JSON null and an SQL NULL are both null in to_jsonb(row): the trail cannot tell
+    # them apart, so the fuzz leaves the jsonb null out (an SQL NULL is drawn for every type).
+    "jsonb": JSON.filter(lambda value: value is not None).map(Jsonb),
     "text[]": st.lists(st.none() | SAFE_TEXT, max_size=4),
     "integer[]": st.lists(st.none() | st.integers(-1000, 1000), max_size=4),
     "timestamptz": st.datetimes(timezones=st.just(datetime.timezone.utc),

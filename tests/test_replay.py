@@ -109,38 +109,34 @@ def workloads(draw: st.DrawFn, columns: list[Column]) -> list[dict[str, Any]]:
     return statements
 
 
-def assignments(columns: list[Column], values: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
-    """col = %s::type, ... for the given values."""
+def typed(columns: list[Column], values: dict[str, Any]) -> dict[str, sql.Composable]:
+    """Each value as a literal cast to its column's type. Literals, not parameters: a % in a
+    column name would otherwise be taken for a placeholder."""
     types = {c.name: c.type for c in columns}
-    parts = [sql.SQL("{} = %s::{}").format(sql.Identifier(n), sql.SQL(types[n])) for n in values]
-    return sql.SQL(", ").join(parts), list(values.values())
+    return {n: sql.SQL("({})::{}").format(sql.Literal(v), sql.SQL(types[n])) for n, v in values.items()}
 
 
 def run_statement(conn: psycopg.Connection[Any], table: sql.Identifier, columns: list[Column],
                   statement: dict[str, Any], next_key: int) -> int:
     """Runs one statement; returns how many rows it changed."""
-    one_row = sql.SQL("ctid = (SELECT ctid FROM {} ORDER BY ctid OFFSET %s LIMIT 1)").format(table)
     count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
-    offset = [statement["row"] % max(count[0] if count else 1, 1)]
+    offset = statement["row"] % max(count[0] if count else 1, 1)
+    one_row = sql.SQL("ctid = (SELECT ctid FROM {} ORDER BY ctid OFFSET {} LIMIT 1)").format(table, offset)
     if statement["kind"] == "insert":
-        values = {**statement["values"], columns[0].name: next_key} if next_key else statement["values"]
-        names = sql.SQL(", ").join(sql.Identifier(n) for n in values)
-        types = {c.name: c.type for c in columns}
-        placeholders = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[n])) for n in values)
-        cursor = conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(table, names, placeholders),
-                              list(values.values()))
+        values = typed(columns, {**statement["values"], columns[0].name: next_key} if next_key else statement["values"])
+        query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            table, sql.SQL(", ").join(map(sql.Identifier, values)), sql.SQL(", ").join(values.values()))
     elif statement["kind"] == "delete":
-        cursor = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(table, one_row), offset)
+        query = sql.SQL("DELETE FROM {} WHERE {}").format(table, one_row)
     else:
         # Keys stay as they are, so they stay unique.
-        values = {n: v for n, v in statement["values"].items() if not (next_key and n == columns[0].name)}
+        values = typed(columns, {n: v for n, v in statement["values"].items() if not (next_key and n == columns[0].name)})
         if not values:
             return 0
-        setter, params = assignments(columns, values)
+        setter = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(n), v) for n, v in values.items())
         where = sql.SQL("true") if statement["kind"] == "update_all" else one_row
-        cursor = conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(table, setter, where),
-                              params + ([] if statement["kind"] == "update_all" else offset))
-    return cursor.rowcount
+        query = sql.SQL("UPDATE {} SET {} WHERE {}").format(table, setter, where)
+    return conn.execute(query).rowcount
 
 
 def differences(admin: psycopg.Connection[Any], table: sql.Composable, copy: sql.Composable) -> list[Any]:
@@ -157,20 +153,20 @@ def replay(admin: psycopg.Connection[Any], table_name: str, copy: sql.Identifier
     """Applies the trail of one table to its copy, in id order, inside the server (the JSON
     never passes through Python numbers); returns the trail."""
     trail = [r for r in changes(admin, "id", "table", "operation", "before", "after", "context") if r["table"] == table_name]
-    image = sql.SQL("jsonb_populate_record(NULL::{copy}, (SELECT c.{side} FROM bemi.changes AS c WHERE c.id = %s))")
-    before, after = (image.format(copy=copy, side=sql.Identifier(side)) for side in ("before", "after"))
-    locate = sql.SQL(
-        "ctid = (SELECT r.ctid FROM {copy} AS r WHERE to_jsonb(r.*) = to_jsonb({before}) LIMIT 1)"
-    ).format(copy=copy, before=before)
-    statements = {
-        "CREATE": sql.SQL("INSERT INTO {copy} SELECT * FROM {after}").format(copy=copy, after=after),
-        "UPDATE": sql.SQL("UPDATE {copy} SET ({names}) = (SELECT * FROM {after}) WHERE {locate}").format(
-            copy=copy, names=column_list(admin, copy), after=after, locate=locate),
-        "DELETE": sql.SQL("DELETE FROM {copy} WHERE {locate}").format(copy=copy, locate=locate),
-    }
+    image = sql.SQL("jsonb_populate_record(NULL::{copy}, (SELECT c.{side} FROM bemi.changes AS c WHERE c.id = {id}))")
+    names = column_list(admin, copy)
     for change in trail:
-        ids = [change["id"]] * (2 if change["operation"] == "UPDATE" else 1)
-        assert admin.execute(statements[change["operation"]], ids).rowcount == 1, change
+        before, after = (image.format(copy=copy, side=sql.Identifier(side), id=change["id"]) for side in ("before", "after"))
+        locate = sql.SQL(
+            "ctid = (SELECT r.ctid FROM {copy} AS r WHERE to_jsonb(r.*) = to_jsonb({before}) LIMIT 1)"
+        ).format(copy=copy, before=before)
+        statement = {
+            "CREATE": sql.SQL("INSERT INTO {copy} SELECT * FROM {after}").format(copy=copy, after=after),
+            "UPDATE": sql.SQL("UPDATE {copy} SET ({names}) = (SELECT * FROM {after}) WHERE {locate}").format(
+                copy=copy, names=names, after=after, locate=locate),
+            "DELETE": sql.SQL("DELETE FROM {copy} WHERE {locate}").format(copy=copy, locate=locate),
+        }[change["operation"]]
+        assert admin.execute(statement).rowcount == 1, change
     return trail
 
 
@@ -184,6 +180,9 @@ def column_list(admin: psycopg.Connection[Any], table: sql.Identifier) -> sql.Co
 
 
 def test_replaying_the_trail_reproduces_the_table(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    """One database for the test, a fresh table (and copy) per example; the model tracks the
+    context each committed statement ran with (set, inherited, cleared, reset by COMMIT,
+    restored by a rolled-back savepoint) and how many rows it changed."""
     admin.execute("CREATE TYPE colour AS ENUM ({})".format(", ".join("'" + x.replace("'", "''") + "'" for x in ENUM_LABELS)))
     admin.execute("SET timezone = 'UTC'")
     counter = itertools.count()
