@@ -20,23 +20,25 @@ $$;
 
 CREATE FUNCTION bemi.set_context(context jsonb) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  limit_bytes integer := coalesce(
-    nullif(pg_catalog.current_setting('bemi.max_context_bytes', true), ''), '65536')::integer;
+  body text := context::text;
+  setting text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes integer := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::integer ELSE 65536 END;
 BEGIN
-  IF context IS NOT NULL AND pg_catalog.jsonb_typeof(context) <> 'object' THEN
+  -- Called once per transaction: no SET clause (it costs a GUC save and restore on every
+  -- call); operators are qualified instead, as it runs with the caller's search_path.
+  IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
     RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
   END IF;
-  IF pg_catalog.octet_length(context::text) > limit_bytes THEN
-    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes',
-      pg_catalog.octet_length(context::text), limit_bytes
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
   END IF;
-  -- An empty object is no context at all.
-  PERFORM pg_catalog.set_config('bemi.context', coalesce(nullif(context, '{}')::text, ''), true);
+  -- NULL and an empty object are no context at all.
+  PERFORM pg_catalog.set_config('bemi.context',
+    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true);
 END
 $$;
 
@@ -151,6 +153,56 @@ BEGIN ATOMIC
   SELECT p.relid FROM pg_catalog.pg_partition_tree(relation) AS p;
 END;
 
+-- The primary key columns of a table, in key order, as wal2json "pk": [{name, type}].
+CREATE FUNCTION bemi.primary_key(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.jsonb_agg(
+    pg_catalog.jsonb_build_object('name', a.attname, 'type', pg_catalog.format_type(a.atttypid, NULL))
+    ORDER BY k.ord)
+  FROM pg_catalog.pg_index i
+  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+  WHERE i.indrelid = relation AND i.indisprimary;
+END;
+
+-- The names under which test_decoding prints the changes of tracked tables, partitions
+-- included, each with the tracked table it reports under and its primary key.
+CREATE VIEW bemi.tracked_names AS
+SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS printed,
+  t.schema, t."table", bemi.primary_key(t.relation) AS pk
+FROM bemi.tracked AS t
+CROSS JOIN LATERAL bemi.partition_family(t.relation) AS f(member)
+JOIN pg_catalog.pg_class c ON c.oid = f.member
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
+
+-- Every name tracked tables were seen under. The WAL names a table as it was when it was
+-- changed, so changes still pending when a table is renamed, dropped or untracked are
+-- found here, under the name they were made with; a name that stopped being tracked
+-- stops matching changes made after untracked_at.
+CREATE TABLE bemi.names (
+  printed text PRIMARY KEY,
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  pk jsonb,
+  untracked_at pg_lsn
+);
+
+-- Brings bemi.names up to date with the catalog; track, untrack and ingest call it.
+CREATE FUNCTION bemi.remember_names() RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  INSERT INTO bemi.names (printed, schema, "table", pk)
+  SELECT t.printed, t.schema, t."table", t.pk FROM bemi.tracked_names AS t
+  ON CONFLICT (printed) DO UPDATE SET schema = excluded.schema, "table" = excluded."table", pk = excluded.pk,
+    untracked_at = NULL
+  WHERE (names.schema, names."table", names.pk, names.untracked_at)
+    IS DISTINCT FROM (excluded.schema, excluded."table", excluded.pk, NULL);
+  UPDATE bemi.names SET untracked_at = pg_catalog.pg_current_wal_insert_lsn()
+  WHERE untracked_at IS NULL AND printed NOT IN (SELECT t.printed FROM bemi.tracked_names AS t);
+END;
+
 CREATE FUNCTION bemi.track(relation regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -176,6 +228,7 @@ BEGIN
         'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
     END IF;
   END LOOP;
+  PERFORM bemi.remember_names();
 END
 $$;
 
@@ -192,6 +245,7 @@ BEGIN
   FOR member IN SELECT bemi.partition_family(relation) LOOP
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS bemi_context ON %s', member);
   END LOOP;
+  PERFORM bemi.remember_names();
 END
 $$;
 
@@ -305,22 +359,28 @@ EXCEPTION WHEN data_exception THEN
 END
 $$;
 
--- The JSON of a value, exactly as to_jsonb() gives it for the typed value: numbers,
--- booleans, json and arrays stay what they are, so jsonb_populate_record() round-trips.
-CREATE FUNCTION bemi.value_json(type_name text, value text) RETURNS jsonb
+-- The JSON text of a printed value, exactly as to_jsonb() gives it for the typed value:
+-- numbers, booleans, json and arrays stay what they are, so jsonb_populate_record()
+-- round-trips. literal is the value as printed, value its text (NULL for null). Called with
+-- plain columns it is inlined into the decoding query, which keeps decoding fast.
+CREATE FUNCTION bemi.json_value(type_name text, literal text, value text) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE
-  WHEN value IS NULL THEN 'null'::jsonb
-  WHEN type_name IN ('integer', 'bigint', 'smallint', 'numeric') THEN pg_catalog.to_jsonb(value::numeric)
-  WHEN type_name IN ('double precision', 'real') THEN pg_catalog.to_jsonb(value::double precision)
-  WHEN type_name = 'boolean' THEN pg_catalog.to_jsonb(value::boolean)
-  WHEN type_name IN ('jsonb', 'json') THEN value::jsonb
-  WHEN type_name = 'timestamp with time zone' THEN pg_catalog.to_jsonb(value::timestamptz)
-  WHEN type_name = 'timestamp without time zone' THEN pg_catalog.to_jsonb(value::timestamp)
-  WHEN type_name IN ('text', 'character varying', 'character', 'uuid', 'date', 'bytea', 'name',
-                     'time without time zone', 'interval', 'inet', 'bit', 'bit varying', 'citext')
-    THEN pg_catalog.to_jsonb(value)
-  ELSE bemi.cast_json(type_name, value) END;
+  WHEN value IS NULL THEN 'null'
+  WHEN pg_catalog.left(literal, 1) <> '''' THEN -- printed bare: numbers, booleans, B'bits'
+    CASE WHEN type_name = 'oid' OR value IN ('NaN', 'Infinity', '-Infinity') OR pg_catalog.left(literal, 2) = 'B'''
+      THEN pg_catalog.to_json(value)::text ELSE value END
+  WHEN type_name IN ('jsonb', 'json') THEN value
+  WHEN type_name = 'timestamp with time zone' THEN pg_catalog.to_json(value::timestamptz)::text
+  WHEN type_name = 'timestamp without time zone' THEN pg_catalog.to_json(value::timestamp)::text
+  WHEN type_name IN ('text', 'character varying', 'character', 'uuid', 'date', 'bytea', 'name', '"char"',
+                     'time without time zone', 'time with time zone', 'interval', 'inet', 'cidr',
+                     'macaddr', 'money', 'xml', 'tsvector')
+    THEN pg_catalog.to_json(value)::text
+  WHEN type_name = 'text[]' THEN pg_catalog.to_json(value::text[])::text
+  WHEN type_name = 'integer[]' THEN pg_catalog.to_json(value::integer[])::text
+  WHEN type_name = 'bigint[]' THEN pg_catalog.to_json(value::bigint[])::text
+  ELSE bemi.cast_json(type_name, value)::text END;
 
 -- Fills the unchanged TOASTed columns of a new image from the old one (REPLICA IDENTITY
 -- FULL logs it whole); without an old image they cannot be known and are left out.
@@ -335,38 +395,113 @@ BEGIN ATOMIC
   WHERE NOT c.col ? 'unchanged' OR identity IS NOT NULL;
 END;
 
--- The primary key columns of a table, in key order, as wal2json "pk": [{name, type}].
-CREATE FUNCTION bemi.primary_key(relation regclass) RETURNS jsonb
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-  SELECT pg_catalog.jsonb_agg(
-    pg_catalog.jsonb_build_object('name', a.attname, 'type', pg_catalog.format_type(a.atttypid, NULL))
-    ORDER BY k.ord)
-  FROM pg_catalog.pg_index i
-  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-  WHERE i.indrelid = relation AND i.indisprimary;
-END;
+-- One printed tuple (name[type]:value ..., with old-key:/new-tuple: markers) read by the
+-- server's quoting rules: names "a""b", values 'it''s', so a space, quote or marker inside a
+-- value never splits it. Returns the images as JSON text, parsed once by the caller: as
+-- wal2json arrays (identity, columns) or as objects of the row (old_row, new_row, and
+-- new_nulls, the new image's columns as nulls: test_decoding leaves NULLs out of old images).
+-- Unchanged TOASTed values are marked {"unchanged": true} in arrays, left out of objects.
+CREATE FUNCTION bemi.parse_tuple(tuple text, old_image boolean, as_wal2json boolean,
+  OUT identity text, OUT columns text, OUT old_row text, OUT new_row text, OUT new_nulls text,
+  OUT unchanged boolean)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  rest text := tuple;
+  is_new boolean := NOT old_image;
+  name text;
+  type text;
+  literal text;
+  value text;
+  at integer;
+  item text;
+BEGIN
+  unchanged := false;
+  WHILE rest <> '' LOOP
+    IF pg_catalog.starts_with(rest, 'old-key: ') THEN
+      is_new := false; rest := pg_catalog.substr(rest, 10); CONTINUE;
+    ELSIF pg_catalog.starts_with(rest, 'new-tuple: ') THEN
+      is_new := true; rest := pg_catalog.substr(rest, 12); CONTINUE;
+    END IF;
+    -- name[type]: a ] inside the type (integer[]) is never followed by a colon.
+    name := CASE WHEN pg_catalog.left(rest, 1) = '"' THEN (pg_catalog.regexp_match(rest, '^"(?:[^"]|"")*"'))[1]
+                 ELSE pg_catalog.split_part(rest, '[', 1) END;
+    rest := pg_catalog.substr(rest, pg_catalog.length(name) + 2);
+    at := pg_catalog.strpos(rest, ']:');
+    type := pg_catalog.left(rest, at - 1);
+    rest := pg_catalog.substr(rest, at + 2);
+    -- The value: quoted up to a quote that is not doubled, or bare up to the next space.
+    IF pg_catalog.left(rest, 1) = '''' THEN
+      at := 1;
+      LOOP
+        at := at + pg_catalog.strpos(pg_catalog.substr(rest, at + 1), '''');
+        EXIT WHEN pg_catalog.substr(rest, at + 1, 1) <> '''';
+        at := at + 1;
+      END LOOP;
+      literal := pg_catalog.left(rest, at);
+      value := pg_catalog.replace(pg_catalog.substr(literal, 2, at - 2), '''''', '''');
+    ELSE
+      at := pg_catalog.strpos(rest, ' ');
+      literal := CASE WHEN at = 0 THEN rest ELSE pg_catalog.left(rest, at - 1) END;
+      at := pg_catalog.length(literal);
+      value := CASE WHEN literal = 'null' THEN NULL
+                    WHEN pg_catalog.left(literal, 2) = 'B''' THEN pg_catalog.substr(literal, 3, at - 3)
+                    ELSE literal END;
+    END IF;
+    rest := pg_catalog.substr(rest, at + 2);
+    name := CASE WHEN pg_catalog.left(name, 1) = '"' THEN pg_catalog.to_json(bemi.unquote_ident(name))::text
+                 ELSE '"' || name || '"' END;
+    IF literal = 'unchanged-toast-datum' THEN
+      unchanged := true;
+      item := '{"name":' || name || ',"type":' || pg_catalog.to_json(type)::text || ',"unchanged":true}';
+    ELSIF as_wal2json THEN
+      item := '{"name":' || name || ',"type":' || pg_catalog.to_json(type)::text
+        || ',"value":' || bemi.json_value(type, literal, value) || '}';
+    ELSE
+      item := name || ':' || bemi.json_value(type, literal, value);
+    END IF;
+    IF as_wal2json AND is_new THEN
+      columns := pg_catalog.concat_ws(',', columns, item);
+    ELSIF as_wal2json THEN
+      identity := pg_catalog.concat_ws(',', identity, item);
+    ELSIF is_new THEN
+      new_nulls := pg_catalog.concat_ws(',', new_nulls, name || ':null');
+      IF literal <> 'unchanged-toast-datum' THEN
+        new_row := pg_catalog.concat_ws(',', new_row, item);
+      END IF;
+    ELSE
+      old_row := pg_catalog.concat_ws(',', old_row, item);
+    END IF;
+  END LOOP;
+  identity := '[' || identity || ']';
+  columns := '[' || columns || ']';
+  old_row := '{' || old_row || '}';
+  new_row := CASE WHEN NOT as_wal2json THEN '{' || coalesce(new_row, '') || '}' END;
+  new_nulls := '{' || new_nulls || '}';
+END
+$$;
 
 -- Decodes the pending WAL of the slot without consuming it: one wal2json format-version 2
 -- entry per row. B and C for every transaction (so progress can pass transactions that
 -- touched no tracked table), M for bemi's context messages, I/U/D/T for tracked tables;
--- a partition's changes are reported under its tracked parent. One set-based query: the
+-- a partition's changes are reported under its tracked parent. Beside each entry, the old
+-- and new rows as JSON objects, for bemi.ingest(). One set-based query: the
 -- tokenizer knows the quoting rules (names "a""b", values 'it''s'), so a space, quote or
 -- marker inside a value never splits it, and has no capture groups, which keeps it fast.
-CREATE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
-RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
+CREATE FUNCTION bemi.decode(max_changes integer, as_wal2json boolean)
+RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb, old_row jsonb, new_row jsonb, new_nulls jsonb)
 LANGUAGE sql VOLATILE
 SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 1
-SET bytea_output = 'hex' SET timezone = 'UTC'
+SET bytea_output = 'hex' SET timezone = 'UTC' SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
+  -- The slot serves one reader at a time: wait for a running ingest rather than fail.
+  SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
   WITH relations AS MATERIALIZED (
-    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS printed,
-      t.schema, t."table", bemi.primary_key(t.relation) AS pk
-    FROM bemi.tracked AS t
-    CROSS JOIN LATERAL bemi.partition_family(t.relation) AS f(member)
-    JOIN pg_catalog.pg_class c ON c.oid = f.member
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    SELECT t.printed, 'table ' || t.printed || ': ' AS prefix, t.schema, t."table", t.pk, NULL::pg_lsn AS until
+    FROM bemi.tracked_names AS t
+    UNION ALL
+    SELECT h.printed, 'table ' || h.printed || ': ', h.schema, h."table", h.pk, h.untracked_at
+    FROM bemi.names AS h WHERE h.printed NOT IN (SELECT t.printed FROM bemi.tracked_names AS t)
   ), lines AS MATERIALIZED (
     SELECT w.lsn, w.xid, w.data AS line, w.n
     FROM pg_catalog.pg_logical_slot_peek_changes('bemi', NULL, max_changes,
@@ -391,8 +526,8 @@ BEGIN ATOMIC
         || CASE WHEN r.pk IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('pk', r.pk) END,
       pg_catalog.substr(c.rest, pg_catalog.length(c.op) + 3), c.op = 'DELETE'
     FROM lines l
-    JOIN relations r ON pg_catalog.starts_with(l.line, 'table ' || r.printed || ': ')
-    CROSS JOIN LATERAL (SELECT pg_catalog.substr(l.line, pg_catalog.length(r.printed) + 9) AS rest) AS p
+    JOIN relations r ON pg_catalog.starts_with(l.line, r.prefix) AND (r.until IS NULL OR l.lsn < r.until)
+    CROSS JOIN LATERAL (SELECT pg_catalog.substr(l.line, pg_catalog.length(r.prefix) + 1) AS rest) AS p
     CROSS JOIN LATERAL (SELECT pg_catalog.split_part(p.rest, ':', 1) AS op, p.rest) AS c
     WHERE c.op IN ('INSERT', 'UPDATE', 'DELETE')
     UNION ALL
@@ -403,52 +538,34 @@ BEGIN ATOMIC
     CROSS JOIN LATERAL pg_catalog.regexp_matches(
       pg_catalog.substring(l.line, '^table (.*): TRUNCATE: [a-z_() -]+$'),
       '(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)\.(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)', 'g') WITH ORDINALITY AS nm(name, ord)
-    JOIN relations r ON r.printed = nm.name[1]
+    JOIN relations r ON r.printed = nm.name[1] AND (r.until IS NULL OR l.lsn < r.until)
     WHERE pg_catalog.octet_length(l.line) < 65536 AND pg_catalog.starts_with(l.line, 'table ')
       AND l.line ~ ': TRUNCATE: [a-z_() -]+$'
     GROUP BY l.n, l.lsn, l.xid, r.schema, r."table"
   )
   SELECT e.lsn, e.xid,
-    e.head
-      || CASE WHEN i.columns IS NULL THEN '{}'
-           WHEN i.unchanged THEN pg_catalog.jsonb_build_object('columns', bemi.fill_unchanged(i.columns, i.identity))
-           ELSE pg_catalog.jsonb_build_object('columns', i.columns) END
-      || CASE WHEN i.identity IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('identity', i.identity) END
+    CASE WHEN i.columns IS NULL AND i.identity IS NULL THEN e.head
+      ELSE e.head
+        || CASE WHEN i.columns IS NULL THEN '{}'
+             WHEN i.unchanged AND i.identity IS NOT NULL
+             THEN pg_catalog.jsonb_build_object('columns', bemi.fill_unchanged(i.columns::jsonb, i.identity::jsonb))
+             ELSE pg_catalog.jsonb_build_object('columns', i.columns::jsonb) END
+        || CASE WHEN i.identity IS NULL THEN '{}' ELSE pg_catalog.jsonb_build_object('identity', i.identity::jsonb) END
+    END,
+    i.old_row::jsonb,
+    CASE WHEN i.unchanged AND i.old_row IS NOT NULL THEN i.old_row::jsonb || i.new_row::jsonb ELSE i.new_row::jsonb END,
+    i.new_nulls::jsonb
   FROM entries e
-  -- Each printed column, name[type]:value, plus the old-key:/new-tuple: markers. A ] inside
-  -- the type (integer[]) is one not followed by a colon: (?!:), since ]] can be ]]:'{1}'.
-  LEFT JOIN LATERAL (
-    SELECT tk.tokens, pg_catalog.array_position(tk.tokens, 'new-tuple:') AS split
-    FROM (SELECT (SELECT pg_catalog.array_agg(m.token[1]) FROM pg_catalog.regexp_matches(e.tuple,
-      'old-key:|new-tuple:|(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)\[[^\]]*(?:\](?!:)[^\]]*)*\]:(?:''[^'']*(?:''''[^'']*)*''|B''[01]*''|[^ ]+)',
-      'g') AS m(token)) AS tokens) AS tk
-  ) AS t ON e.tuple IS NOT NULL
-  -- The old image (identity) and the new one (columns) of the change.
-  LEFT JOIN LATERAL (
-    SELECT
-      pg_catalog.jsonb_agg(c.col) FILTER (WHERE NOT c.is_new) AS identity,
-      pg_catalog.jsonb_agg(c.col) FILTER (WHERE c.is_new) AS columns,
-      pg_catalog.bool_or(c.literal = 'unchanged-toast-datum') AS unchanged
-    FROM (
-      SELECT p.is_new, p.literal, pg_catalog.jsonb_build_object('name', p.name, 'type', p.type)
-        || CASE WHEN p.literal = 'unchanged-toast-datum' THEN '{"unchanged": true}'::jsonb
-           ELSE pg_catalog.jsonb_build_object('value', bemi.value_json(p.type, p.value)) END AS col
-      FROM (
-        SELECT CASE WHEN t.split IS NOT NULL THEN k.ord > t.split ELSE NOT e.old_image END AS is_new,
-          bemi.unquote_ident(q.name) AS name, h.type, h.literal, bemi.unquote_literal(h.literal) AS value
-        FROM pg_catalog.unnest(t.tokens) WITH ORDINALITY AS k(token, ord)
-        CROSS JOIN LATERAL (SELECT CASE WHEN pg_catalog.left(k.token, 1) = '"'
-                                     THEN (pg_catalog.regexp_match(k.token, '^"(?:[^"]|"")*"'))[1]
-                                     ELSE pg_catalog.split_part(k.token, '[', 1) END AS name) AS q
-        CROSS JOIN LATERAL (SELECT pg_catalog.substr(k.token, pg_catalog.length(q.name) + 2) AS rest) AS r
-        CROSS JOIN LATERAL (SELECT pg_catalog.substr(r.rest, 1, pg_catalog.strpos(r.rest, ']:') - 1) AS type,
-                                   pg_catalog.substr(r.rest, pg_catalog.strpos(r.rest, ']:') + 2) AS literal) AS h
-        WHERE k.token NOT IN ('old-key:', 'new-tuple:')
-        OFFSET 0 -- keeps name, type and value plain columns, so bemi.value_json() is inlined
-      ) AS p
-    ) AS c
-  ) AS i ON e.tuple IS NOT NULL
+  LEFT JOIN LATERAL bemi.parse_tuple(e.tuple, e.old_image, as_wal2json) AS i ON e.tuple IS NOT NULL
   ORDER BY e.n, e.sub;
+END;
+
+-- The wal2json entries of the pending WAL, without consuming it (see bemi.decode).
+CREATE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
+RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+  SELECT d.lsn, d.xid, d.data FROM bemi.decode(max_changes, true) AS d;
 END;
 
 CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
@@ -489,23 +606,16 @@ COMMENT ON COLUMN bemi.changes.ordinal IS 'Which of the changes decoded from one
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
 SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
 
--- A wal2json columns array as a JSON object of the row.
-CREATE FUNCTION bemi.row_json(columns jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE
-RETURN coalesce(
-  (SELECT pg_catalog.jsonb_object_agg(c ->> 'name', c -> 'value') FROM pg_catalog.jsonb_array_elements(columns) AS c),
-  '{}');
-
 -- The NULL columns of a deleted row, as {"name": null, ...}: test_decoding leaves NULLs out of
 -- old images, so they are the table's columns (as of now) that the image lacks, when every
 -- printed column still exists by its name (none renamed or dropped since) and the column
 -- existed then: it sits before a printed one, or its pg_attribute row is no newer than the
 -- change's transaction. Without REPLICA IDENTITY FULL the image is just the key: nothing is added.
-CREATE FUNCTION bemi.deleted_nulls(schema_name text, table_name text, identity jsonb, xid bigint) RETURNS jsonb
+CREATE FUNCTION bemi.deleted_nulls(schema_name text, table_name text, old_row jsonb, xid bigint) RETURNS jsonb
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   WITH printed AS (
-    SELECT o.col ->> 'name' AS name FROM pg_catalog.jsonb_array_elements(identity) AS o(col)
+    SELECT k.name FROM pg_catalog.jsonb_object_keys(old_row) AS k(name)
   ), live AS (
     SELECT a.attname::text AS name, a.attnum, a.xmin AS added, p.name IS NOT NULL AS printed
     FROM pg_catalog.pg_class c
@@ -521,20 +631,6 @@ BEGIN ATOMIC
     AND (l.attnum < (SELECT pg_catalog.max(live.attnum) FROM live WHERE live.printed)
          OR pg_catalog.age(l.added) >= pg_catalog.age(xid::text::pg_catalog.xid));
 END;
-
--- The old row of a wal2json entry as a JSON object, NULLs included: an UPDATE's NULL columns
--- are those of the new image missing from the old one, a DELETE's come from bemi.deleted_nulls.
-CREATE FUNCTION bemi.old_row(entry jsonb, xid bigint) RETURNS jsonb
-LANGUAGE sql STABLE
-RETURN CASE
-  WHEN entry -> 'identity' IS NULL THEN '{}'::jsonb
-  WHEN entry -> 'columns' IS NULL
-    THEN bemi.deleted_nulls(entry ->> 'schema', entry ->> 'table', entry -> 'identity', xid)
-      || bemi.row_json(entry -> 'identity')
-  WHEN pg_catalog.jsonb_array_length(entry -> 'identity') < pg_catalog.jsonb_array_length(entry -> 'columns')
-    THEN (SELECT pg_catalog.jsonb_object_agg(c ->> 'name', NULL::jsonb) FROM pg_catalog.jsonb_array_elements(entry -> 'columns') AS c)
-      || bemi.row_json(entry -> 'identity')
-  ELSE bemi.row_json(entry -> 'identity') END;
 
 -- The context carried by a message; text that is not a JSON object is kept, not lost.
 CREATE FUNCTION bemi.context_json(content text) RETURNS jsonb
@@ -583,9 +679,11 @@ BEGIN
     PERFORM pg_catalog.pg_replication_slot_advance('bemi', done);
   END IF;
 
+  PERFORM bemi.remember_names();
   WITH entries AS MATERIALIZED (
-    SELECT w.lsn, w.xid::text::bigint AS xid, w.data, w.data ->> 'action' AS action, w.n
-    FROM bemi.peek(max_changes) WITH ORDINALITY AS w(lsn, xid, data, n)
+    SELECT w.lsn, w.xid::text::bigint AS xid, w.data, w.data ->> 'action' AS action, w.n,
+      w.old_row, w.new_row, w.new_nulls
+    FROM bemi.decode(max_changes, false) WITH ORDINALITY AS w(lsn, xid, data, old_row, new_row, new_nulls, n)
   ), stitched AS (
     SELECT e.*,
       bemi.context_json(pg_catalog.max(e.data ->> 'content') FILTER (WHERE e.action = 'M')
@@ -597,7 +695,11 @@ BEGIN
       FROM entries e
     ) AS e
   ), changes AS (
-    SELECT s.*, bemi.old_row(s.data, s.xid) AS before, bemi.row_json(s.data -> 'columns') AS after
+    SELECT s.*,
+      CASE WHEN s.old_row IS NULL THEN '{}'
+        WHEN s.action = 'D' THEN bemi.deleted_nulls(s.data ->> 'schema', s.data ->> 'table', s.old_row, s.xid) || s.old_row
+        ELSE coalesce(s.new_nulls, '{}') || s.old_row END AS before,
+      coalesce(s.new_row, '{}') AS after
     FROM stitched s WHERE s.action IN ('I', 'U', 'D', 'T')
   ), inserted AS (
     INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, context,
@@ -639,7 +741,9 @@ COMMENT ON FUNCTION bemi.ingest(integer) IS
 ------------------------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION bemi.ingest(integer) FROM PUBLIC;
+REVOKE ALL ON bemi.names FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.peek(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.decode(integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.create_slot() FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.drop_slot() FROM PUBLIC;
 -- What is tracked is the administrator's choice, not the application's (docs/security.md).

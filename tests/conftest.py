@@ -25,7 +25,7 @@ postgresql_proc = factories.postgresql_proc(
     executable=os.path.join(BINDIR, "pg_ctl"),
     postgres_options=(
         "-c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 "
-        "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        "-c fsync=off -c full_page_writes=off -c max_connections=200 -c timezone=UTC"
     ),
 )
 

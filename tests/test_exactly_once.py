@@ -58,7 +58,8 @@ BLOCKERS = {
 def test_ingest_terminated_at_each_step_then_rerun(
         step: str, dsn: str, conn: psycopg.Connection[Any], admin: psycopg.Connection[Any]) -> None:
     made = make_changes(conn)
-    admin.execute("SELECT bemi.ingest(4)")  # a first, committed batch: the slot has somewhere to go
+    while not stored(admin):  # a first, committed batch: the slot has somewhere to go
+        admin.execute("SELECT bemi.ingest(4)")
     first = len(stored(admin))
     assert 0 < first < len(made)
     with psycopg.connect(dsn) as blocker, psycopg.connect(dsn, autocommit=True) as victim:

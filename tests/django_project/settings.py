@@ -6,6 +6,8 @@ SECRET_KEY = "tests-only"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver"]
 USE_TZ = True
+# Django exports TIME_ZONE as TZ for the whole test process; keep it UTC for every server and tool.
+TIME_ZONE = "UTC"
 ROOT_URLCONF = "django_project.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
