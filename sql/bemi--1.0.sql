@@ -282,11 +282,12 @@ COMMENT ON FUNCTION bemi.track_all(name) IS 'Tracks every ordinary and partition
 CREATE TABLE bemi.progress (
   slot_name name PRIMARY KEY,
   lsn pg_lsn NOT NULL,
-  ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+  ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  stored bigint NOT NULL DEFAULT 0
 );
 
 COMMENT ON TABLE bemi.progress IS
-  'The end of the last transaction ingested from each slot: the slot may be advanced up to here.';
+  'The end of the last transaction ingested from each slot (the slot may be advanced up to here), and how many rows that ingest stored.';
 
 CREATE FUNCTION bemi.create_slot() RETURNS pg_lsn
 LANGUAGE plpgsql
@@ -657,6 +658,9 @@ DECLARE
   slot_at pg_lsn;
   ingested bigint;
   last_commit pg_lsn;
+  -- The WAL also holds the rows the previous ingest stored: decode that many more entries,
+  -- so a batch is not spent on them.
+  own_rows bigint;
 BEGIN
   IF max_changes IS NULL OR max_changes < 1 THEN
     RAISE EXCEPTION 'bemi: max_changes must be a positive number, not %', coalesce(max_changes::text, 'NULL')
@@ -674,7 +678,7 @@ BEGIN
 
   -- The slot moves only up to what an earlier, committed ingest has stored. Moving it is not
   -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
-  SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = 'bemi';
+  SELECT p.lsn, p.stored INTO done, own_rows FROM bemi.progress p WHERE p.slot_name = 'bemi';
   IF done > slot_at AND coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' THEN
     PERFORM pg_catalog.pg_replication_slot_advance('bemi', done);
   END IF;
@@ -683,7 +687,7 @@ BEGIN
   WITH entries AS MATERIALIZED (
     SELECT w.lsn, w.xid::text::bigint AS xid, w.data, w.data ->> 'action' AS action, w.n,
       w.old_row, w.new_row, w.new_nulls
-    FROM bemi.decode(max_changes, false) WITH ORDINALITY AS w(lsn, xid, data, old_row, new_row, new_nulls, n)
+    FROM bemi.decode(max_changes + own_rows::integer + 16, false) WITH ORDINALITY AS w(lsn, xid, data, old_row, new_row, new_nulls, n)
   ), stitched AS (
     SELECT e.*,
       bemi.context_json(pg_catalog.max(e.data ->> 'content') FILTER (WHERE e.action = 'M')
@@ -723,7 +727,8 @@ BEGIN
   INTO ingested, last_commit;
 
   IF last_commit > done THEN
-    UPDATE bemi.progress SET lsn = last_commit, ingested_at = pg_catalog.now() WHERE slot_name = 'bemi';
+    UPDATE bemi.progress SET lsn = last_commit, ingested_at = pg_catalog.now(), stored = ingested
+    WHERE slot_name = 'bemi';
   END IF;
   -- The slot is advanced past these rows by the next ingest, so they must be on disk first.
   PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
