@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -61,6 +62,8 @@ def run(sizes: Sizes) -> Results:
                           date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                           machine=server.machine(dsn))
         results.machine["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+        script = Path(__file__).parent.parent / "sql" / "bemi--1.0.sql"
+        results.machine["extension_script_sha256"] = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
         log(f"bench: {server.describe(results.machine)}, load average {results.machine['load_average_at_start']}")
 
         log("W1: OLTP with pgbench, two clients")

@@ -20,25 +20,23 @@ $$;
 
 CREATE FUNCTION bemi.set_context(context jsonb) RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   body text := context::text;
   setting text := pg_catalog.current_setting('bemi.max_context_bytes', true);
-  limit_bytes integer := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::integer ELSE 65536 END;
+  limit_bytes integer := CASE WHEN setting <> '' THEN setting::integer ELSE 65536 END;
 BEGIN
-  -- Called once per transaction: no SET clause (it costs a GUC save and restore on every
-  -- call); operators are qualified instead, as it runs with the caller's search_path.
-  IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
+  IF pg_catalog.jsonb_typeof(context) <> 'object' THEN
     RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
   END IF;
-  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+  IF pg_catalog.octet_length(body) > limit_bytes THEN
     RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
   END IF;
   -- NULL and an empty object are no context at all.
-  PERFORM pg_catalog.set_config('bemi.context',
-    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true);
+  PERFORM pg_catalog.set_config('bemi.context', CASE WHEN body IS NULL OR body = '{}' THEN '' ELSE body END, true);
 END
 $$;
 
@@ -406,6 +404,7 @@ CREATE FUNCTION bemi.parse_tuple(tuple text, old_image boolean, as_wal2json bool
   OUT identity text, OUT columns text, OUT old_row text, OUT new_row text, OUT new_nulls text,
   OUT unchanged boolean)
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   rest text := tuple;

@@ -32,7 +32,8 @@ CREATE_EXTENSION_PATH = f"pg_catalog, {EXTENSION_SCHEMA}, pg_temp"
 def plain_body(statement: str, search_path: str | None) -> str:
     if not re.search(r"^CREATE (FUNCTION|PROCEDURE) ", statement, re.MULTILINE):
         return statement
-    bound = f"SET search_path = {search_path}\n" if search_path else ""
+    pinned = SEARCH_PATH.search(statement)  # a SET clause of its own already binds the body
+    bound = f"SET search_path = {search_path}\n" if search_path and not pinned else ""
     statement = ATOMIC.sub(lambda m: f"{bound}AS $pgspot$\n{m.group(1)}$pgspot$", statement, count=1)
     return RETURN.sub(lambda m: f"{bound}AS $pgspot$ SELECT {m.group(1)} $pgspot$", statement, count=1)
 
