@@ -67,18 +67,10 @@ def with_context(conn: psycopg.Connection[Any], user_id: int) -> None:
         request(conn, user_id)
 
 
-def separate_set_context(conn: psycopg.Connection[Any], user_id: int) -> None:
-    """What a client without the pipeline does: set_context as its own round trip."""
-    with conn.transaction():
-        bemi_pg.set_context(conn, context(user_id))
-        request(conn, user_id)
-
-
 # (column key, row, variant whose table it writes, transaction)
 PY_CASES: list[tuple[str, str, Variant, Callable[[psycopg.Connection[Any], int], None]]] = [
     (PLAIN.key, "py_tps", PLAIN, plain_transaction),
     (BEMI.key, "py_tps", BEMI, with_context),
-    (BEMI.key, "py_tps_separate", BEMI, separate_set_context),
 ]
 
 
@@ -100,8 +92,6 @@ def python_client(dsn: str, results: Results, *, rounds: int, seconds: float,
     base = medians[(PLAIN.key, "py_tps")]
     rows = {
         "py_tps": results.row("w1_py", "W1-py tps, with_context vs conn.transaction()", "tps", "higher", "plain"),
-        "py_tps_separate": results.row("w1_py_separate", "W1-py tps, set_context as its own round trip",
-                                       "tps", "higher", "plain"),
     }
     for (column, row_key), value in medians.items():
         rows[row_key].cells[column] = Cell(value, {"plain": value / base}, samples[(column, row_key)])

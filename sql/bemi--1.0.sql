@@ -697,13 +697,26 @@ BEGIN
       SELECT e.*, pg_catalog.count(*) FILTER (WHERE e.action = 'M') OVER (PARTITION BY e.xid ORDER BY e.n) AS context_group
       FROM entries e
     ) AS e
+  ), widths AS (
+    -- How many columns each table with deletes has now: a deleted row with as many has no NULLs.
+    SELECT n.nspname::text AS schema, c.relname::text AS "table", pg_catalog.count(*) AS columns
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE (n.nspname::text, c.relname::text) IN
+      (SELECT s.data ->> 'schema', s.data ->> 'table' FROM stitched s WHERE s.action = 'D')
+    GROUP BY 1, 2
   ), changes AS (
     SELECT s.*,
       CASE WHEN s.old_row IS NULL THEN '{}'
-        WHEN s.action = 'D' THEN bemi.deleted_nulls(s.data ->> 'schema', s.data ->> 'table', s.old_row, s.xid) || s.old_row
+        WHEN s.action = 'D' AND (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(s.old_row)) < w.columns
+          THEN bemi.deleted_nulls(s.data ->> 'schema', s.data ->> 'table', s.old_row, s.xid) || s.old_row
+        WHEN s.action = 'D' THEN s.old_row
         ELSE coalesce(s.new_nulls, '{}') || s.old_row END AS before,
       coalesce(s.new_row, '{}') AS after
-    FROM stitched s WHERE s.action IN ('I', 'U', 'D', 'T')
+    FROM stitched s
+    LEFT JOIN widths w ON w.schema = s.data ->> 'schema' AND w."table" = s.data ->> 'table'
+    WHERE s.action IN ('I', 'U', 'D', 'T')
   ), inserted AS (
     INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, context,
                               committed_at, transaction_id, position, ordinal)

@@ -1,8 +1,9 @@
 """Setting the application context of a transaction: the client's only job in a request path.
 
-``with_context`` opens a transaction (a savepoint inside one) and sends ``BEGIN`` and
-``SELECT bemi.set_context($1)`` together in one pipeline, so it costs no round trip beyond
-the ``BEGIN`` a transaction needs anyway. The context always travels as a bound parameter.
+``with_context`` opens a transaction (a savepoint inside one) and runs
+``SELECT bemi.set_context($1)`` in it: one statement per transaction, the context always a
+bound parameter. (Pipelining it with ``BEGIN`` saves that round trip in theory, but psycopg's
+pipeline mode costs more than the round trip it saves: see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -87,21 +88,12 @@ def _sync_with_context(conn: psycopg.Connection[Any], context: Context) -> Itera
     dump_context(context)
     _check_open(conn)
     merged, outer = _merged(conn, context)
-    payload = dump_context(merged)
-    transaction = conn.transaction()
-    try:
-        with conn.pipeline():
-            transaction.__enter__()
-            conn.execute(SET_CONTEXT, [payload])
+    with conn.transaction():
+        conn.execute(SET_CONTEXT, [dump_context(merged)])
         with _activate(conn, merged):
             yield conn
-        if outer is not None:
+        if outer is not None:  # a released savepoint keeps the inner context: put the outer one back
             conn.execute(SET_CONTEXT, [dump_context(outer)])
-    except BaseException as error:
-        if not transaction.__exit__(type(error), error, error.__traceback__):
-            raise
-    else:
-        transaction.__exit__(None, None, None)
 
 
 @asynccontextmanager
@@ -111,21 +103,12 @@ async def _async_with_context(
     dump_context(context)
     _check_open(conn)
     merged, outer = _merged(conn, context)
-    payload = dump_context(merged)
-    transaction = conn.transaction()
-    try:
-        async with conn.pipeline():
-            await transaction.__aenter__()
-            await conn.execute(SET_CONTEXT, [payload])
+    async with conn.transaction():
+        await conn.execute(SET_CONTEXT, [dump_context(merged)])
         with _activate(conn, merged):
             yield conn
         if outer is not None:
             await conn.execute(SET_CONTEXT, [dump_context(outer)])
-    except BaseException as error:
-        if not await transaction.__aexit__(type(error), error, error.__traceback__):
-            raise
-    else:
-        await transaction.__aexit__(None, None, None)
 
 
 def with_context(conn: Any, context: Context) -> Any:
