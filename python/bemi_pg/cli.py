@@ -53,7 +53,7 @@ def human_bytes(n: int | None) -> str:
 WORKER_LOCK = "SELECT pg_try_advisory_lock(hashtext('bemi.worker')) AS locked"
 LAG = """
 SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), p.lsn)::bigint AS pending_bytes,
-       extract(epoch FROM clock_timestamp() - p.ingested_at) AS idle_seconds
+       (SELECT extract(epoch FROM clock_timestamp() - max(c.committed_at)) FROM bemi.changes c) AS lag_seconds
 FROM bemi.progress p WHERE p.slot_name = 'bemi'
 """
 
@@ -90,6 +90,7 @@ def ingest_until_stopped(
         if n:
             rate = n / max(time.monotonic() - started, 1e-6)
             say(args, f"ingested {n} changes ({rate:,.0f}/s), total {total}, "
+                      f"newest committed {float(lag.get('lag_seconds') or 0):.1f} s ago, "
                       f"pending WAL {human_bytes(lag.get('pending_bytes'))}")
         if n < args.batch:
             stop.wait(args.interval)
