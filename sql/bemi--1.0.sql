@@ -327,17 +327,6 @@ RETURN CASE WHEN pg_catalog.left(ident, 1) = '"'
   THEN pg_catalog.replace(pg_catalog.substr(ident, 2, pg_catalog.length(ident) - 2), '""', '"')
   ELSE ident END;
 
--- A value as test_decoding prints it, back to its text form (NULL for null).
-CREATE FUNCTION bemi.unquote_literal(literal text) RETURNS text
-LANGUAGE sql IMMUTABLE
-RETURN CASE
-  WHEN pg_catalog.left(literal, 1) = ''''
-    THEN pg_catalog.replace(pg_catalog.substr(literal, 2, pg_catalog.length(literal) - 2), '''''', '''')
-  WHEN pg_catalog.left(literal, 2) = 'B'''
-    THEN pg_catalog.substr(literal, 3, pg_catalog.length(literal) - 3)
-  WHEN literal = 'null' THEN NULL
-  ELSE literal END;
-
 -- The JSON of a value of a type that needs the type's own input function (arrays,
 -- composites, domains, types with a cast to json). Types gone since are kept as text.
 CREATE FUNCTION bemi.cast_json(type_name text, value text) RETURNS jsonb
@@ -360,8 +349,8 @@ $$;
 
 -- The JSON text of a printed value, exactly as to_jsonb() gives it for the typed value:
 -- numbers, booleans, json and arrays stay what they are, so jsonb_populate_record()
--- round-trips. literal is the value as printed, value its text (NULL for null). Called with
--- plain columns it is inlined into the decoding query, which keeps decoding fast.
+-- round-trips. literal is the value as printed, value its text (NULL for null). A plain SQL
+-- expression, so PL/pgSQL inlines it into bemi.parse_tuple().
 CREATE FUNCTION bemi.json_value(type_name text, literal text, value text) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE
@@ -484,10 +473,11 @@ $$;
 -- Decodes the pending WAL of the slot without consuming it: one wal2json format-version 2
 -- entry per row. B and C for every transaction (so progress can pass transactions that
 -- touched no tracked table), M for bemi's context messages, I/U/D/T for tracked tables;
--- a partition's changes are reported under its tracked parent. Beside each entry, the old
--- and new rows as JSON objects, for bemi.ingest(). One set-based query: the
--- tokenizer knows the quoting rules (names "a""b", values 'it''s'), so a space, quote or
--- marker inside a value never splits it, and has no capture groups, which keeps it fast.
+-- a partition's changes are reported under its tracked parent, and changes of renamed,
+-- dropped or untracked tables under the name they were made with (bemi.names). With
+-- as_wal2json, entries carry wal2json's columns/identity arrays (bemi.wal); without, the
+-- old and new rows as JSON objects instead (bemi.ingest). One set-based query, one
+-- bemi.parse_tuple() call per row change.
 CREATE FUNCTION bemi.decode(max_changes integer, as_wal2json boolean)
 RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb, old_row jsonb, new_row jsonb, new_nulls jsonb)
 LANGUAGE sql VOLATILE
