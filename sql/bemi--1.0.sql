@@ -530,7 +530,7 @@ BEGIN ATOMIC
       '(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)\.(?:"[^"]*(?:""[^"]*)*"|[a-z0-9_]+)', 'g') WITH ORDINALITY AS nm(name, ord)
     JOIN relations r ON r.printed = nm.name[1] AND (r.until IS NULL OR l.lsn < r.until)
     WHERE pg_catalog.octet_length(l.line) < 65536 AND pg_catalog.starts_with(l.line, 'table ')
-      AND l.line ~ ': TRUNCATE: [a-z_() -]+$'
+      AND pg_catalog.strpos(l.line, ': TRUNCATE: ') > 0 AND l.line ~ ': TRUNCATE: [a-z_() -]+$'
     GROUP BY l.n, l.lsn, l.xid, r.schema, r."table"
   )
   SELECT e.lsn, e.xid,
@@ -546,7 +546,10 @@ BEGIN ATOMIC
     CASE WHEN i.unchanged AND i.old_row IS NOT NULL THEN i.old_row::jsonb || i.new_row::jsonb ELSE i.new_row::jsonb END,
     i.new_nulls::jsonb
   FROM entries e
-  LEFT JOIN LATERAL bemi.parse_tuple(e.tuple, e.old_image, as_wal2json) AS i ON e.tuple IS NOT NULL
+  LEFT JOIN LATERAL (
+    SELECT * FROM bemi.parse_tuple(e.tuple, e.old_image, as_wal2json) WHERE e.tuple IS NOT NULL
+    OFFSET 0 -- kept a subquery, so the WHERE spares B, C and M entries the call
+  ) AS i ON true
   ORDER BY e.n, e.sub;
 END;
 
@@ -678,13 +681,15 @@ BEGIN
       w.old_row, w.new_row, w.new_nulls
     FROM bemi.decode(max_changes + own_rows::integer + 16, false) WITH ORDINALITY AS w(lsn, xid, data, old_row, new_row, new_nulls, n)
   ), stitched AS (
+    -- Each change takes the context of the latest message before it in its transaction: a
+    -- message opens a group, and the group's first row is that message (parsed once).
     SELECT e.*,
-      bemi.context_json(pg_catalog.max(e.data ->> 'content') FILTER (WHERE e.action = 'M')
-        OVER (PARTITION BY e.xid, e.context_group)) AS context,
+      pg_catalog.first_value(e.message) OVER (PARTITION BY e.xid, e.context_group ORDER BY e.n) AS context,
       pg_catalog.max((e.data ->> 'timestamp')::timestamptz) FILTER (WHERE e.action = 'C')
         OVER (PARTITION BY e.xid) AS committed_at
     FROM (
-      SELECT e.*, pg_catalog.count(*) FILTER (WHERE e.action = 'M') OVER (PARTITION BY e.xid ORDER BY e.n) AS context_group
+      SELECT e.*, pg_catalog.count(*) FILTER (WHERE e.action = 'M') OVER (PARTITION BY e.xid ORDER BY e.n) AS context_group,
+        CASE WHEN e.action = 'M' THEN bemi.context_json(e.data ->> 'content') END AS message
       FROM entries e
     ) AS e
   ), widths AS (
