@@ -191,12 +191,13 @@ CREATE FUNCTION bemi.remember_names() RETURNS void
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
+  -- Only new or changed names are written (an upsert would lock every row on every ingest).
   INSERT INTO bemi.names (printed, schema, "table", pk)
   SELECT t.printed, t.schema, t."table", t.pk FROM bemi.tracked_names AS t
+  WHERE NOT EXISTS (SELECT FROM bemi.names AS h WHERE h.printed = t.printed
+    AND (h.schema, h."table", h.pk, h.untracked_at) IS NOT DISTINCT FROM (t.schema, t."table", t.pk, NULL))
   ON CONFLICT (printed) DO UPDATE SET schema = excluded.schema, "table" = excluded."table", pk = excluded.pk,
-    untracked_at = NULL
-  WHERE (names.schema, names."table", names.pk, names.untracked_at)
-    IS DISTINCT FROM (excluded.schema, excluded."table", excluded.pk, NULL);
+    untracked_at = NULL;
   UPDATE bemi.names SET untracked_at = pg_catalog.pg_current_wal_insert_lsn()
   WHERE untracked_at IS NULL AND printed NOT IN (SELECT t.printed FROM bemi.tracked_names AS t);
 END;
