@@ -487,12 +487,14 @@ SET bytea_output = 'hex' SET timezone = 'UTC' SET search_path = pg_catalog, pg_t
 BEGIN ATOMIC
   -- The slot serves one reader at a time: wait for a running ingest rather than fail.
   SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
-  WITH relations AS MATERIALIZED (
+  WITH live AS MATERIALIZED (
+    SELECT t.printed, t.schema, t."table", t.pk FROM bemi.tracked_names AS t
+  ), relations AS MATERIALIZED (
     SELECT t.printed, 'table ' || t.printed || ': ' AS prefix, t.schema, t."table", t.pk, NULL::pg_lsn AS until
-    FROM bemi.tracked_names AS t
+    FROM live AS t
     UNION ALL
     SELECT h.printed, 'table ' || h.printed || ': ', h.schema, h."table", h.pk, h.untracked_at
-    FROM bemi.names AS h WHERE h.printed NOT IN (SELECT t.printed FROM bemi.tracked_names AS t)
+    FROM bemi.names AS h WHERE h.printed NOT IN (SELECT t.printed FROM live AS t)
   ), lines AS MATERIALIZED (
     SELECT w.lsn, w.xid, w.data AS line, w.n
     FROM pg_catalog.pg_logical_slot_peek_changes('bemi', NULL, max_changes,

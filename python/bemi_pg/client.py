@@ -68,10 +68,14 @@ async def set_context_async(conn: psycopg.AsyncConnection[Any], context: Context
     await conn.execute(SET_CONTEXT, [payload])
 
 
-def _merged(conn: object, context: Context) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The context a nested block sets (outer keys, inner keys winning) and the outer one."""
+def _merged(conn: object, context: Context) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
+    """The context a nested block sets (outer keys, inner keys winning), the outer one, and the
+    JSON to send (checked, so a bad context raises TypeError before anything is sent)."""
+    if not isinstance(context, Mapping):
+        dump_context(context)  # raises the TypeError that says what is wrong
     outer = _active.get({}).get(id(conn))
-    return {**(outer or {}), **context}, outer
+    merged = {**(outer or {}), **context}
+    return merged, outer, dump_context(merged)
 
 
 @contextmanager
@@ -85,11 +89,10 @@ def _activate(conn: object, context: dict[str, Any]) -> Iterator[None]:
 
 @contextmanager
 def _sync_with_context(conn: psycopg.Connection[Any], context: Context) -> Iterator[psycopg.Connection[Any]]:
-    dump_context(context)
+    merged, outer, payload = _merged(conn, context)
     _check_open(conn)
-    merged, outer = _merged(conn, context)
     with conn.transaction():
-        conn.execute(SET_CONTEXT, [dump_context(merged)])
+        conn.execute(SET_CONTEXT, [payload])
         with _activate(conn, merged):
             yield conn
         if outer is not None:  # a released savepoint keeps the inner context: put the outer one back
@@ -100,11 +103,10 @@ def _sync_with_context(conn: psycopg.Connection[Any], context: Context) -> Itera
 async def _async_with_context(
     conn: psycopg.AsyncConnection[Any], context: Context
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    dump_context(context)
+    merged, outer, payload = _merged(conn, context)
     _check_open(conn)
-    merged, outer = _merged(conn, context)
     async with conn.transaction():
-        await conn.execute(SET_CONTEXT, [dump_context(merged)])
+        await conn.execute(SET_CONTEXT, [payload])
         with _activate(conn, merged):
             yield conn
         if outer is not None:
