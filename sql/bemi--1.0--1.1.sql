@@ -27,11 +27,23 @@ CREATE TABLE bemi.tracking (
   schema text NOT NULL,
   "table" text NOT NULL,
   tracked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-  replica_identity text NOT NULL
+  replica_identity text NOT NULL,
+  primary_key text[]
 );
 
 COMMENT ON TABLE bemi.tracking IS
-  'Tracked tables and their members: when tracking began, and the replica identity (as an ALTER TABLE clause) untrack restores.';
+  'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, and the primary key columns as of the last track (for changes of a table dropped before they were stored).';
+
+-- The primary key columns of a table, in key order.
+CREATE FUNCTION bemi.key_columns(relation oid) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord)
+  FROM pg_catalog.pg_index i
+  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+  WHERE i.indrelid = relation AND i.indisprimary;
+END;
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.tracking', '');
 
@@ -90,11 +102,11 @@ BEGIN
         USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
     END IF;
     -- The replica identity it had before bemi, recorded once, for untrack.
-    INSERT INTO bemi.tracking (relation, root, schema, "table", replica_identity)
-    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member)
+    INSERT INTO bemi.tracking (relation, root, schema, "table", replica_identity, primary_key)
+    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member), bemi.key_columns(member)
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = member
-    ON CONFLICT ON CONSTRAINT tracking_pkey DO NOTHING;
+    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET primary_key = excluded.primary_key;
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
@@ -145,10 +157,10 @@ COMMENT ON FUNCTION bemi.untrack(regclass) IS
   'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
 
 -- Tables a 1.0 install tracks: their replica identity before track is not known (DEFAULT assumed).
-INSERT INTO bemi.tracking (relation, root, schema, "table", tracked_at, replica_identity)
+INSERT INTO bemi.tracking (relation, root, schema, "table", tracked_at, replica_identity, primary_key)
 SELECT m.member, t.relation, n.nspname, c.relname,
   least(pg_catalog.now(), (SELECT pg_catalog.min(x.committed_at) FROM bemi.changes x
-                           WHERE x.schema = t.schema AND x."table" = t."table")), 'DEFAULT'
+                           WHERE x.schema = t.schema AND x."table" = t."table")), 'DEFAULT', bemi.key_columns(m.member)
 FROM bemi.tracked t
 CROSS JOIN LATERAL bemi.members(t.relation) AS m(member)
 JOIN pg_catalog.pg_class c ON c.oid = m.member
@@ -157,11 +169,136 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
 -- 1.0's name registry is only read while the 1.0 slot is drained (section 5).
 REVOKE ALL ON FUNCTION bemi.remember_names() FROM PUBLIC;
 REVOKE ALL ON bemi.tracking FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass), bemi.key_columns(oid) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 4. Tracking new tables: an event trigger tracks tables and partitions created later.
 ------------------------------------------------------------------------------------------
+
+-- Schemas whose tables created later are tracked in their creating transaction
+-- (bemi.track_all(schema, auto => true)); the event trigger below reads it.
+CREATE TABLE bemi.auto_tracked (
+  schema name PRIMARY KEY,
+  since timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE bemi.auto_tracked IS
+  'Schemas whose new tables are tracked when they are created (bemi.track_all(schema, auto => true)).';
+
+SELECT pg_catalog.pg_extension_config_dump('bemi.auto_tracked', '');
+
+-- At the end of CREATE TABLE (AS), SELECT INTO and ALTER TABLE: tracks a new table of an
+-- auto-tracked schema, and a tracked table again when it gained a partition or child (CREATE
+-- TABLE ... PARTITION OF, ATTACH PARTITION, INHERIT). SECURITY DEFINER: whoever runs the DDL
+-- need not be allowed to track. Unlogged tables are skipped: their changes never reach the WAL.
+CREATE FUNCTION bemi.track_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  created record;
+  top regclass;
+BEGIN
+  -- The ALTER TABLE commands bemi.track runs itself.
+  IF pg_catalog.current_setting('bemi.tracking_new', true) = 'on' THEN
+    RETURN;
+  END IF;
+  FOR created IN
+    SELECT DISTINCT d.objid, d.command_tag, c.relpersistence, n.nspname
+    FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    JOIN pg_catalog.pg_class c ON c.oid = d.objid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE d.object_type = 'table' AND NOT d.in_extension AND c.relkind IN ('r', 'p')
+      AND c.relpersistence <> 't' AND n.nspname NOT IN ('bemi', 'bemi_trail')
+  LOOP
+    -- The table it is a partition or child of, at the top.
+    WITH RECURSIVE up(relation, depth) AS (
+      SELECT created.objid, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up u JOIN pg_catalog.pg_inherits i ON i.inhrelid = u.relation
+    )
+    SELECT u.relation::pg_catalog.regclass INTO top FROM up u ORDER BY u.depth DESC LIMIT 1;
+    IF EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      IF NOT EXISTS (SELECT FROM bemi.members(top) AS m(member)
+                     WHERE NOT EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = m.member)) THEN
+        CONTINUE; -- every member is tracked already
+      END IF;
+    ELSIF top <> created.objid::pg_catalog.regclass
+       OR created.command_tag NOT IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+       OR NOT EXISTS (SELECT FROM bemi.auto_tracked a WHERE a.schema = created.nspname) THEN
+      CONTINUE;
+    ELSIF created.relpersistence = 'u' THEN
+      RAISE WARNING 'bemi: not tracking %, which is unlogged: its changes never reach the WAL', top;
+      CONTINUE;
+    END IF;
+    PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
+    PERFORM bemi.track(top);
+    PERFORM pg_catalog.set_config('bemi.tracking_new', '', true);
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_new_tables() IS
+  'Event trigger: tracks new tables of auto-tracked schemas and new partitions or children of tracked tables.';
+
+-- Only a superuser (or a role a managed platform allows) may create an event trigger; without
+-- it, bemi.track_all(schema, auto => true) says so.
+DO $$
+BEGIN
+  CREATE EVENT TRIGGER bemi_track_new_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    EXECUTE FUNCTION bemi.track_new_tables();
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'bemi: new tables cannot be tracked automatically: role % may not create event triggers', current_user
+    USING HINT = 'Call bemi.track() after each CREATE TABLE, or install bemi as a superuser.';
+END
+$$;
+
+-- 1.0's track_all(name) gains auto: true tracks tables created later too, false stops that,
+-- NULL (the default) leaves it as it is.
+DROP FUNCTION bemi.track_all(name);
+
+CREATE FUNCTION bemi.track_all(schema_name name DEFAULT 'public', auto boolean DEFAULT NULL) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass;
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
+    RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
+  END IF;
+  IF schema_name IN ('bemi', 'bemi_trail', 'pg_catalog', 'information_schema') THEN
+    RAISE EXCEPTION 'bemi: the tables of schema "%" cannot be tracked', schema_name
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track the schemas that hold your application''s tables.';
+  END IF;
+  IF auto AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
+                          WHERE e.evtname = 'bemi_track_new_tables' AND e.evtenabled <> 'D') THEN
+    RAISE EXCEPTION 'bemi: tables created later in schema "%" cannot be tracked automatically: the event trigger bemi_track_new_tables is missing', schema_name
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Only a superuser may create event triggers, and bemi was installed by a role that may not. Call bemi.track() after each CREATE TABLE instead, or reinstall bemi as a superuser.';
+  END IF;
+  IF auto THEN
+    INSERT INTO bemi.auto_tracked (schema) VALUES (schema_name) ON CONFLICT (schema) DO NOTHING;
+  ELSIF NOT auto THEN
+    DELETE FROM bemi.auto_tracked a WHERE a.schema = schema_name;
+  END IF;
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+    ORDER BY c.relname
+  LOOP
+    PERFORM bemi.track(relation);
+    RETURN NEXT relation;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
+  'Tracks every ordinary and partitioned table of a schema; auto => true also tracks tables created there later (false stops that).';
+
+REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
+REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 5. The slot: one logical slot per database (pgoutput, over the publication "bemi"),
@@ -409,6 +546,11 @@ BEGIN
         END LOOP;
         EXIT WHEN tuple_kind = 'N' OR kind = 'D';
       END LOOP;
+      -- An UPDATE that did not change the key of a table without REPLICA IDENTITY FULL logs no
+      -- old row: its key, from the new row, is all that is known of it.
+      IF kind = 'U' AND old_values IS NULL THEN
+        old_values := new_values; key_only := true;
+      END IF;
       IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
       ordinal := ordinal + 1;
       INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context,
@@ -498,20 +640,20 @@ BEGIN ATOMIC
   ) AS chunk;
 END;
 
--- The trail's primary_key of a relation's changes: from its primary key in the catalog, the
--- value as text for one column, a JSON array text for several, NULL without one.
+-- The trail's primary_key of a relation's changes: from its primary key (as recorded by track
+-- when the table is gone since), the value as text for one column, a JSON array text for
+-- several, NULL without one.
 CREATE FUNCTION bemi.primary_key_sql(relid oid, image text) RETURNS text
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT CASE pg_catalog.count(*)
+  SELECT CASE coalesce(pg_catalog.cardinality(k.columns), 0)
     WHEN 0 THEN 'NULL::text'
-    WHEN 1 THEN pg_catalog.format('(%s) ->> %L', image, pg_catalog.min(a.attname::text))
-    ELSE 'pg_catalog.jsonb_build_array(' || pg_catalog.string_agg(pg_catalog.format('(%s) -> %L', image, a.attname), ', ' ORDER BY k.ord) || ')::text'
+    WHEN 1 THEN pg_catalog.format('(%s) ->> %L', image, k.columns[1])
+    ELSE 'pg_catalog.jsonb_build_array(' || (SELECT pg_catalog.string_agg(pg_catalog.format('(%s) -> %L', image, c), ', ' ORDER BY o)
+      FROM pg_catalog.unnest(k.columns) WITH ORDINALITY AS u(c, o)) || ')::text'
   END
-  FROM pg_catalog.pg_index i
-  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-  WHERE i.indrelid = relid AND i.indisprimary;
+  FROM (SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = relid) THEN bemi.key_columns(relid)
+    ELSE (SELECT t.primary_key FROM bemi.tracking t WHERE t.relation = relid) END AS columns) AS k;
 END;
 
 -- The query that converts the staged changes of one relation into rows of bemi.changes (in
@@ -626,6 +768,8 @@ DECLARE
   started timestamptz := pg_catalog.clock_timestamp();
   flushed pg_lsn := pg_catalog.pg_current_wal_flush_lsn();
   read bigint;
+  newest_id bigint;
+  moved bigint := 0;
 BEGIN
   IF max_changes IS NULL OR max_changes < 1 THEN
     RAISE EXCEPTION 'bemi: max_changes must be a positive number, not %', coalesce(max_changes::text, 'NULL')
@@ -637,7 +781,9 @@ BEGIN
   IF NOT FOUND AND EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
                            WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
     -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).
+    SELECT pg_catalog.max(c.id) INTO newest_id FROM bemi.changes c;
     PERFORM bemi.create_slot();
+    SELECT pg_catalog.count(*) INTO moved FROM bemi.changes c WHERE c.id > coalesce(newest_id, 0);
     SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
   END IF;
   IF slot_at IS NULL THEN
@@ -657,9 +803,9 @@ BEGIN
   -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
   -- slot may then move that far, past the WAL of other tables, and the trail is current.
   IF coalesce(read, 0) < max_changes THEN
-    RETURN bemi.store(greatest(through, flushed, done), NULL, 0, started);
+    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, started);
   END IF;
-  RETURN bemi.store(greatest(through, done));
+  RETURN moved + bemi.store(greatest(through, done));
 END
 $$;
 
@@ -687,7 +833,7 @@ BEGIN
       FROM pg_catalog.jsonb_to_recordset($1) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
       UNION ALL
       SELECT c.seq, c.ordinal, c.position, c.transaction_id::text::xid,
-        pg_catalog.jsonb_build_object('action', pg_catalog.left(c.operation, 1), 'schema', c.schema, 'table', c."table")
+        pg_catalog.jsonb_build_object('action', s.operation, 'schema', c.schema, 'table', c."table")
         || CASE WHEN c.operation IN ('CREATE', 'UPDATE') THEN pg_catalog.jsonb_build_object('columns',
              (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
                 'value', c.after -> k.name) ORDER BY k.n)
@@ -735,10 +881,767 @@ REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz), bemi.ing
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 ------------------------------------------------------------------------------------------
 
+-- Time is commit time (committed_at, ties broken by id). A row's history is found with
+-- changes_row_history_idx; the changes no key index finds (an UPDATE that moved a primary key
+-- away, a TRUNCATE) are few and have changes_key_moves_idx. SQLSTATEs (docs/time-travel.md):
+-- 22023 bad argument or moment, 22000 an image the answer needs is incomplete (problem,
+-- partial), 0A000 a TRUNCATE the answer would have to see through.
+
+-- The primary key of a row image in the text form of bemi.changes.primary_key: the value as
+-- text for one column, a JSON array for several; NULL for {} or a table without a key.
+CREATE FUNCTION bemi.image_key(image jsonb, key_columns text[]) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+  WHEN image = '{}' OR key_columns IS NULL THEN NULL
+  WHEN pg_catalog.cardinality(key_columns) = 1 THEN image ->> key_columns[1]
+  ELSE (SELECT pg_catalog.jsonb_agg(image -> k.name ORDER BY k.ord)
+        FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS k(name, ord))::text END;
+
+-- Whether an UPDATE may have changed its row's primary key: a column that changed now holds
+-- the key's value (or, for a composite key, a value found in its text). Never false for a key
+-- change; rarely true otherwise. It needs no catalog, so it can select the rows of an index.
+CREATE FUNCTION bemi.may_move_key(before jsonb, after jsonb, primary_key text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN EXISTS (
+  SELECT FROM pg_catalog.jsonb_each(after) AS a(name, value)
+  WHERE (before OPERATOR(pg_catalog.->) a.name) IS DISTINCT FROM a.value
+    AND (a.value OPERATOR(pg_catalog.#>>) '{}' OPERATOR(pg_catalog.=) primary_key
+         OR (pg_catalog.left(primary_key, 1) OPERATOR(pg_catalog.=) '['
+             AND pg_catalog.strpos(primary_key, a.value::text) OPERATOR(pg_catalog.>) 0)));
+
+CREATE INDEX changes_row_history_idx ON bemi.changes (schema, "table", primary_key, committed_at, id);
+CREATE INDEX changes_key_moves_idx ON bemi.changes (schema, "table", committed_at, id)
+  WHERE operation = 'TRUNCATE' OR (operation = 'UPDATE' AND bemi.may_move_key(before, after, primary_key));
+
+-- Checks that the trail can answer for a table at a moment: the table was tracked then, and
+-- every commit up to that moment has been ingested.
+CREATE FUNCTION bemi.check_moment(relation regclass, at timestamptz) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  began timestamptz;
+  until timestamptz;
+BEGIN
+  IF at IS NULL OR relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: the table and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT t.tracked_at INTO began FROM bemi.tracking AS t WHERE t.relation = check_moment.relation;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'bemi: % is not tracked, so it has no history', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track it with SELECT bemi.track(''table'').';
+  ELSIF at < began THEN
+    RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
+  END IF;
+  until := bemi.ingested_until();
+  IF until IS NULL OR at > until THEN
+    RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+END
+$$;
+
+-- Refuses an answer that would rest on an incomplete image: a change whose values could not
+-- be converted (problem), or whose before or after lacks columns the WAL did not have (partial).
+CREATE FUNCTION bemi.check_images(ids bigint[]) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  bad bigint[];
+BEGIN
+  SELECT pg_catalog.array_agg(c.id ORDER BY c.id) INTO bad FROM bemi.changes AS c
+  WHERE c.id = ANY (ids) AND (c.problem IS NOT NULL OR c.partial);
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % have incomplete row images, so the answer would not be exact', bad
+      USING ERRCODE = 'data_exception',
+            DETAIL = 'bemi.changes.problem says what could not be converted; partial = true means an image holds only what the WAL had.';
+  END IF;
+END
+$$;
+
+-- The WHERE condition matching a table's row t by its primary key to the key of the record r.
+CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r, k), ' AND ')
+        FROM pg_catalog.unnest(key_columns) AS k);
+
+-- The latest (latest = true: at or before at) or the first (after at) change of the row with a
+-- primary key: one made under that key, one that moved the key away, or a TRUNCATE.
+CREATE FUNCTION bemi.row_event(schema_name text, table_name text, key_columns text[], primary_key text,
+  at timestamptz, latest boolean)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key
+       AND latest AND c.committed_at <= at
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key
+       AND NOT latest AND c.committed_at > at
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name
+       AND (c.operation = 'TRUNCATE' OR (c.operation = 'UPDATE' AND bemi.may_move_key(c.before, c.after, c.primary_key)
+            AND bemi.image_key(c.before, key_columns) = row_event.primary_key AND c.primary_key <> row_event.primary_key))
+       AND latest AND c.committed_at <= at
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name
+       AND (c.operation = 'TRUNCATE' OR (c.operation = 'UPDATE' AND bemi.may_move_key(c.before, c.after, c.primary_key)
+            AND bemi.image_key(c.before, key_columns) = row_event.primary_key AND c.primary_key <> row_event.primary_key))
+       AND NOT latest AND c.committed_at > at
+     ORDER BY c.committed_at, c.id LIMIT 1)
+  ) AS e
+  ORDER BY CASE WHEN latest THEN e.committed_at END DESC, CASE WHEN latest THEN e.id END DESC,
+    CASE WHEN NOT latest THEN e.committed_at END, CASE WHEN NOT latest THEN e.id END
+  LIMIT 1;
+END;
+
+CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  schema_name text;
+  table_name text;
+  keys text[] := bemi.key_columns(relation);
+  event record;
+  result jsonb;
+BEGIN
+  PERFORM bemi.check_moment(relation, at);
+  IF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  ELSIF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+
+  -- The row as the latest change at or before the moment left it.
+  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, keys, primary_key, at, true);
+  IF event.id IS NOT NULL THEN
+    IF event.operation IN ('DELETE', 'TRUNCATE') OR event.primary_key IS DISTINCT FROM row_at.primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.check_images(ARRAY[event.id]);
+    RETURN event.after;
+  END IF;
+  -- Unchanged since tracking began, up to the moment: as the first change after it found it.
+  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, keys, primary_key, at, false);
+  IF event.operation = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
+      primary_key, relation, at, event.id
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
+  ELSIF event.id IS NOT NULL THEN
+    IF event.operation = 'CREATE' OR bemi.image_key(event.before, keys) IS DISTINCT FROM row_at.primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.check_images(ARRAY[event.id]);
+    RETURN event.before;
+  END IF;
+  -- Unchanged to this day.
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+      relation, relation, bemi.key_match(keys, 't', 'k'))
+    INTO result
+    USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
+      ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
+            FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)) END;
+  RETURN result;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
+  'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
+
+-- A count of copies of a row, checked: below zero the trail and the table disagree.
+CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n < 0 THEN
+    RAISE EXCEPTION 'bemi: the table holds fewer copies of a row than its trail says: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n > 0;
+END
+$$;
+
+CREATE FUNCTION bemi.table_at(relation anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := (SELECT nullif(t.typrelid, 0) FROM pg_catalog.pg_type AS t WHERE t.oid = pg_catalog.pg_typeof(relation));
+  schema_name text;
+  table_name text;
+  keys text[];
+  truncated bigint[];
+  used bigint[];
+  firsts text;
+BEGIN
+  IF table_oid IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = table_oid) NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION 'bemi: table_at needs the row type of a table, not %', pg_catalog.pg_typeof(relation)
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a typed NULL: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+  END IF;
+  PERFORM bemi.check_moment(table_oid, at);
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+  keys := bemi.key_columns(table_oid);
+
+  SELECT pg_catalog.array_agg(c.id ORDER BY c.id) INTO truncated FROM bemi.changes AS c
+  WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND c.committed_at > at;
+  IF truncated IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+  END IF;
+
+  IF keys IS NULL THEN
+    -- No key: the rows as a multiset, the table now, minus what later changes added, plus
+    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+      WITH later AS (
+        SELECT c.before, c.after FROM bemi.changes AS c
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      ), generated AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = %1$s::pg_catalog.regclass AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), counted AS (
+        SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        ) AS v GROUP BY v.image
+      )
+      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      WHERE bemi.check_count(c.n)$q$, table_oid)
+      USING schema_name, table_name, at;
+    RETURN;
+  END IF;
+
+  -- With a key: each row a later change touched as the first such change found it (its before
+  -- image; none when that change created the key), every other row as it is now.
+  firsts := pg_catalog.format($q$
+    WITH later AS (
+      SELECT c.id, c.committed_at, c.before, c.after FROM bemi.changes AS c
+      WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+    ), sides AS (
+      SELECT l.committed_at, l.id, 0 AS side, l.before AS image, r FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+      UNION ALL
+      SELECT l.committed_at, l.id, 1, NULL, r FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), firsts AS (
+      SELECT DISTINCT ON (%2$s) s.id, s.image FROM sides AS s ORDER BY %2$s, s.committed_at, s.id, s.side
+    ) $q$, table_oid,
+    (SELECT pg_catalog.string_agg(pg_catalog.format('(s.r).%I', k), ', ') FROM pg_catalog.unnest(keys) AS k));
+  EXECUTE firsts || 'SELECT pg_catalog.array_agg(f.id) FROM firsts AS f WHERE f.image IS NOT NULL'
+    INTO used USING schema_name, table_name, at;
+  PERFORM bemi.check_images(used);
+  RETURN QUERY EXECUTE firsts || pg_catalog.format($q$
+    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %2$s)
+    UNION ALL
+    SELECT r.* FROM firsts AS f, pg_catalog.jsonb_populate_record(NULL::%1$s, f.image) AS r WHERE f.image IS NOT NULL$q$,
+    table_oid, (SELECT pg_catalog.string_agg(pg_catalog.format('(s.r).%I = t.%I', k, k), ' AND ') FROM pg_catalog.unnest(keys) AS k))
+    USING schema_name, table_name, at;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
+  'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+CREATE FUNCTION bemi.diff(before jsonb, after jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
+          pg_catalog.jsonb_build_array(before OPERATOR(pg_catalog.->) k.name, after OPERATOR(pg_catalog.->) k.name)), '{}')
+        FROM (SELECT pg_catalog.jsonb_object_keys(coalesce(before, '{}')) UNION SELECT pg_catalog.jsonb_object_keys(coalesce(after, '{}'))) AS k(name)
+        WHERE (before OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (after OPERATOR(pg_catalog.->) k.name));
+
+COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
+  'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
+
+
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
 ------------------------------------------------------------------------------------------
 
+-- A revert runs as its caller (no SECURITY DEFINER, no SET search_path: user triggers fire
+-- with the caller's settings), so it can write only what the caller may write. SQLSTATEs as in
+-- section 8, plus 55000 for rows that changed since (on_conflict => 'error').
+
+-- The columns a revert writes: those of the table now, except generated ones.
+CREATE FUNCTION bemi.writable_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
+  WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+END;
+
+-- How far down the foreign keys a table is: the number of other tables it references,
+-- directly or not. Parents come before their children.
+CREATE FUNCTION bemi.foreign_key_depth(relation regclass) RETURNS integer
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE up(parent) AS (
+    SELECT relation::oid
+    UNION
+    SELECT f.confrelid FROM pg_catalog.pg_constraint AS f JOIN up ON f.conrelid = up.parent
+    WHERE f.contype = 'f' AND f.confrelid <> f.conrelid
+  )
+  SELECT pg_catalog.count(*)::integer - 1 FROM up;
+END;
+
+-- A row image typed by the table as it is now, back as JSON: values compare the way the
+-- table's own rows do (timestamps in this session's time zone, numbers by value).
+CREATE FUNCTION bemi.typed_image(relation regclass, image jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  typed jsonb;
+BEGIN
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
+    INTO typed USING image;
+  RETURN typed;
+END
+$$;
+
+-- The columns of an image the table still has, and that a revert writes and compares.
+CREATE FUNCTION bemi.image_columns(relation regclass, image jsonb) RETURNS text[]
+LANGUAGE sql STABLE
+RETURN (SELECT pg_catalog.array_agg(w.name) FROM pg_catalog.unnest(bemi.writable_columns(relation)) AS w(name)
+        WHERE image OPERATOR(pg_catalog.?) w.name);
+
+-- The columns in which two typed rows differ, of those given.
+CREATE FUNCTION bemi.differing_columns(a jsonb, b jsonb, columns text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.array_agg(k.name), '{}') FROM pg_catalog.unnest(columns) AS k(name)
+        WHERE (a OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (b OPERATOR(pg_catalog.->) k.name));
+
+-- The row of a table that an image stands for, locked: the row with its primary key, or for
+-- a table without one, a row equal to it. NULLs when there is none.
+CREATE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, OUT image_now jsonb, OUT row_id tid)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  IF key_columns IS NOT NULL THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
+        relation, relation, bemi.key_match(key_columns, 't', 'k'))
+      INTO image_now, row_id USING image;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
+        relation)
+      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.image_columns(relation, image);
+  END IF;
+END
+$$;
+
+-- Writes one planned step of a revert: {"kind": insert | update | delete, "relation", "keys",
+-- "target" (the image to write), "at" (the image locating the row), "row_id", "columns"}.
+CREATE FUNCTION bemi.revert_step(step jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  relation regclass := (step ->> 'relation')::oid::regclass;
+  keys text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(step -> 'keys') AS k);
+  columns text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(step -> 'columns') AS k);
+  located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
+    ELSE bemi.key_match(keys, 't', 'k') END;
+BEGIN
+  IF step ->> 'kind' = 'insert' THEN
+    EXECUTE pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation)
+      USING step -> 'target';
+  ELSIF step ->> 'kind' = 'update' THEN
+    EXECUTE pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located)
+      USING step -> 'target', step ->> 'row_id', step -> 'at';
+  ELSE
+    EXECUTE pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located)
+      USING step -> 'target', step ->> 'row_id', step -> 'at';
+  END IF;
+END
+$$;
+
+CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+  ids bigint[];
+  bad bigint[];
+  c record;
+  relation regclass;
+  keys text[];
+  old_key text;
+  new_key text;
+  n integer;
+  chains jsonb := '[]';    -- each row's net effect: {relation, keys, first, last, ids}, oldest first
+  open_chain jsonb := '{}'; -- "relation key" -> the chain of the row that now has this key
+  chain jsonb;
+  target jsonb;
+  expected jsonb;
+  found_expected jsonb;
+  expected_id tid;
+  found_target jsonb;
+  target_id tid;
+  typed_target jsonb;
+  conflicts text[] := '{}';
+  steps jsonb := '[]';
+  results jsonb := '[]';
+  verdict text;
+  step jsonb;
+  pending jsonb;
+  failed jsonb;
+  progress boolean;
+  caller_context jsonb := bemi.context();
+  context_limit text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  revert_context jsonb;
+  error_state text;
+  error_message text;
+  error_detail text;
+BEGIN
+  IF on_conflict IS NULL OR on_conflict NOT IN ('error', 'skip', 'overwrite') THEN
+    RAISE EXCEPTION 'bemi: on_conflict must be ''error'', ''skip'' or ''overwrite'', not %', coalesce(pg_catalog.quote_literal(on_conflict), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF change_ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: change_ids must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  ids := (SELECT coalesce(pg_catalog.array_agg(DISTINCT i ORDER BY i), '{}') FROM pg_catalog.unnest(change_ids) AS i WHERE i IS NOT NULL);
+  bad := (SELECT pg_catalog.array_agg(i ORDER BY i) FROM pg_catalog.unnest(ids) AS i
+          WHERE NOT EXISTS (SELECT FROM bemi.changes AS x WHERE x.id = i));
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with ids % in the trail', bad USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  bad := (SELECT pg_catalog.array_agg(x.id ORDER BY x.id) FROM bemi.changes AS x WHERE x.id = ANY (ids) AND x.operation = 'TRUNCATE');
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % are TRUNCATEs, which cannot be reverted', bad
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
+  END IF;
+  PERFORM bemi.check_images(ids);
+
+  -- Each row's changes, in commit order, chained through primary key changes: the row's net
+  -- effect is its first before and its last after. A table without a key chains by value.
+  FOR c IN SELECT x.id, x.schema, x."table", x.operation, x.before, x.after FROM bemi.changes AS x
+           WHERE x.id = ANY (ids) ORDER BY x.committed_at, x.id LOOP
+    relation := pg_catalog.to_regclass(pg_catalog.format('%I.%I', c.schema, c."table"));
+    IF relation IS NULL THEN
+      RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', c.id, c.schema, c."table"
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    keys := bemi.key_columns(relation);
+    old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
+    new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
+    n := (open_chain ->> CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END)::integer;
+    IF n IS NULL OR (chains -> n -> 'last' = 'null') <> (c.operation = 'CREATE') THEN
+      chains := chains || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+        'relation', relation::oid, 'keys', keys,
+        'first', CASE WHEN c.operation = 'CREATE' THEN 'null' ELSE c.before END, 'ids', '[]'::jsonb,
+        'key', c.primary_key));
+      n := pg_catalog.jsonb_array_length(chains) - 1;
+    END IF;
+    IF c.operation <> 'CREATE' THEN
+      open_chain := open_chain - old_key;
+    END IF;
+    chains := pg_catalog.jsonb_set(chains, ARRAY[n::text, 'last'], CASE WHEN c.operation = 'DELETE' THEN 'null' ELSE c.after END);
+    chains := pg_catalog.jsonb_set(chains, ARRAY[n::text, 'ids'], (chains -> n -> 'ids') || pg_catalog.to_jsonb(c.id));
+    open_chain := open_chain || pg_catalog.jsonb_build_object(CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END, n);
+  END LOOP;
+
+  -- What each row needs, checked against the row as it is now (locked until the caller's
+  -- transaction ends): a row must still be as the changes left it.
+  FOR chain IN SELECT e FROM pg_catalog.jsonb_array_elements(chains) AS e LOOP
+    relation := (chain ->> 'relation')::oid::regclass;
+    keys := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(chain -> 'keys') AS k);
+    target := nullif(chain -> 'first', 'null');
+    expected := nullif(chain -> 'last', 'null');
+    found_expected := NULL; expected_id := NULL; found_target := NULL; target_id := NULL;
+    IF expected IS NOT NULL THEN
+      SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected) AS l;
+    END IF;
+    IF target IS NOT NULL AND keys IS NOT NULL THEN
+      SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target) AS l;
+      typed_target := bemi.typed_image(relation, target);
+    END IF;
+    verdict := CASE
+      WHEN target IS NOT DISTINCT FROM expected THEN 'unchanged'
+      -- Already as the revert would leave it (a cascade, or someone else, got there first).
+      WHEN keys IS NOT NULL AND target IS NULL AND found_expected IS NULL THEN 'unchanged'
+      WHEN keys IS NOT NULL AND target IS NOT NULL AND found_target IS NOT NULL
+        AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.image_columns(relation, target))) = 0
+        AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
+      WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
+          found_expected, bemi.typed_image(relation, expected), bemi.image_columns(relation, expected))) > 0) THEN 'conflict'
+      WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+      ELSE 'revert' END;
+    IF verdict = 'conflict' AND on_conflict = 'error' THEN
+      conflicts := conflicts || pg_catalog.format('%s %s (changes %s)', relation,
+        coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text),
+        pg_catalog.translate((chain -> 'ids')::text, '[] ', ''));
+    ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
+      verdict := 'skipped';
+    ELSIF verdict IN ('conflict', 'revert') THEN
+      -- The row to write over: the one the changes left, else (overwrite) the one with the key.
+      IF found_expected IS NULL AND keys IS NOT NULL THEN
+        found_expected := found_target;
+        expected_id := target_id;
+      END IF;
+      step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', chain -> 'keys', 'target', target,
+        'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain -> 'ids' -> 0,
+        'last_id', chain -> 'ids' -> -1, 'depth', bemi.foreign_key_depth(relation));
+      IF target IS NULL AND found_expected IS NULL THEN
+        verdict := 'unchanged';
+      ELSIF target IS NULL THEN
+        verdict := 'deleted';
+        steps := steps || (step || '{"kind": "delete", "phase": 3}');
+      ELSIF found_expected IS NULL THEN
+        verdict := 'inserted';
+        steps := steps || (step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1,
+          'columns', bemi.image_columns(relation, target)));
+      ELSE
+        verdict := 'updated';
+        step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
+          bemi.differing_columns(found_expected, bemi.typed_image(relation, target), bemi.image_columns(relation, target)));
+        IF step -> 'columns' = '[]' THEN
+          verdict := 'unchanged';
+        ELSE
+          -- Located by the key it has now (the changes may have moved it).
+          steps := steps || (step || pg_catalog.jsonb_build_object('at', found_expected));
+        END IF;
+      END IF;
+    END IF;
+    results := results || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(chain -> 'ids' -> -1,
+      (SELECT n.nspname FROM pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS n ON n.oid = r.relnamespace WHERE r.oid = relation),
+      (SELECT r.relname FROM pg_catalog.pg_class AS r WHERE r.oid = relation),
+      coalesce(bemi.image_key(coalesce(target, expected), keys), chain ->> 'key'), verdict));
+  END LOOP;
+  IF pg_catalog.cardinality(conflicts) > 0 THEN
+    RAISE EXCEPTION 'bemi: % rows changed since, nothing was reverted: %', pg_catalog.cardinality(conflicts),
+        pg_catalog.array_to_string(conflicts[1:20], ', ') || CASE WHEN pg_catalog.cardinality(conflicts) > 20 THEN ', ...' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Pass on_conflict => ''skip'' to leave those rows alone, or ''overwrite'' to revert them anyway.';
+  END IF;
+
+  -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
+  revert_context := coalesce(caller_context, '{}') || pg_catalog.jsonb_build_object('bemi_revert',
+    pg_catalog.jsonb_build_object('change_ids', pg_catalog.to_jsonb(ids)));
+  PERFORM pg_catalog.set_config('bemi.max_context_bytes',
+    GREATEST(coalesce(nullif(context_limit, '')::bigint, 65536), pg_catalog.octet_length(revert_context::text))::text, true);
+  PERFORM bemi.set_context(revert_context);
+  PERFORM pg_catalog.set_config('bemi.max_context_bytes', coalesce(context_limit, ''), true);
+
+  -- Parents are inserted before children, children deleted before parents. Rows of one table
+  -- that reference each other, and orders no table-level rule gets right, are retried until
+  -- every step is written or a round writes nothing.
+  pending := (SELECT coalesce(pg_catalog.jsonb_agg(s ORDER BY (s ->> 'phase')::integer,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'depth')::integer ELSE (s ->> 'depth')::integer END,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'last_id')::bigint ELSE (s ->> 'first_id')::bigint END), '[]')
+              FROM pg_catalog.jsonb_array_elements(steps) AS s);
+  BEGIN
+    FOR step IN SELECT s FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+      PERFORM bemi.revert_step(step);
+    END LOOP;
+    pending := '[]';
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    NULL; -- undone: written one by one below
+  END;
+  WHILE pg_catalog.jsonb_array_length(pending) > 0 LOOP
+    failed := '[]';
+    progress := false;
+    FOR step IN SELECT s FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+      BEGIN
+        PERFORM bemi.revert_step(step);
+        progress := true;
+      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+        failed := failed || pg_catalog.jsonb_build_array(step);
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+      END;
+    END LOOP;
+    IF NOT progress THEN
+      RAISE EXCEPTION 'bemi: cannot revert changes %: %', (failed -> 0 ->> 'last_id'), error_message
+        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END IF;
+    pending := failed;
+  END LOOP;
+  PERFORM bemi.set_context(caller_context);
+
+  RETURN QUERY SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2, r ->> 3, r ->> 4 FROM pg_catalog.jsonb_array_elements(results) AS r;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.revert(bigint[], text) IS
+  'Undoes the net effect of changes on each row, in the caller''s transaction; on_conflict: error, skip or overwrite.';
+
+CREATE FUNCTION bemi.revert_transaction(transaction_id bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+  ids bigint[];
+  commits integer;
+BEGIN
+  SELECT pg_catalog.array_agg(x.id), pg_catalog.count(DISTINCT x.committed_at) INTO ids, commits
+  FROM bemi.changes AS x WHERE x.transaction_id = revert_transaction.transaction_id;
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes of transaction % in the trail', coalesce(transaction_id::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF commits > 1 THEN
+    RAISE EXCEPTION 'bemi: transaction id % names % transactions in the trail (transaction ids wrap around)', transaction_id, commits
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Revert by change ids with bemi.revert(ARRAY[...]).';
+  END IF;
+  RETURN QUERY SELECT * FROM bemi.revert(ids, on_conflict);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.revert_transaction(bigint, text) IS 'bemi.revert of every change of one transaction.';
+
+CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+  ids bigint[];
+BEGIN
+  IF pg_catalog.jsonb_typeof(revert_context.context) IS DISTINCT FROM 'object' THEN
+    RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(revert_context.context), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
+  WHERE x.context @> revert_context.context AND (since IS NULL OR x.committed_at >= since);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with context % in the trail%', revert_context.context,
+        CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN QUERY SELECT * FROM bemi.revert(ids, on_conflict);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
+  'bemi.revert of every change whose context contains the given one, committed at or after since.';
+
+CREATE INDEX changes_transaction_idx ON bemi.changes (transaction_id);
+
+
 ------------------------------------------------------------------------------------------
 -- 10. Uninstall: what bemi-pg uninstall runs before the extension or plain install goes.
 ------------------------------------------------------------------------------------------
+
+-- Undoes what bemi did outside its own objects, so that DROP EXTENSION bemi; DROP SCHEMA bemi;
+-- (for a plain install, DROP SCHEMA bemi CASCADE) leaves nothing behind: no automatic tracking,
+-- every tracked table untracked (trigger off, out of the publication, its replica identity as
+-- it was before track), the publication and this database's slots dropped.
+-- The trail is kept unless drop_trail: bemi.changes moves to schema bemi_trail, outside the
+-- extension, so dropping the extension cannot delete it. Returns where the trail is.
+CREATE FUNCTION bemi.uninstall(drop_trail boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  as_extension boolean := EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'bemi');
+  reader integer;
+  relation regclass;
+  sequence regclass;
+  trigger_name name;
+  slot name;
+BEGIN
+  SELECT s.active_pid INTO reader FROM pg_catalog.pg_replication_slots s
+  WHERE s.database = pg_catalog.current_database() AND s.slot_name IN (bemi.slot_name(), 'bemi') AND s.active;
+  IF reader IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: process % is reading the slot of this database', reader
+      USING ERRCODE = 'object_in_use', HINT = 'Stop bemi-pg worker (and any bemi.ingest() schedule) first.';
+  END IF;
+  IF NOT drop_trail AND pg_catalog.to_regclass('bemi_trail.changes') IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: bemi_trail.changes exists already (the trail an earlier uninstall kept)'
+      USING ERRCODE = 'duplicate_table',
+            HINT = 'Rename it first (ALTER TABLE bemi_trail.changes RENAME TO changes_before), or pass drop_trail => true.';
+  END IF;
+
+  DELETE FROM bemi.auto_tracked;
+  FOR relation IN SELECT DISTINCT t.root FROM bemi.tracking t JOIN pg_catalog.pg_class c ON c.oid = t.root LOOP
+    PERFORM bemi.untrack(relation);
+  END LOOP;
+  -- Context triggers bemi.tracking does not know of (copied by hand, or left by 1.0).
+  FOR relation, trigger_name IN
+    SELECT t.tgrelid, t.tgname FROM pg_catalog.pg_trigger t
+    WHERE t.tgfoid = 'bemi.context_trigger()'::pg_catalog.regprocedure
+  LOOP
+    EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger_name, relation);
+  END LOOP;
+  -- DROP EXTENSION would leave the publication: publications never belong to an extension.
+  IF EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    DROP PUBLICATION bemi;
+  END IF;
+
+  IF NOT drop_trail THEN
+    IF pg_catalog.to_regnamespace('bemi_trail') IS NULL THEN
+      CREATE SCHEMA bemi_trail;
+    END IF;
+    -- The trail and, if it is partitioned, its partitions, parent first.
+    FOR relation IN
+      SELECT p.relid FROM (SELECT 'bemi.changes'::pg_catalog.regclass AS relid, 0 AS level
+                           UNION ALL
+                           SELECT t.relid, t.level FROM pg_catalog.pg_partition_tree('bemi.changes') t WHERE t.level > 0) p
+      JOIN pg_catalog.pg_class c ON c.oid = p.relid
+      WHERE c.relnamespace = 'bemi'::pg_catalog.regnamespace ORDER BY p.level
+    LOOP
+      IF as_extension THEN
+        EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', relation);
+        -- Its identity sequence is a member too.
+        FOR sequence IN
+          SELECT d.objid FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+          JOIN pg_catalog.pg_depend e ON e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e'
+          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = relation AND d.deptype IN ('a', 'i')
+        LOOP
+          EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP SEQUENCE %s', sequence);
+        END LOOP;
+      END IF;
+      EXECUTE pg_catalog.format('ALTER TABLE %s SET SCHEMA bemi_trail', relation);
+    END LOOP;
+    EXECUTE pg_catalog.format('COMMENT ON TABLE bemi_trail.changes IS %L', pg_catalog.format(
+      'The audit trail bemi recorded, kept by bemi.uninstall() at %s.', pg_catalog.now()));
+  END IF;
+
+  FOR slot IN SELECT s.slot_name FROM pg_catalog.pg_replication_slots s
+    WHERE s.database = pg_catalog.current_database() AND s.slot_name IN (bemi.slot_name(), 'bemi')
+  LOOP
+    PERFORM pg_catalog.pg_drop_replication_slot(slot);
+  END LOOP;
+  DELETE FROM bemi.progress;
+  RETURN CASE WHEN drop_trail THEN 'the trail is dropped with bemi'
+    ELSE 'the trail is kept in bemi_trail.changes' END;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.uninstall(boolean) IS
+  'Prepares removing bemi: untracks every table, drops the slot (and a plain install''s publication), keeps the trail in bemi_trail.changes unless drop_trail.';
+
+REVOKE ALL ON FUNCTION bemi.uninstall(boolean) FROM PUBLIC;

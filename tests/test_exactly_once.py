@@ -42,7 +42,7 @@ def assert_slot_behind_progress(admin: psycopg.Connection[Any]) -> None:
     """The slot is never ahead of what a committed ingest stored."""
     row = admin.execute(
         "SELECT s.confirmed_flush_lsn <= p.lsn AS behind FROM pg_replication_slots s "
-        "JOIN bemi.progress p USING (slot_name) WHERE s.slot_name = 'bemi'").fetchone()
+        "JOIN bemi.progress p USING (slot_name) WHERE s.slot_name = bemi.slot_name()").fetchone()
     assert row is not None and row["behind"]
 
 
@@ -126,7 +126,7 @@ def test_ingest_after_commit_before_slot_advance(conn: psycopg.Connection[Any], 
     decoding them again stores nothing twice, and then the slot moves on."""
     made = make_changes(conn)
     admin.execute("SELECT bemi.ingest()")
-    slot = admin.execute("SELECT confirmed_flush_lsn AS lsn FROM pg_replication_slots WHERE slot_name = 'bemi'").fetchone()
+    slot = admin.execute("SELECT confirmed_flush_lsn AS lsn FROM pg_replication_slots WHERE slot_name = bemi.slot_name()").fetchone()
     progress = admin.execute("SELECT lsn FROM bemi.progress").fetchone()
     assert slot is not None and progress is not None and slot["lsn"] < progress["lsn"]
     assert admin.execute("SELECT count(*) AS n FROM bemi.wal WHERE data ->> 'action' = 'I'").fetchone() == {"n": 12}
