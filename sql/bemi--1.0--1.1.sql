@@ -169,7 +169,8 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
 -- 1.0's name registry is only read while the 1.0 slot is drained (section 5).
 REVOKE ALL ON FUNCTION bemi.remember_names() FROM PUBLIC;
 REVOKE ALL ON bemi.tracking FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass), bemi.key_columns(oid) FROM PUBLIC;
+-- bemi.key_columns only reads the catalog: time travel and revert call it as their caller.
+REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 4. Tracking new tables: an event trigger tracks tables and partitions created later.
@@ -306,6 +307,17 @@ REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
 ------------------------------------------------------------------------------------------
 
 -- The publication is the set of tables the slot decodes; partitions report as their root.
+-- Publications never belong to an extension: one left by DROP EXTENSION is replaced.
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    RAISE WARNING 'bemi: replacing the publication "bemi" left by an earlier install'
+      USING HINT = 'bemi-pg uninstall (or SELECT bemi.uninstall()) removes it with the rest.';
+    DROP PUBLICATION bemi;
+  END IF;
+END
+$$;
+
 CREATE PUBLICATION bemi WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);
 
 DO $$
@@ -581,10 +593,13 @@ $$;
 
 ALTER TABLE bemi.changes
   ADD COLUMN problem text,
-  ADD COLUMN partial boolean NOT NULL DEFAULT false;
+  ADD COLUMN partial boolean NOT NULL DEFAULT false,
+  ADD COLUMN previous_key text;
 
 COMMENT ON COLUMN bemi.changes.problem IS
   'Why the values could not be converted (they are stored as JSON strings), or NULL.';
+COMMENT ON COLUMN bemi.changes.previous_key IS
+  'The primary key before an UPDATE that changed it (primary_key holds the new one), else NULL.';
 COMMENT ON COLUMN bemi.changes.partial IS
   'The WAL held only part of the old row (its key): before has just what was known.';
 
@@ -656,6 +671,15 @@ BEGIN ATOMIC
     ELSE (SELECT t.primary_key FROM bemi.tracking t WHERE t.relation = relid) END AS columns) AS k;
 END;
 
+-- The context of each message content staged, parsed once: {"content": context, ...}. The
+-- converter's queries take it as their parameter $1.
+CREATE FUNCTION bemi.staged_contexts() RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(pg_catalog.jsonb_object_agg(c.content, bemi.context_json(c.content)), '{}')
+  FROM (SELECT DISTINCT s.context FROM bemi.staged s WHERE s.context IS NOT NULL) AS c(content);
+END;
+
 -- The query that converts the staged changes of one relation into rows of bemi.changes (in
 -- seq order, with seq). When converting fails, row_filter picks single changes, and as_text
 -- keeps the values as JSON strings, so a change that cannot be converted is still stored.
@@ -674,8 +698,9 @@ BEGIN
     SELECT s.seq, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
       CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
       coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
-      coalesce(bemi.context_json(s.context), '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
-      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial
+      coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
+      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
+      CASE WHEN s.operation = 'U' AND %5$s IS DISTINCT FROM %6$s THEN %5$s END AS previous_key
     FROM bemi.staged s JOIN bemi.staged_relations r ON r.relation = s.relation
     CROSS JOIN LATERAL (SELECT
       CASE WHEN s.old_values IS NULL THEN NULL WHEN s.old_key_only
@@ -699,25 +724,27 @@ CREATE FUNCTION bemi.store(through pg_lsn, part_of pg_lsn DEFAULT NULL, part_sto
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
-SET bytea_output = 'hex' SET timezone = 'UTC'
+SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
 AS $$
 DECLARE
   queries text;
   inserted bigint := 0;
+  contexts jsonb;
   n bigint;
   newest timestamptz;
   change record;
   r bemi.staged_relations;
   columns constant text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
-                           'transaction_id, position, ordinal, problem, partial';
+                           'transaction_id, position, ordinal, problem, partial, previous_key';
 BEGIN
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
+  contexts := bemi.staged_contexts();
   IF queries IS NOT NULL THEN
     BEGIN
       EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
-        'ON CONFLICT (position, ordinal) DO NOTHING', columns, columns, queries);
+        'ON CONFLICT (position, ordinal) DO NOTHING', columns, columns, queries) USING contexts;
       GET DIAGNOSTICS inserted = ROW_COUNT;
     EXCEPTION WHEN OTHERS THEN
       -- Some value cannot be converted: store change by change, each that fails as text.
@@ -725,13 +752,13 @@ BEGIN
         SELECT * INTO r FROM bemi.staged_relations x WHERE x.relation = change.relation;
         BEGIN
           EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
-            'ON CONFLICT (position, ordinal) DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $1'))
-            USING change.seq;
+            'ON CONFLICT (position, ordinal) DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
+            USING contexts, change.seq;
         EXCEPTION WHEN OTHERS THEN
           EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
             'ON CONFLICT (position, ordinal) DO NOTHING', columns,
-            pg_catalog.replace(columns, 'problem', '$2'), bemi.convert_sql(r, 's.seq = $1', true))
-            USING change.seq, SQLSTATE || ': ' || SQLERRM;
+            pg_catalog.replace(columns, 'problem', '$3'), bemi.convert_sql(r, 's.seq = $2', true))
+            USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM;
         END;
         GET DIAGNOSTICS n = ROW_COUNT;
         inserted := inserted + n;
@@ -830,7 +857,7 @@ BEGIN
   RETURN QUERY EXECUTE pg_catalog.format($q$
     SELECT e.lsn, e.xid, e.data FROM (
       SELECT e.seq, 0 AS sub, e.lsn, e.xid, e.data
-      FROM pg_catalog.jsonb_to_recordset($1) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
+      FROM pg_catalog.jsonb_to_recordset($2) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
       UNION ALL
       SELECT c.seq, c.ordinal, c.position, c.transaction_id::text::xid,
         pg_catalog.jsonb_build_object('action', s.operation, 'schema', c.schema, 'table', c."table")
@@ -855,7 +882,7 @@ BEGIN
     ) AS e ORDER BY e.seq, e.sub
     $q$, coalesce(queries, 'SELECT NULL::bigint AS seq, NULL::text AS schema, NULL::text AS "table", NULL::text AS operation, '
       'NULL::jsonb AS before, NULL::jsonb AS after, NULL::bigint AS transaction_id, NULL::pg_lsn AS position, '
-      'NULL::integer AS ordinal WHERE false')) USING entries;
+      'NULL::integer AS ordinal WHERE false')) USING bemi.staged_contexts(), entries;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
 END
@@ -874,7 +901,7 @@ COMMENT ON FUNCTION bemi.ingested_until() IS
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz), bemi.ingest(integer),
-  bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean),
+  bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text), bemi.primary_key_sql(oid, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
@@ -914,9 +941,10 @@ CREATE INDEX changes_key_moves_idx ON bemi.changes (schema, "table", committed_a
   WHERE operation = 'TRUNCATE' OR (operation = 'UPDATE' AND bemi.may_move_key(before, after, primary_key));
 
 -- Checks that the trail can answer for a table at a moment: the table was tracked then, and
--- every commit up to that moment has been ingested.
+-- every commit up to that moment has been ingested. SECURITY DEFINER: it reads bemi.tracking
+-- and bemi.progress for callers that may read neither, and tells them only those two times.
 CREATE FUNCTION bemi.check_moment(relation regclass, at timestamptz) RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1016,12 +1044,13 @@ DECLARE
   event record;
   result jsonb;
 BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
   PERFORM bemi.check_moment(relation, at);
   IF keys IS NULL THEN
     RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
-  ELSIF primary_key IS NULL THEN
-    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
@@ -1114,7 +1143,7 @@ BEGIN
         WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
       ), generated AS (
         SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
-        WHERE a.attrelid = %1$s::pg_catalog.regclass AND a.attgenerated <> '' AND NOT a.attisdropped
+        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
           SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
@@ -1128,7 +1157,7 @@ BEGIN
       )
       SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
         pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
-      WHERE bemi.check_count(c.n)$q$, table_oid)
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid)
       USING schema_name, table_name, at;
     RETURN;
   END IF;
@@ -1174,6 +1203,8 @@ RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
 COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
   'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
 
+REVOKE ALL ON FUNCTION bemi.check_moment(regclass, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.check_moment(regclass, timestamptz) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
@@ -1232,8 +1263,9 @@ RETURN (SELECT coalesce(pg_catalog.array_agg(k.name), '{}') FROM pg_catalog.unne
         WHERE (a OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (b OPERATOR(pg_catalog.->) k.name));
 
 -- The row of a table that an image stands for, locked: the row with its primary key, or for
--- a table without one, a row equal to it. NULLs when there is none.
-CREATE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, OUT image_now jsonb, OUT row_id tid)
+-- a table without one, a row equal to it that is not one of those taken. NULLs when none.
+CREATE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, taken tid[],
+  OUT image_now jsonb, OUT row_id tid)
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -1242,9 +1274,9 @@ BEGIN
         relation, relation, bemi.key_match(key_columns, 't', 'k'))
       INTO image_now, row_id USING image;
   ELSE
-    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
         relation)
-      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.image_columns(relation, image);
+      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.image_columns(relation, image), taken;
   END IF;
 END
 $$;
@@ -1256,7 +1288,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
-  keys text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(step -> 'keys') AS k);
+  keys text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(nullif(step -> 'keys', 'null')) AS k);
   columns text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(step -> 'columns') AS k);
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
     ELSE bemi.key_match(keys, 't', 'k') END;
@@ -1296,6 +1328,8 @@ DECLARE
   bad bigint[];
   c record;
   relation regclass;
+  schema_name text;
+  table_name text;
   keys text[];
   old_key text;
   new_key text;
@@ -1311,6 +1345,7 @@ DECLARE
   target_id tid;
   typed_target jsonb;
   conflicts text[] := '{}';
+  taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
   steps jsonb := '[]';
   results jsonb := '[]';
   verdict text;
@@ -1347,7 +1382,7 @@ BEGIN
 
   -- Each row's changes, in commit order, chained through primary key changes: the row's net
   -- effect is its first before and its last after. A table without a key chains by value.
-  FOR c IN SELECT x.id, x.schema, x."table", x.operation, x.before, x.after FROM bemi.changes AS x
+  FOR c IN SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after FROM bemi.changes AS x
            WHERE x.id = ANY (ids) ORDER BY x.committed_at, x.id LOOP
     relation := pg_catalog.to_regclass(pg_catalog.format('%I.%I', c.schema, c."table"));
     IF relation IS NULL THEN
@@ -1377,15 +1412,18 @@ BEGIN
   -- transaction ends): a row must still be as the changes left it.
   FOR chain IN SELECT e FROM pg_catalog.jsonb_array_elements(chains) AS e LOOP
     relation := (chain ->> 'relation')::oid::regclass;
-    keys := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(chain -> 'keys') AS k);
+    keys := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(nullif(chain -> 'keys', 'null')) AS k);
+    SELECT n.nspname, r.relname INTO schema_name, table_name
+    FROM pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS n ON n.oid = r.relnamespace WHERE r.oid = relation;
     target := nullif(chain -> 'first', 'null');
     expected := nullif(chain -> 'last', 'null');
     found_expected := NULL; expected_id := NULL; found_target := NULL; target_id := NULL;
     IF expected IS NOT NULL THEN
-      SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected) AS l;
+      SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected, taken) AS l;
+      taken := taken || expected_id;
     END IF;
     IF target IS NOT NULL AND keys IS NOT NULL THEN
-      SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target) AS l;
+      SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target, taken) AS l;
       typed_target := bemi.typed_image(relation, target);
     END IF;
     verdict := CASE
@@ -1400,7 +1438,7 @@ BEGIN
       WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
       ELSE 'revert' END;
     IF verdict = 'conflict' AND on_conflict = 'error' THEN
-      conflicts := conflicts || pg_catalog.format('%s %s (changes %s)', relation,
+      conflicts := conflicts || pg_catalog.format('%I.%I %s (changes %s)', schema_name, table_name,
         coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text),
         pg_catalog.translate((chain -> 'ids')::text, '[] ', ''));
     ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
@@ -1435,9 +1473,7 @@ BEGIN
         END IF;
       END IF;
     END IF;
-    results := results || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(chain -> 'ids' -> -1,
-      (SELECT n.nspname FROM pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS n ON n.oid = r.relnamespace WHERE r.oid = relation),
-      (SELECT r.relname FROM pg_catalog.pg_class AS r WHERE r.oid = relation),
+    results := results || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(chain -> 'ids' -> -1, schema_name, table_name,
       coalesce(bemi.image_key(coalesce(target, expected), keys), chain ->> 'key'), verdict));
   END LOOP;
   IF pg_catalog.cardinality(conflicts) > 0 THEN
@@ -1549,7 +1585,6 @@ COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
 
 CREATE INDEX changes_transaction_idx ON bemi.changes (transaction_id);
 
-
 ------------------------------------------------------------------------------------------
 -- 10. Uninstall: what bemi-pg uninstall runs before the extension or plain install goes.
 ------------------------------------------------------------------------------------------
@@ -1569,6 +1604,7 @@ DECLARE
   reader integer;
   relation regclass;
   sequence regclass;
+  tied text;
   trigger_name name;
   slot name;
 BEGIN
@@ -1612,6 +1648,30 @@ BEGIN
       JOIN pg_catalog.pg_class c ON c.oid = p.relid
       WHERE c.relnamespace = 'bemi'::pg_catalog.regnamespace ORDER BY p.level
     LOOP
+      -- Indexes, constraints and defaults that call bemi's functions serve bemi alone and
+      -- would tie the kept trail to the extension: they go.
+      FOR tied IN
+        SELECT pg_catalog.format('DROP INDEX %s', i.indexrelid::pg_catalog.regclass)
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE i.indrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+        UNION
+        SELECT pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', relation, co.conname)
+        FROM pg_catalog.pg_constraint co
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE co.conrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+        UNION
+        SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', relation, a.attname)
+        FROM pg_catalog.pg_attrdef ad
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE ad.adrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+      LOOP
+        EXECUTE tied;
+      END LOOP;
       IF as_extension THEN
         EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', relation);
         -- Its identity sequence is a member too.

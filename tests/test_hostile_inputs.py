@@ -200,3 +200,13 @@ def test_the_slot_moves_past_wal_of_untracked_tables(admin: psycopg.Connection[A
     admin.execute("SELECT bemi.ingest()")
     slot = admin.execute("SELECT confirmed_flush_lsn AS lsn FROM pg_replication_slots WHERE slot_name = bemi.slot_name()")
     assert slot.fetchone()["lsn"] >= flushed  # type: ignore[index]
+
+
+def test_an_update_of_the_key_keeps_the_previous_key(admin: psycopg.Connection[Any]) -> None:
+    track(admin, "a int, b int, v text, PRIMARY KEY (a, b)")
+    admin.execute("INSERT INTO t VALUES (1, 2, 'x')")
+    admin.execute("UPDATE t SET b = 3")
+    admin.execute("UPDATE t SET v = 'y'")
+    ingest(admin)
+    assert [(r["primary_key"], r["previous_key"]) for r in changes(admin, "primary_key", "previous_key")] == [
+        ("[1, 2]", None), ("[1, 3]", "[1, 2]"), ("[1, 3]", None)]
