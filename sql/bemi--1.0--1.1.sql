@@ -415,6 +415,14 @@ ALTER FUNCTION bemi.ingest(integer) RENAME TO ingest_test_decoding;
 COMMENT ON FUNCTION bemi.ingest_test_decoding(integer) IS
   'The 1.0 ingest from the test_decoding slot "bemi"; bemi.create_slot() drains that slot with it once.';
 
+-- Its one change: the trail's unique key gains committed_at (section 7, the partitioned trail).
+DO $$
+BEGIN
+  EXECUTE pg_catalog.replace(pg_catalog.pg_get_functiondef('bemi.ingest_test_decoding(integer)'::pg_catalog.regprocedure),
+    'ON CONFLICT (position, ordinal) DO NOTHING', 'ON CONFLICT (position, ordinal, committed_at) DO NOTHING');
+END
+$$;
+
 ------------------------------------------------------------------------------------------
 -- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
 --    The streaming worker reads the same messages in Python (python/bemi_pg/pgoutput.py).
@@ -591,17 +599,124 @@ $$;
 --    them into typed JSON with the server's own input functions and stores them once.
 ------------------------------------------------------------------------------------------
 
-ALTER TABLE bemi.changes
-  ADD COLUMN problem text,
-  ADD COLUMN partial boolean NOT NULL DEFAULT false,
-  ADD COLUMN previous_key text;
+-- The trail, range-partitioned by commit time, so that old history goes as whole partitions
+-- (bemi.retain) and never by DELETE. The partition interval is the setting
+-- bemi.partition_interval (default 1 month); ingest creates partitions as it needs them and
+-- one ahead. The 1.0 trail's rows move here with their ids.
+ALTER TABLE bemi.changes RENAME TO changes_1_0;
+ALTER SEQUENCE bemi.changes_id_seq RENAME TO changes_1_0_id_seq;
+ALTER INDEX bemi.changes_pkey RENAME TO changes_1_0_pkey;
+ALTER INDEX bemi.changes_position_ordinal_key RENAME TO changes_1_0_position_ordinal_key;
+ALTER INDEX bemi.changes_record_idx RENAME TO changes_1_0_record_idx;
+ALTER INDEX bemi.changes_committed_at_idx RENAME TO changes_1_0_committed_at_idx;
+ALTER INDEX bemi.changes_context_idx RENAME TO changes_1_0_context_idx;
 
+CREATE TABLE bemi.changes (
+  id bigint GENERATED ALWAYS AS IDENTITY,
+  database text NOT NULL DEFAULT pg_catalog.current_database(),
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  primary_key text,
+  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+  before jsonb NOT NULL DEFAULT '{}',
+  after jsonb NOT NULL DEFAULT '{}',
+  context jsonb NOT NULL DEFAULT '{}',
+  committed_at timestamptz NOT NULL,
+  queued_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  transaction_id bigint NOT NULL,
+  position pg_lsn NOT NULL,
+  ordinal integer NOT NULL,
+  problem text,
+  partial boolean NOT NULL DEFAULT false,
+  previous_key text,
+  PRIMARY KEY (id, committed_at),
+  -- A change has one commit time: with it in the key, a change is still stored once.
+  UNIQUE (position, ordinal, committed_at)
+) PARTITION BY RANGE (committed_at);
+
+CREATE INDEX changes_record_idx ON bemi.changes (schema, "table", primary_key);
+CREATE INDEX changes_committed_at_idx ON bemi.changes (committed_at);
+CREATE INDEX changes_context_idx ON bemi.changes USING gin (context jsonb_path_ops);
+
+COMMENT ON TABLE bemi.changes IS 'The audit trail: one row per captured change, in commit order (partitioned by committed_at).';
+COMMENT ON COLUMN bemi.changes.ordinal IS 'Which of the changes decoded from one WAL record (COPY, TRUNCATE) this is.';
 COMMENT ON COLUMN bemi.changes.problem IS
   'Why the values could not be converted (they are stored as JSON strings), or NULL.';
-COMMENT ON COLUMN bemi.changes.previous_key IS
-  'The primary key before an UPDATE that changed it (primary_key holds the new one), else NULL.';
 COMMENT ON COLUMN bemi.changes.partial IS
   'The WAL held only part of the old row (its key): before has just what was known.';
+COMMENT ON COLUMN bemi.changes.previous_key IS
+  'The primary key before an UPDATE that changed it (primary_key holds the new one), else NULL.';
+
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
+
+-- The partition interval: the setting bemi.partition_interval, by default a month.
+CREATE FUNCTION bemi.partition_interval() RETURNS interval
+LANGUAGE sql STABLE
+RETURN coalesce(nullif(pg_catalog.current_setting('bemi.partition_interval', true), ''), '1 month')::interval;
+
+-- Where the period of a commit time begins: whole months counted from 2000-01 (UTC) for an
+-- interval of months or years, else whole intervals counted from 2000-01-01 UTC.
+CREATE FUNCTION bemi.period_start(at timestamptz, step interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+  WHEN pg_catalog.date_part('day', step) = 0 AND pg_catalog.date_part('hour', step) = 0
+   AND pg_catalog.date_part('minute', step) = 0 AND pg_catalog.date_part('second', step) = 0
+  THEN (SELECT pg_catalog.make_timestamptz(2000, 1, 1, 0, 0, 0, 'UTC')
+          + pg_catalog.make_interval(months => (m.n - pg_catalog.mod(pg_catalog.mod(m.n, m.per) + m.per, m.per))::integer)
+        FROM (SELECT ((pg_catalog.date_part('year', at AT TIME ZONE 'UTC') - 2000) * 12
+                      + pg_catalog.date_part('month', at AT TIME ZONE 'UTC') - 1)::bigint AS n,
+                     (pg_catalog.date_part('year', step) * 12 + pg_catalog.date_part('month', step))::bigint AS per) AS m)
+  ELSE pg_catalog.to_timestamp(pg_catalog.floor((pg_catalog.date_part('epoch', at) - 946684800) / pg_catalog.date_part('epoch', step))
+         * pg_catalog.date_part('epoch', step) + 946684800)
+END;
+
+-- The partitions of the trail with their bounds (whoever created them: ingest or pg_partman).
+CREATE VIEW bemi.partitions AS
+SELECT c.oid::pg_catalog.regclass AS partition,
+  pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)')::timestamptz AS from_at,
+  pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)')::timestamptz AS to_at
+FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'bemi.changes'::pg_catalog.regclass
+  AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM%';
+
+COMMENT ON VIEW bemi.partitions IS 'The partitions of bemi.changes and the commit times each holds (from_at inclusive, to_at exclusive).';
+
+-- Creates the partitions of the periods from one commit time to another that no partition
+-- holds yet: tables attached to the trail (ATTACH does not block readers of the trail).
+-- Returns them.
+CREATE FUNCTION bemi.create_partitions(from_at timestamptz, to_at timestamptz) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  step interval := bemi.partition_interval();
+  period timestamptz := bemi.period_start(from_at, step);
+  name text;
+BEGIN
+  WHILE period <= to_at LOOP
+    IF NOT EXISTS (SELECT FROM bemi.partitions p WHERE period >= p.from_at AND period < p.to_at) THEN
+      name := 'changes_' || pg_catalog.to_char(period AT TIME ZONE 'UTC',
+        CASE WHEN step < interval '1 day' THEN 'YYYYMMDD"_"HH24MI' ELSE 'YYYYMMDD' END);
+      EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+      EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)', name, period,
+        least((SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > period), period + step));
+      RETURN NEXT pg_catalog.format('bemi.%I', name)::regclass;
+    END IF;
+    period := period + step;
+  END LOOP;
+END
+$$;
+
+-- The 1.0 trail moves in, ids kept, into partitions that pg_dump keeps like the trail. (Those
+-- ingest creates later are not part of the extension, so pg_dump keeps them anyway.)
+SELECT pg_catalog.pg_extension_config_dump(p, '')
+FROM (SELECT pg_catalog.min(c.committed_at) AS first, pg_catalog.max(c.committed_at) AS last FROM bemi.changes_1_0 c) AS r
+CROSS JOIN LATERAL bemi.create_partitions(r.first, r.last) AS p;
+INSERT INTO bemi.changes OVERRIDING SYSTEM VALUE
+SELECT c.*, NULL, false, NULL FROM bemi.changes_1_0 c ORDER BY c.id;
+SELECT pg_catalog.setval('bemi.changes_id_seq', coalesce((SELECT pg_catalog.max(c.id) FROM bemi.changes_1_0 c), 0) + 1, false);
+DROP TABLE bemi.changes_1_0;
 
 -- Changes read from the slot, values as text, waiting to be converted and stored in the same
 -- transaction (the contract: docs/ingest.md). Unlogged: nothing here outlives its transaction.
@@ -741,10 +856,13 @@ BEGIN
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
   contexts := bemi.staged_contexts();
+  -- Partitions for these commit times, and for the next period ahead of them.
+  PERFORM bemi.create_partitions(pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) + bemi.partition_interval())
+  FROM bemi.staged s HAVING pg_catalog.count(*) > 0;
   IF queries IS NOT NULL THEN
     BEGIN
       EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
-        'ON CONFLICT (position, ordinal) DO NOTHING', columns, columns, queries) USING contexts;
+        'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns, columns, queries) USING contexts;
       GET DIAGNOSTICS inserted = ROW_COUNT;
     EXCEPTION WHEN OTHERS THEN
       -- Some value cannot be converted: store change by change, each that fails as text.
@@ -752,11 +870,11 @@ BEGIN
         SELECT * INTO r FROM bemi.staged_relations x WHERE x.relation = change.relation;
         BEGIN
           EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
-            'ON CONFLICT (position, ordinal) DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
+            'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
             USING contexts, change.seq;
         EXCEPTION WHEN OTHERS THEN
           EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
-            'ON CONFLICT (position, ordinal) DO NOTHING', columns,
+            'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns,
             pg_catalog.replace(columns, 'problem', '$3'), bemi.convert_sql(r, 's.seq = $2', true))
             USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM;
         END;
