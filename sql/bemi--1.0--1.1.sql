@@ -28,11 +28,15 @@ CREATE TABLE bemi.tracking (
   "table" text NOT NULL,
   tracked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   replica_identity text NOT NULL,
-  primary_key text[]
+  primary_key text[],
+  ignore_columns text[] NOT NULL DEFAULT '{}',
+  mask_columns text[] NOT NULL DEFAULT '{}'
 );
 
 COMMENT ON TABLE bemi.tracking IS
-  'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, and the primary key columns as of the last track (for changes of a table dropped before they were stored).';
+  'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, the primary key columns as of the last track (for changes of a table dropped before they were stored), and the column rules.';
+COMMENT ON COLUMN bemi.tracking.ignore_columns IS 'An UPDATE that changes only these columns is not stored.';
+COMMENT ON COLUMN bemi.tracking.mask_columns IS 'These columns never reach the trail: their values are stored as "[masked]".';
 
 -- The primary key columns of a table, in key order.
 CREATE FUNCTION bemi.key_columns(relation oid) RETURNS text[]
@@ -72,7 +76,11 @@ BEGIN ATOMIC
   FROM pg_catalog.pg_class c WHERE c.oid = relation;
 END;
 
-CREATE OR REPLACE FUNCTION bemi.track(relation regclass) RETURNS void
+-- Column rules: ignore_columns (an UPDATE that changes only these is not stored) and
+-- mask_columns (never stored: "[masked]" instead); NULL keeps the rules a table has.
+DROP FUNCTION bemi.track(regclass);
+CREATE FUNCTION bemi.track(relation regclass, ignore_columns text[] DEFAULT NULL, mask_columns text[] DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -81,7 +89,19 @@ DECLARE
   kind "char";
   persistence "char";
   is_partition boolean;
+  unknown text;
 BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO unknown
+  FROM pg_catalog.unnest(coalesce(ignore_columns, '{}') || coalesce(mask_columns, '{}')) AS c
+  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = relation AND a.attname = c
+                    AND a.attnum > 0 AND NOT a.attisdropped);
+  IF unknown IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % has no column %', relation, unknown USING ERRCODE = 'undefined_column';
+  END IF;
+  IF mask_columns && bemi.key_columns(relation) THEN
+    RAISE EXCEPTION 'bemi: the primary key of % cannot be masked', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'The key identifies the row in the trail; mask other columns.';
+  END IF;
   SELECT c.relkind, c.relpersistence, c.relispartition INTO kind, persistence, is_partition
   FROM pg_catalog.pg_class c WHERE c.oid = relation;
   IF kind NOT IN ('r', 'p') THEN
@@ -102,11 +122,13 @@ BEGIN
         USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
     END IF;
     -- The replica identity it had before bemi, recorded once, for untrack.
-    INSERT INTO bemi.tracking (relation, root, schema, "table", replica_identity, primary_key)
-    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member), bemi.key_columns(member)
+    INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, primary_key, ignore_columns, mask_columns)
+    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member), bemi.key_columns(member),
+      coalesce(ignore_columns, '{}'), coalesce(mask_columns, '{}')
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = member
-    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET primary_key = excluded.primary_key;
+    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET primary_key = excluded.primary_key,
+      ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
@@ -169,8 +191,12 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
 -- 1.0's name registry is only read while the 1.0 slot is drained (section 5).
 REVOKE ALL ON FUNCTION bemi.remember_names() FROM PUBLIC;
 REVOKE ALL ON bemi.tracking FROM PUBLIC;
+COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
+  'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
+
 -- bemi.key_columns only reads the catalog: time travel and revert call it as their caller.
-REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass),
+  bemi.track(regclass, text[], text[]) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 4. Tracking new tables: an event trigger tracks tables and partitions created later.
@@ -697,7 +723,7 @@ BEGIN
   WHILE period <= to_at LOOP
     IF NOT EXISTS (SELECT FROM bemi.partitions p WHERE period >= p.from_at AND period < p.to_at) THEN
       name := 'changes_' || pg_catalog.to_char(period AT TIME ZONE 'UTC',
-        CASE WHEN step < interval '1 day' THEN 'YYYYMMDD"_"HH24MI' ELSE 'YYYYMMDD' END);
+        CASE WHEN step < interval '1 day' THEN 'YYYYMMDD"_"HH24MISS' ELSE 'YYYYMMDD' END);
       EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
       EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)', name, period,
         least((SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > period), period + step));
@@ -755,15 +781,16 @@ RETURN CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type)
 
 -- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
 -- each value read by its type's input function, and to_jsonb's rules make the JSON. Chunks
--- of 50 columns, as a function takes at most 100 arguments.
-CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], vals text) RETURNS text
+-- of 50 columns, as a function takes at most 100 arguments. Masked columns are "[masked]".
+CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], vals text, masked text[]) RETURNS text
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT coalesce(pg_catalog.string_agg(chunk.sql, ' || ' ORDER BY chunk.n), '''{}''::jsonb')
   FROM (
     SELECT (c.i - 1) / 50 AS n,
       'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
-        pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i, bemi.column_type(types[c.i], typmods[c.i])),
+        CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
+          ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i, bemi.column_type(types[c.i], typmods[c.i])) END,
         ', ' ORDER BY c.i) || ')' AS sql
     FROM pg_catalog.generate_subscripts(columns, 1) AS c(i)
     GROUP BY 1
@@ -804,10 +831,16 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values)'
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, 's.old_values') END;
-  new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values)'
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, 's.new_values') END;
+  rules bemi.tracking := (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid);
+  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
+    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
+  old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, 's.old_values', rules.mask_columns) END;
+  new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, 's.new_values', rules.mask_columns) END;
+  -- An UPDATE that changed only ignored columns is not stored.
+  ignored text := CASE WHEN rules.ignore_columns <> '{}' THEN pg_catalog.format(
+    'NOT (s.operation = ''U'' AND i.before - %1$L::text[] = i.after - %1$L::text[])', rules.ignore_columns) ELSE 'true' END;
 BEGIN
   RETURN pg_catalog.format($q$
     SELECT s.seq, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
@@ -825,9 +858,9 @@ BEGIN
         THEN (%2$s) - (SELECT pg_catalog.array_agg(r.columns[m]) FROM pg_catalog.unnest(s.new_missing) AS m)
         ELSE %2$s END AS after
     ) AS i
-    WHERE s.relation = %4$s AND %7$s
+    WHERE s.relation = %4$s AND %7$s AND %8$s
     $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
-    bemi.primary_key_sql(r.relid, 'i.before'), bemi.primary_key_sql(r.relid, 'i.after'), row_filter);
+    bemi.primary_key_sql(r.relid, 'i.before'), bemi.primary_key_sql(r.relid, 'i.after'), row_filter, ignored);
 END
 $$;
 
@@ -1020,7 +1053,7 @@ COMMENT ON FUNCTION bemi.ingested_until() IS
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
-  bemi.image_sql(text[], oid[], integer[], text), bemi.primary_key_sql(oid, text) FROM PUBLIC;
+  bemi.image_sql(text[], oid[], integer[], text, text[]), bemi.primary_key_sql(oid, text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
@@ -1704,7 +1737,122 @@ COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
 CREATE INDEX changes_transaction_idx ON bemi.changes (transaction_id);
 
 ------------------------------------------------------------------------------------------
--- 10. Uninstall: what bemi-pg uninstall runs before the extension or plain install goes.
+-- 10. Retention and erasure: old history goes as whole partitions, and one row's personal
+--     data can be erased from every stored change.
+------------------------------------------------------------------------------------------
+
+-- Commit times before this are no longer in the trail (bemi.retain dropped them).
+CREATE TABLE bemi.retention (
+  single boolean PRIMARY KEY DEFAULT true CHECK (single),
+  retained_from timestamptz NOT NULL
+);
+
+COMMENT ON TABLE bemi.retention IS 'The retained horizon: the trail holds no change committed before retained_from.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.retention', '');
+
+CREATE FUNCTION bemi.retained_from() RETURNS timestamptz
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT r.retained_from FROM bemi.retention r;
+END;
+
+COMMENT ON FUNCTION bemi.retained_from() IS 'The trail holds no change committed before this time (NULL: nothing was pruned).';
+
+-- Drops the partitions whose changes are all older than keep: detached, then dropped, never a
+-- DELETE. Returns them.
+CREATE FUNCTION bemi.retain(keep interval)
+RETURNS TABLE (partition text, from_at timestamptz, to_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  old record;
+BEGIN
+  IF keep IS NULL OR keep < interval '0' THEN
+    RAISE EXCEPTION 'bemi: keep must be a positive interval, not %', coalesce(keep::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'For example SELECT * FROM bemi.retain(''90 days'');';
+  END IF;
+  FOR old IN SELECT p.partition, p.from_at, p.to_at FROM bemi.partitions p
+             WHERE p.to_at <= pg_catalog.now() - keep ORDER BY p.from_at LOOP
+    -- Partitions made by the install script belong to the extension; the rest do not.
+    IF EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+               AND d.objid = old.partition AND d.deptype = 'e') THEN
+      EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', old.partition);
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE bemi.changes DETACH PARTITION %s', old.partition);
+    EXECUTE pg_catalog.format('DROP TABLE %s', old.partition);
+    INSERT INTO bemi.retention AS r (retained_from) VALUES (old.to_at)
+    ON CONFLICT (single) DO UPDATE SET retained_from = greatest(r.retained_from, excluded.retained_from);
+    partition := old.partition::text; from_at := old.from_at; to_at := old.to_at;
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.retain(interval) IS
+  'Drops whole partitions of the trail whose changes are all older than keep; returns them.';
+
+-- Who erased which row's columns, and when; never the values.
+CREATE TABLE bemi.erasures (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  primary_key text NOT NULL,
+  columns text[] NOT NULL,
+  erased_by name NOT NULL DEFAULT current_user,
+  erased_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  changes bigint NOT NULL
+);
+
+COMMENT ON TABLE bemi.erasures IS 'Erasure requests carried out by bemi.erase: who, when, which row and columns.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.erasures', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.erasures_id_seq', '');
+
+-- For a data subject's erasure request: the given columns (every column but the key by
+-- default) become "[erased]" in every stored change of the row, and the request is recorded.
+-- Returns how many changes it rewrote. Changes not yet ingested are not touched: run it when
+-- the worker has caught up.
+CREATE FUNCTION bemi.erase(relation regclass, primary_key text, columns text[] DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  schema_name text;
+  table_name text;
+  erased bigint;
+BEGIN
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  columns := coalesce(columns, ARRAY(
+    SELECT a.attname::text FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attname <> ALL (coalesce(bemi.key_columns(relation), '{}')) ORDER BY a.attnum));
+  IF primary_key IS NULL OR columns && bemi.key_columns(relation) THEN
+    RAISE EXCEPTION 'bemi: erase needs a primary key and columns that are not part of it'
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'SELECT bemi.erase(''people'', ''42'');';
+  END IF;
+  UPDATE bemi.changes c SET
+    before = (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, CASE WHEN e.key = ANY (columns) THEN '"[erased]"' ELSE e.value END), '{}')
+              FROM pg_catalog.jsonb_each(c.before) AS e),
+    after = (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, CASE WHEN e.key = ANY (columns) THEN '"[erased]"' ELSE e.value END), '{}')
+             FROM pg_catalog.jsonb_each(c.after) AS e)
+  WHERE c.schema = schema_name AND c."table" = table_name
+    AND (c.primary_key = erase.primary_key OR c.previous_key = erase.primary_key);
+  GET DIAGNOSTICS erased = ROW_COUNT;
+  INSERT INTO bemi.erasures (schema, "table", primary_key, columns, changes)
+  VALUES (schema_name, table_name, erase.primary_key, columns, erased);
+  RETURN erased;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.erase(regclass, text, text[]) IS
+  'Erases columns (all but the key by default) of one row from every stored change, and records that it did.';
+
+REVOKE ALL ON bemi.retention, bemi.erasures FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.retain(interval), bemi.erase(regclass, text, text[]) FROM PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 11. Uninstall: what bemi-pg uninstall runs before the extension or plain install goes.
 ------------------------------------------------------------------------------------------
 
 -- Undoes what bemi did outside its own objects, so that DROP EXTENSION bemi; DROP SCHEMA bemi;
@@ -1790,7 +1938,9 @@ BEGIN
       LOOP
         EXECUTE tied;
       END LOOP;
-      IF as_extension THEN
+      -- Partitions made after CREATE EXTENSION (by ingest) are no members.
+      IF as_extension AND EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                  AND e.objid = relation AND e.deptype = 'e') THEN
         EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', relation);
         -- Its identity sequence is a member too.
         FOR sequence IN
