@@ -1002,11 +1002,16 @@ AS $$
 DECLARE
   queries text;
   entries jsonb;
+  result jsonb;
+  as_text boolean;
 BEGIN
   SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(e)) INTO entries FROM bemi.stage_from_slot(max_changes) AS e;
-  SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries FROM bemi.staged_relations x;
-  RETURN QUERY EXECUTE pg_catalog.format($q$
-    SELECT e.lsn, e.xid, e.data FROM (
+  -- Values that cannot be converted are shown as text, as bemi.store would store them.
+  FOREACH as_text IN ARRAY ARRAY[false, true] LOOP
+    SELECT pg_catalog.string_agg(bemi.convert_sql(x, 'true', as_text), ' UNION ALL ') INTO queries FROM bemi.staged_relations x;
+    BEGIN
+      EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('lsn', e.lsn, 'xid', e.xid, 'data', e.data) ORDER BY e.seq, e.sub) FROM (
       SELECT e.seq, 0 AS sub, e.lsn, e.xid, e.data
       FROM pg_catalog.jsonb_to_recordset($2) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
       UNION ALL
@@ -1030,12 +1035,20 @@ BEGIN
              WHERE i.indrelid = r.relid AND i.indisprimary HAVING pg_catalog.count(*) > 0), '{}')
       FROM (%s) AS c JOIN bemi.staged s ON s.seq = c.seq AND s.ordinal = c.ordinal
       JOIN bemi.staged_relations r ON r.relation = s.relation
-    ) AS e ORDER BY e.seq, e.sub
+    ) AS e
     $q$, coalesce(queries, 'SELECT NULL::bigint AS seq, NULL::text AS schema, NULL::text AS "table", NULL::text AS operation, '
       'NULL::jsonb AS before, NULL::jsonb AS after, NULL::bigint AS transaction_id, NULL::pg_lsn AS position, '
-      'NULL::integer AS ordinal WHERE false')) USING bemi.staged_contexts(), entries;
+      'NULL::integer AS ordinal WHERE false')) INTO result USING bemi.staged_contexts(), entries;
+      EXIT;
+    EXCEPTION WHEN OTHERS THEN
+      IF as_text THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
+  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
 END
 $$;
 
