@@ -9,10 +9,127 @@
 -- 1. Context: the application says who, where and how, once per transaction.
 ------------------------------------------------------------------------------------------
 
+-- set_context runs once per transaction in the request path. Measured with pgbench (see
+-- docs/benchmarks.md), its own cost is the PL/pgSQL call and the JSON parse: the function
+-- has no SET clause (each call would save and restore search_path) and qualifies every
+-- operator instead, like the trigger; the limit is checked before the setting is stored.
+CREATE OR REPLACE FUNCTION bemi.set_context(context jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  body pg_catalog.text := context::pg_catalog.text;
+  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+BEGIN
+  IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
+  END IF;
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+  END IF;
+  -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
+  -- evaluates it as a simple expression, without running a query.
+  body := pg_catalog.set_config('bemi.context',
+    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true);
+END
+$$;
+
 ------------------------------------------------------------------------------------------
 -- 2. The context trigger: before each statement on a tracked table, put the context into
 --    the WAL, once, and only when it differs from the last one this transaction emitted.
 ------------------------------------------------------------------------------------------
+
+-- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, read before each write
+-- statement that has one (the Django and SQLAlchemy integrations put one on every write).
+-- emitted is what this transaction last emitted ('' for nothing or no context): a comment
+-- written exactly like it, the usual case for the second and later writes of a transaction,
+-- is returned as it is, without parsing it again. Otherwise the comment is checked as in 1.0 (a WARNING, never an error, when it is
+-- malformed or over the limit) and returned as written; '' when there is none.
+-- No SET clause: every name, operator and type is qualified (docs/security.md), so each
+-- write does not save and restore search_path.
+DROP FUNCTION bemi.comment_context(text);
+
+CREATE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+  tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
+  opening pg_catalog.int4;
+  body pg_catalog.text;
+  parsed pg_catalog.jsonb;
+BEGIN
+  IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
+    RETURN '';
+  END IF;
+  tail := pg_catalog.right(tail, limit_bytes OPERATOR(pg_catalog.+) 64);
+  -- The last /*Bemi of the tail: found from its end, as "imeB*/" in the reversed tail.
+  opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
+  body := CASE WHEN opening OPERATOR(pg_catalog.>=) 7 THEN pg_catalog.btrim(pg_catalog.substr(tail,
+      pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.+) 2,
+      opening OPERATOR(pg_catalog.-) 7), E' \t\r\n') ELSE '' END;
+  IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
+    RETURN body;
+  END IF;
+  IF opening OPERATOR(pg_catalog.=) 0 OR pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+    RETURN '';
+  END IF;
+  BEGIN
+    parsed := body::pg_catalog.jsonb;
+  EXCEPTION WHEN invalid_text_representation THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: %', pg_catalog.left(body, 200)
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END;
+  IF pg_catalog.jsonb_typeof(parsed) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is a JSON %, not an object', pg_catalog.jsonb_typeof(parsed)
+      USING ERRCODE = 'invalid_parameter_value';
+    RETURN '';
+  END IF;
+  -- The same context written differently (spacing, key order) is the same context.
+  RETURN CASE WHEN parsed OPERATOR(pg_catalog.=) '{}' THEN ''
+    WHEN emitted OPERATOR(pg_catalog.<>) '' AND parsed OPERATOR(pg_catalog.=) emitted::pg_catalog.jsonb THEN emitted
+    ELSE body END;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.comment_context(text, text) IS
+  'The context of a statement''s trailing /*Bemi {...} Bemi*/ comment as written, or '''' (WARNING when malformed).';
+
+-- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment
+-- is the context: one current_query() read and one strpos per statement, never per row.
+-- Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions instead of running
+-- a query for each. Remembering what was emitted (one transaction-local set_config, only
+-- when emitting) is what keeps emissions to the changes of context.
+CREATE OR REPLACE FUNCTION bemi.context_trigger() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  pending pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
+  emitted pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.emitted', true), '');
+  query pg_catalog.text;
+  written pg_catalog.pg_lsn;
+BEGIN
+  IF pending OPERATOR(pg_catalog.=) '' THEN
+    query := pg_catalog.current_query();
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
+      pending := bemi.comment_context(query, emitted);
+    END IF;
+  END IF;
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pending OPERATOR(pg_catalog.<>) emitted THEN
+    written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
+    pending := pg_catalog.set_config('bemi.emitted', pending, true);
+  END IF;
+  RETURN NULL;
+END
+$$;
 
 ------------------------------------------------------------------------------------------
 -- 3. Tracking: a tracked table carries the context trigger, logs whole rows (REPLICA
@@ -661,7 +778,8 @@ CREATE TABLE bemi.changes (
 ) PARTITION BY RANGE (committed_at);
 
 CREATE INDEX changes_record_idx ON bemi.changes (schema, "table", primary_key);
-CREATE INDEX changes_committed_at_idx ON bemi.changes (committed_at);
+-- Commit times grow with insertion order: a BRIN index serves time ranges at almost no cost to ingest.
+CREATE INDEX changes_committed_at_idx ON bemi.changes USING brin (committed_at);
 CREATE INDEX changes_context_idx ON bemi.changes USING gin (context jsonb_path_ops);
 
 COMMENT ON TABLE bemi.changes IS 'The audit trail: one row per captured change, in commit order (partitioned by committed_at).';
@@ -754,7 +872,13 @@ CREATE UNLOGGED TABLE bemi.staged_relations (
   columns text[] NOT NULL,
   types oid[] NOT NULL,
   typmods integer[] NOT NULL,
-  identity boolean[] NOT NULL
+  identity boolean[] NOT NULL,
+  -- Set only by a reader that stores into a trail in another database (bemi-pg worker
+  -- --trail-dsn), from bemi.describe_relation in the source: NULL means "look it up here".
+  type_names text[],
+  key_columns text[],
+  ignore_columns text[],
+  mask_columns text[]
 );
 
 CREATE UNLOGGED TABLE bemi.staged (
@@ -773,16 +897,53 @@ CREATE UNLOGGED TABLE bemi.staged (
 );
 
 -- The type a column is read as: its type with its modifier (character(3)[] keeps its length);
--- text when the type is gone since.
-CREATE FUNCTION bemi.column_type(type oid, typmod integer) RETURNS text
+-- text when the type is gone since. In a trail database, the type the source named, when this
+-- database has a type of that name, else text.
+CREATE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
 LANGUAGE sql STABLE
-RETURN CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type)
-  THEN pg_catalog.format_type(type, typmod) ELSE 'text' END;
+RETURN CASE
+  WHEN source_name IS NOT NULL THEN CASE WHEN pg_catalog.to_regtype(source_name) IS NOT NULL THEN source_name
+    WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
+  WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type) THEN pg_catalog.format_type(type, typmod)
+  ELSE 'text' END;
+
+-- A column's type as a trail in another database can read it: domains as their base type
+-- (arrays of them too), other types by their schema-qualified name.
+CREATE FUNCTION bemi.portable_type(type oid, typmod integer) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE chain(oid, typmod, array_of) AS (
+    SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END, typmod,
+      t.typcategory = 'A' AND t.typelem <> 0
+    FROM pg_catalog.pg_type t WHERE t.oid = type
+    UNION ALL
+    SELECT t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE c.typmod END, c.array_of
+    FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
+  )
+  SELECT pg_catalog.format_type(c.oid, c.typmod) || CASE WHEN c.array_of THEN '[]' ELSE '' END
+  FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype <> 'd';
+END;
+
+-- What a reader storing into a trail in another database needs to know of a relation, from
+-- this (the source) database: portable type names, primary key and column rules.
+CREATE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[],
+  OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
+               FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
+               ORDER BY x.n),
+    coalesce(bemi.key_columns(relid), (SELECT t.primary_key FROM bemi.tracking t WHERE t.relation = relid)),
+    coalesce((SELECT t.ignore_columns FROM bemi.tracking t WHERE t.relation = relid), '{}'),
+    coalesce((SELECT t.mask_columns FROM bemi.tracking t WHERE t.relation = relid), '{}');
+END;
 
 -- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
 -- each value read by its type's input function, and to_jsonb's rules make the JSON. Chunks
 -- of 50 columns, as a function takes at most 100 arguments. Masked columns are "[masked]".
-CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], vals text, masked text[]) RETURNS text
+CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], type_names text[], vals text, masked text[])
+RETURNS text
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT coalesce(pg_catalog.string_agg(chunk.sql, ' || ' ORDER BY chunk.n), '''{}''::jsonb')
@@ -790,7 +951,8 @@ BEGIN ATOMIC
     SELECT (c.i - 1) / 50 AS n,
       'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
         CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
-          ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i, bemi.column_type(types[c.i], typmods[c.i])) END,
+          ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i,
+            bemi.column_type(types[c.i], typmods[c.i], type_names[c.i])) END,
         ', ' ORDER BY c.i) || ')' AS sql
     FROM pg_catalog.generate_subscripts(columns, 1) AS c(i)
     GROUP BY 1
@@ -800,7 +962,7 @@ END;
 -- The trail's primary_key of a relation's changes: from its primary key (as recorded by track
 -- when the table is gone since), the value as text for one column, a JSON array text for
 -- several, NULL without one.
-CREATE FUNCTION bemi.primary_key_sql(relid oid, image text) RETURNS text
+CREATE FUNCTION bemi.primary_key_sql(relid oid, image text, key_columns text[]) RETURNS text
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT CASE coalesce(pg_catalog.cardinality(k.columns), 0)
@@ -809,7 +971,8 @@ BEGIN ATOMIC
     ELSE 'pg_catalog.jsonb_build_array(' || (SELECT pg_catalog.string_agg(pg_catalog.format('(%s) -> %L', image, c), ', ' ORDER BY o)
       FROM pg_catalog.unnest(k.columns) WITH ORDINALITY AS u(c, o)) || ')::text'
   END
-  FROM (SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = relid) THEN bemi.key_columns(relid)
+  FROM (SELECT CASE WHEN key_columns IS NOT NULL THEN key_columns
+    WHEN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = relid) THEN bemi.key_columns(relid)
     ELSE (SELECT t.primary_key FROM bemi.tracking t WHERE t.relation = relid) END AS columns) AS k;
 END;
 
@@ -831,19 +994,20 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  rules bemi.tracking := (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid);
+  rules bemi.tracking := CASE WHEN r.mask_columns IS NULL THEN (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid)
+    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.key_columns, r.ignore_columns, r.mask_columns)::bemi.tracking END;
   masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
     pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
   old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, 's.old_values', rules.mask_columns) END;
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', rules.mask_columns) END;
   new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, 's.new_values', rules.mask_columns) END;
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', rules.mask_columns) END;
   -- An UPDATE that changed only ignored columns is not stored.
   ignored text := CASE WHEN rules.ignore_columns <> '{}' THEN pg_catalog.format(
     'NOT (s.operation = ''U'' AND i.before - %1$L::text[] = i.after - %1$L::text[])', rules.ignore_columns) ELSE 'true' END;
 BEGIN
   RETURN pg_catalog.format($q$
-    SELECT s.seq, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
+    SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
       CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
       coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
       coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
@@ -860,7 +1024,8 @@ BEGIN
     ) AS i
     WHERE s.relation = %4$s AND %7$s AND %8$s
     $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
-    bemi.primary_key_sql(r.relid, 'i.before'), bemi.primary_key_sql(r.relid, 'i.after'), row_filter, ignored);
+    bemi.primary_key_sql(r.relid, 'i.before', r.key_columns), bemi.primary_key_sql(r.relid, 'i.after', r.key_columns),
+    row_filter, ignored);
 END
 $$;
 
@@ -868,7 +1033,7 @@ $$;
 -- stored keeps its row), empties the stage, and records how far the trail is complete.
 -- The one converter of both readers: bemi.ingest() and the streaming worker (docs/ingest.md).
 CREATE FUNCTION bemi.store(through pg_lsn, part_of pg_lsn DEFAULT NULL, part_stored bigint DEFAULT 0,
-  caught_up_at timestamptz DEFAULT NULL) RETURNS bigint
+  caught_up_at timestamptz DEFAULT NULL, source_slot name DEFAULT NULL, source_database text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
@@ -882,10 +1047,13 @@ DECLARE
   newest timestamptz;
   change record;
   r bemi.staged_relations;
-  columns constant text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
-                           'transaction_id, position, ordinal, problem, partial, previous_key';
+  columns text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
+                  'transaction_id, position, ordinal, problem, partial, previous_key';
 BEGIN
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  IF source_database IS NOT NULL THEN  -- a trail database: the changes are another database's
+    columns := 'database, ' || columns;
+  END IF;
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
   contexts := bemi.staged_contexts();
@@ -895,7 +1063,8 @@ BEGIN
   IF queries IS NOT NULL THEN
     BEGIN
       EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
-        'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns, columns, queries) USING contexts;
+        'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns, columns, queries)
+        USING contexts, NULL, NULL, source_database;
       GET DIAGNOSTICS inserted = ROW_COUNT;
     EXCEPTION WHEN OTHERS THEN
       -- Some value cannot be converted: store change by change, each that fails as text.
@@ -904,12 +1073,12 @@ BEGIN
         BEGIN
           EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
             'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
-            USING contexts, change.seq;
+            USING contexts, change.seq, NULL, source_database;
         EXCEPTION WHEN OTHERS THEN
           EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
             'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', columns,
             pg_catalog.replace(columns, 'problem', '$3'), bemi.convert_sql(r, 's.seq = $2', true))
-            USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM;
+            USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM, source_database;
         END;
         GET DIAGNOSTICS n = ROW_COUNT;
         inserted := inserted + n;
@@ -922,14 +1091,14 @@ BEGIN
   UPDATE bemi.progress p SET lsn = greatest(p.lsn, through), part_of = store.part_of, part_stored = store.part_stored,
     committed_at = greatest(p.committed_at, newest), caught_up_at = coalesce(store.caught_up_at, p.caught_up_at),
     ingested_at = pg_catalog.now(), stored = inserted
-  WHERE p.slot_name = bemi.slot_name();
+  WHERE p.slot_name = coalesce(source_slot, bemi.slot_name());
   -- The slot is confirmed up to these rows once this commits: they must be on disk first.
   PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
   RETURN inserted;
 END
 $$;
 
-COMMENT ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz) IS
+COMMENT ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text) IS
   'Converts the staged changes and stores them in bemi.changes exactly once; records progress up to through.';
 
 CREATE OR REPLACE FUNCTION bemi.ingest(max_changes integer DEFAULT 10000) RETURNS bigint
@@ -1038,7 +1207,7 @@ BEGIN
     ) AS e
     $q$, coalesce(queries, 'SELECT NULL::bigint AS seq, NULL::text AS schema, NULL::text AS "table", NULL::text AS operation, '
       'NULL::jsonb AS before, NULL::jsonb AS after, NULL::bigint AS transaction_id, NULL::pg_lsn AS position, '
-      'NULL::integer AS ordinal WHERE false')) INTO result USING bemi.staged_contexts(), entries;
+      'NULL::integer AS ordinal WHERE false')) INTO result USING bemi.staged_contexts(), entries, NULL::text, NULL::text;
       EXIT;
     EXCEPTION WHEN OTHERS THEN
       IF as_text THEN
@@ -1064,9 +1233,9 @@ COMMENT ON FUNCTION bemi.ingested_until() IS
   'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz), bemi.ingest(integer),
+REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[]), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
-  bemi.image_sql(text[], oid[], integer[], text, text[]), bemi.primary_key_sql(oid, text) FROM PUBLIC;
+  bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(oid, text, text[]) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
@@ -1771,8 +1940,21 @@ END;
 
 COMMENT ON FUNCTION bemi.retained_from() IS 'The trail holds no change committed before this time (NULL: nothing was pruned).';
 
--- Drops the partitions whose changes are all older than keep: detached, then dropped, never a
--- DELETE. Returns them.
+-- The partitions bemi.retain(keep) drops: all their changes are older than keep, and ingest
+-- has gone past their end, so no change not yet ingested can still belong in them.
+CREATE FUNCTION bemi.retainable(keep interval)
+RETURNS TABLE (partition regclass, from_at timestamptz, to_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT p.partition, p.from_at, p.to_at FROM bemi.partitions p
+  WHERE p.to_at <= LEAST(pg_catalog.now() - keep, bemi.ingested_until()) ORDER BY p.from_at;
+END;
+
+COMMENT ON FUNCTION bemi.retainable(interval) IS
+  'The partitions bemi.retain(keep) would drop now: older than keep, and ingested past their end.';
+
+-- Drops the partitions whose changes are all older than keep (and ingested past their end):
+-- detached, then dropped, never a DELETE. Returns them.
 CREATE FUNCTION bemi.retain(keep interval)
 RETURNS TABLE (partition text, from_at timestamptz, to_at timestamptz)
 LANGUAGE plpgsql
@@ -1785,8 +1967,8 @@ BEGIN
     RAISE EXCEPTION 'bemi: keep must be a positive interval, not %', coalesce(keep::text, 'NULL')
       USING ERRCODE = 'invalid_parameter_value', HINT = 'For example SELECT * FROM bemi.retain(''90 days'');';
   END IF;
-  FOR old IN SELECT p.partition, p.from_at, p.to_at FROM bemi.partitions p
-             WHERE p.to_at <= pg_catalog.now() - keep ORDER BY p.from_at LOOP
+  FOR old IN SELECT p.partition, p.from_at, p.to_at FROM bemi.retainable(keep) p LOOP
+    partition := old.partition::text; from_at := old.from_at; to_at := old.to_at;  -- named while it exists
     -- Partitions made by the install script belong to the extension; the rest do not.
     IF EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
                AND d.objid = old.partition AND d.deptype = 'e') THEN
@@ -1796,7 +1978,6 @@ BEGIN
     EXECUTE pg_catalog.format('DROP TABLE %s', old.partition);
     INSERT INTO bemi.retention AS r (retained_from) VALUES (old.to_at)
     ON CONFLICT (single) DO UPDATE SET retained_from = greatest(r.retained_from, excluded.retained_from);
-    partition := old.partition::text; from_at := old.from_at; to_at := old.to_at;
     RETURN NEXT;
   END LOOP;
 END
@@ -1862,7 +2043,7 @@ COMMENT ON FUNCTION bemi.erase(regclass, text, text[]) IS
   'Erases columns (all but the key by default) of one row from every stored change, and records that it did.';
 
 REVOKE ALL ON bemi.retention, bemi.erasures FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.retain(interval), bemi.erase(regclass, text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.retain(interval), bemi.retainable(interval), bemi.erase(regclass, text, text[]) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 11. Uninstall: what bemi-pg uninstall runs before the extension or plain install goes.

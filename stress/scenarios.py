@@ -255,9 +255,11 @@ def start_server(datadir: str, logfile: str) -> None:
 
 
 def ingest_running(dsn: str) -> bool:
+    """Whether an ingest is storing now: bemi.ingest() (SQL path) or bemi.store() (the streaming worker)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         return bool(conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%bemi.ingest(%' "
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "AND (query LIKE '%bemi.ingest(%' OR query LIKE '%bemi.store(%') "
             "AND pid <> pg_backend_pid()").fetchone()[0])  # type: ignore[index]
 
 
