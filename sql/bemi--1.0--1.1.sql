@@ -145,13 +145,12 @@ CREATE TABLE bemi.tracking (
   "table" text NOT NULL,
   tracked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   replica_identity text NOT NULL,
-  primary_key text[],
   ignore_columns text[] NOT NULL DEFAULT '{}',
   mask_columns text[] NOT NULL DEFAULT '{}'
 );
 
 COMMENT ON TABLE bemi.tracking IS
-  'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, the primary key columns as of the last track (for changes of a table dropped before they were stored), and the column rules.';
+  'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, and the column rules.';
 COMMENT ON COLUMN bemi.tracking.ignore_columns IS 'An UPDATE that changes only these columns is not stored.';
 COMMENT ON COLUMN bemi.tracking.mask_columns IS 'These columns never reach the trail: their values are stored as "[masked]".';
 
@@ -167,6 +166,70 @@ BEGIN ATOMIC
 END;
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.tracking', '');
+
+-- The primary key of each tracked table over time, so that a change's primary_key follows the
+-- key its table had when the change was made: written by track and, where bemi may have an
+-- event trigger, after every ALTER TABLE of a tracked table.
+CREATE TABLE bemi.keys (
+  relation oid NOT NULL,
+  since pg_lsn NOT NULL,
+  columns text[],
+  PRIMARY KEY (relation, since)
+);
+
+COMMENT ON TABLE bemi.keys IS 'The primary key columns of tracked tables, from a WAL position on (NULL: no primary key).';
+SELECT pg_catalog.pg_extension_config_dump('bemi.keys', '');
+
+-- Records a table's primary key from now on, when it differs from the one recorded last.
+CREATE FUNCTION bemi.remember_key(relation oid) RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+  INSERT INTO bemi.keys (relation, since, columns)
+  SELECT relation, pg_catalog.pg_current_wal_insert_lsn(), bemi.key_columns(relation)
+  WHERE NOT EXISTS (
+    SELECT FROM (SELECT k.columns FROM bemi.keys k WHERE k.relation = remember_key.relation ORDER BY k.since DESC LIMIT 1) AS l
+    WHERE l.columns IS NOT DISTINCT FROM bemi.key_columns(remember_key.relation))
+  ON CONFLICT (relation, since) DO UPDATE SET columns = excluded.columns;
+END;
+
+-- The primary key a table had at a WAL position: as recorded, else as the catalog has it now.
+CREATE FUNCTION bemi.key_columns_at(relation oid, at pg_lsn) RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  recorded record;
+BEGIN
+  SELECT k.columns INTO recorded FROM bemi.keys k
+  WHERE k.relation = key_columns_at.relation AND k.since <= at ORDER BY k.since DESC LIMIT 1;
+  IF FOUND THEN
+    RETURN recorded.columns;
+  END IF;
+  RETURN bemi.key_columns(relation);
+END
+$$;
+
+-- After ALTER TABLE of a tracked table, its key as it is now.
+CREATE FUNCTION bemi.remember_keys() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.remember_key(c.objid) FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+  WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    AND c.objid IN (SELECT t.relation FROM bemi.tracking t);
+END
+$$;
+
+-- Event triggers need a superuser: elsewhere the key at ingest stands for a key changed since.
+DO $$
+BEGIN
+  IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    CREATE EVENT TRIGGER bemi_remember_keys ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+      EXECUTE FUNCTION bemi.remember_keys();
+  END IF;
+END
+$$;
 
 -- A table and every table under it: partitions, and inheritance children, at any depth.
 CREATE FUNCTION bemi.members(relation regclass) RETURNS SETOF regclass
@@ -239,13 +302,14 @@ BEGIN
         USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
     END IF;
     -- The replica identity it had before bemi, recorded once, for untrack.
-    INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, primary_key, ignore_columns, mask_columns)
-    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member), bemi.key_columns(member),
+    INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, ignore_columns, mask_columns)
+    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member),
       coalesce(ignore_columns, '{}'), coalesce(mask_columns, '{}')
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = member
-    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET primary_key = excluded.primary_key,
+    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET
       ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
+    PERFORM bemi.remember_key(member);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
@@ -296,10 +360,10 @@ COMMENT ON FUNCTION bemi.untrack(regclass) IS
   'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
 
 -- Tables a 1.0 install tracks: their replica identity before track is not known (DEFAULT assumed).
-INSERT INTO bemi.tracking (relation, root, schema, "table", tracked_at, replica_identity, primary_key)
+INSERT INTO bemi.tracking (relation, root, schema, "table", tracked_at, replica_identity)
 SELECT m.member, t.relation, n.nspname, c.relname,
   least(pg_catalog.now(), (SELECT pg_catalog.min(x.committed_at) FROM bemi.changes x
-                           WHERE x.schema = t.schema AND x."table" = t."table")), 'DEFAULT', bemi.key_columns(m.member)
+                           WHERE x.schema = t.schema AND x."table" = t."table")), 'DEFAULT'
 FROM bemi.tracked t
 CROSS JOIN LATERAL bemi.members(t.relation) AS m(member)
 JOIN pg_catalog.pg_class c ON c.oid = m.member
@@ -307,7 +371,8 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
 
 -- 1.0's name registry is only read while the 1.0 slot is drained (section 5).
 REVOKE ALL ON FUNCTION bemi.remember_names() FROM PUBLIC;
-REVOKE ALL ON bemi.tracking FROM PUBLIC;
+REVOKE ALL ON bemi.tracking, bemi.keys FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn) FROM PUBLIC;
 COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
 
@@ -926,7 +991,7 @@ END;
 
 -- What a reader storing into a trail in another database needs to know of a relation, from
 -- this (the source) database: portable type names, primary key and column rules.
-CREATE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[],
+CREATE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
   OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -934,7 +999,7 @@ BEGIN ATOMIC
   SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
                FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
                ORDER BY x.n),
-    coalesce(bemi.key_columns(relid), (SELECT t.primary_key FROM bemi.tracking t WHERE t.relation = relid)),
+    bemi.key_columns_at(relid, at),
     coalesce((SELECT t.ignore_columns FROM bemi.tracking t WHERE t.relation = relid), '{}'),
     coalesce((SELECT t.mask_columns FROM bemi.tracking t WHERE t.relation = relid), '{}');
 END;
@@ -959,10 +1024,9 @@ BEGIN ATOMIC
   ) AS chunk;
 END;
 
--- The trail's primary_key of a relation's changes: from its primary key (as recorded by track
--- when the table is gone since), the value as text for one column, a JSON array text for
--- several, NULL without one.
-CREATE FUNCTION bemi.primary_key_sql(relid oid, image text, key_columns text[]) RETURNS text
+-- The trail's primary_key of a relation's changes, from the key columns it had then: the value
+-- as text for one column, a JSON array text for several, NULL without one.
+CREATE FUNCTION bemi.primary_key_sql(key_columns text[], image text) RETURNS text
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT CASE coalesce(pg_catalog.cardinality(k.columns), 0)
@@ -971,9 +1035,7 @@ BEGIN ATOMIC
     ELSE 'pg_catalog.jsonb_build_array(' || (SELECT pg_catalog.string_agg(pg_catalog.format('(%s) -> %L', image, c), ', ' ORDER BY o)
       FROM pg_catalog.unnest(k.columns) WITH ORDINALITY AS u(c, o)) || ')::text'
   END
-  FROM (SELECT CASE WHEN key_columns IS NOT NULL THEN key_columns
-    WHEN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = relid) THEN bemi.key_columns(relid)
-    ELSE (SELECT t.primary_key FROM bemi.tracking t WHERE t.relation = relid) END AS columns) AS k;
+  FROM (SELECT key_columns AS columns) AS k;
 END;
 
 -- The context of each message content staged, parsed once: {"content": context, ...}. The
@@ -995,7 +1057,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   rules bemi.tracking := CASE WHEN r.mask_columns IS NULL THEN (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid)
-    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.key_columns, r.ignore_columns, r.mask_columns)::bemi.tracking END;
+    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.ignore_columns, r.mask_columns)::bemi.tracking END;
+  -- The key as of the relation's first staged change: a new key comes with a new Relation message.
+  keys text[] := CASE WHEN r.mask_columns IS NULL
+    THEN bemi.key_columns_at(r.relid, (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation))
+    ELSE r.key_columns END;
   masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
     pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
   old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
@@ -1024,7 +1090,7 @@ BEGIN
     ) AS i
     WHERE s.relation = %4$s AND %7$s AND %8$s
     $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
-    bemi.primary_key_sql(r.relid, 'i.before', r.key_columns), bemi.primary_key_sql(r.relid, 'i.after', r.key_columns),
+    bemi.primary_key_sql(keys, 'i.before'), bemi.primary_key_sql(keys, 'i.after'),
     row_filter, ignored);
 END
 $$;
@@ -1233,9 +1299,9 @@ COMMENT ON FUNCTION bemi.ingested_until() IS
   'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[]), bemi.ingest(integer),
+REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
-  bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(oid, text, text[]) FROM PUBLIC;
+  bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.

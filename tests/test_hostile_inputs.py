@@ -210,3 +210,15 @@ def test_an_update_of_the_key_keeps_the_previous_key(admin: psycopg.Connection[A
     ingest(admin)
     assert [(r["primary_key"], r["previous_key"]) for r in changes(admin, "primary_key", "previous_key")] == [
         ("[1, 2]", None), ("[1, 3]", "[1, 2]"), ("[1, 3]", None)]
+
+
+def test_primary_key_is_the_key_the_table_had_at_the_change(admin: psycopg.Connection[Any]) -> None:
+    track(admin, "a int, b int, v text, PRIMARY KEY (a)")
+    admin.execute("INSERT INTO t VALUES (1, 1, 'x')")
+    admin.execute("ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (a, b)")
+    admin.execute("INSERT INTO t VALUES (2, 2, 'y')")
+    admin.execute("ALTER TABLE t DROP CONSTRAINT t_pkey")
+    admin.execute("INSERT INTO t VALUES (3, 3, 'z')")
+    admin.execute("ALTER TABLE t ADD PRIMARY KEY (b)")  # before any of it is ingested
+    ingest(admin)
+    assert [r["primary_key"] for r in changes(admin, "primary_key")] == ["1", "[2, 2]", None]
