@@ -209,9 +209,9 @@ BEGIN
 END
 $$;
 
--- After ALTER TABLE of a tracked table, its key as it is now.
+-- After ALTER TABLE of a tracked table, its key as it is now (whoever altered it).
 CREATE FUNCTION bemi.remember_keys() RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -372,7 +372,7 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
 -- 1.0's name registry is only read while the 1.0 slot is drained (section 5).
 REVOKE ALL ON FUNCTION bemi.remember_names() FROM PUBLIC;
 REVOKE ALL ON bemi.tracking, bemi.keys FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys() FROM PUBLIC;
 COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
 
@@ -900,28 +900,53 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   step interval := bemi.partition_interval();
-  period timestamptz := bemi.period_start(from_at, step);
+  cursor timestamptz := from_at;
+  covered_to timestamptz;
+  lower timestamptz;
+  upper timestamptz;
   name text;
+  created regclass;
 BEGIN
-  WHILE period <= to_at LOOP
-    IF NOT EXISTS (SELECT FROM bemi.partitions p WHERE period >= p.from_at AND period < p.to_at) THEN
-      name := 'changes_' || pg_catalog.to_char(period AT TIME ZONE 'UTC',
-        CASE WHEN step < interval '1 day' THEN 'YYYYMMDD"_"HH24MISS' ELSE 'YYYYMMDD' END);
-      EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
-      EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)', name, period,
-        least((SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > period), period + step));
-      RETURN NEXT pg_catalog.format('bemi.%I', name)::regclass;
+  -- Walk from one time to the other: over partitions that exist (whatever their bounds, as
+  -- pg_partman's may be), else a new one for the rest of the period, up to the next one.
+  WHILE cursor <= to_at LOOP
+    SELECT p.to_at INTO covered_to FROM bemi.partitions p WHERE cursor >= p.from_at AND cursor < p.to_at;
+    IF FOUND THEN
+      cursor := covered_to;
+      CONTINUE;
     END IF;
-    period := period + step;
+    lower := greatest(bemi.period_start(cursor, step),
+                      (SELECT pg_catalog.max(p.to_at) FROM bemi.partitions p WHERE p.to_at <= cursor));
+    upper := least(bemi.period_start(cursor, step) + step,
+                   (SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > cursor));
+    name := 'changes_' || pg_catalog.to_char(lower AT TIME ZONE 'UTC',
+      CASE WHEN step < interval '1 day' OR lower <> bemi.period_start(lower, step) THEN 'YYYYMMDD"_"HH24MISS' ELSE 'YYYYMMDD' END);
+    EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)',
+      name, lower, upper);
+    created := pg_catalog.format('bemi.%I', name)::regclass;
+    RETURN NEXT created;
+    cursor := upper;
   END LOOP;
 END
 $$;
 
 -- The 1.0 trail moves in, ids kept, into partitions that pg_dump keeps like the trail. (Those
--- ingest creates later are not part of the extension, so pg_dump keeps them anyway.)
-SELECT pg_catalog.pg_extension_config_dump(p, '')
-FROM (SELECT pg_catalog.min(c.committed_at) AS first, pg_catalog.max(c.committed_at) AS last FROM bemi.changes_1_0 c) AS r
-CROSS JOIN LATERAL bemi.create_partitions(r.first, r.last) AS p;
+-- ingest creates later are not part of the extension, so pg_dump keeps them anyway.) One
+-- pg_extension_config_dump per statement: two in one would update the extension's row twice.
+DO $$
+DECLARE
+  made regclass[] := ARRAY(
+    SELECT p FROM (SELECT pg_catalog.min(c.committed_at) AS first, pg_catalog.max(c.committed_at) AS last
+                   FROM bemi.changes_1_0 c) AS r
+    CROSS JOIN LATERAL bemi.create_partitions(r.first, r.last) AS p);
+  p regclass;
+BEGIN
+  FOREACH p IN ARRAY made LOOP
+    PERFORM pg_catalog.pg_extension_config_dump(p, '');
+  END LOOP;
+END
+$$;
 INSERT INTO bemi.changes OVERRIDING SYSTEM VALUE
 SELECT c.*, NULL, false, NULL FROM bemi.changes_1_0 c ORDER BY c.id;
 SELECT pg_catalog.setval('bemi.changes_id_seq', coalesce((SELECT pg_catalog.max(c.id) FROM bemi.changes_1_0 c), 0) + 1, false);
@@ -1308,8 +1333,8 @@ REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, tex
 ------------------------------------------------------------------------------------------
 
 -- Time is commit time (committed_at, ties broken by id). A row's history is found with
--- changes_row_history_idx; the changes no key index finds (an UPDATE that moved a primary key
--- away, a TRUNCATE) are few and have changes_key_moves_idx. SQLSTATEs (docs/time-travel.md):
+-- changes_row_history_idx, an UPDATE that moved its key away with changes_previous_key_idx,
+-- a TRUNCATE with changes_truncate_idx. SQLSTATEs (docs/time-travel.md):
 -- 22023 bad argument or moment, 22000 an image the answer needs is incomplete (problem,
 -- partial), 0A000 a TRUNCATE the answer would have to see through.
 
@@ -1323,21 +1348,10 @@ RETURN CASE
   ELSE (SELECT pg_catalog.jsonb_agg(image -> k.name ORDER BY k.ord)
         FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS k(name, ord))::text END;
 
--- Whether an UPDATE may have changed its row's primary key: a column that changed now holds
--- the key's value (or, for a composite key, a value found in its text). Never false for a key
--- change; rarely true otherwise. It needs no catalog, so it can select the rows of an index.
-CREATE FUNCTION bemi.may_move_key(before jsonb, after jsonb, primary_key text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN EXISTS (
-  SELECT FROM pg_catalog.jsonb_each(after) AS a(name, value)
-  WHERE (before OPERATOR(pg_catalog.->) a.name) IS DISTINCT FROM a.value
-    AND (a.value OPERATOR(pg_catalog.#>>) '{}' OPERATOR(pg_catalog.=) primary_key
-         OR (pg_catalog.left(primary_key, 1) OPERATOR(pg_catalog.=) '['
-             AND pg_catalog.strpos(primary_key, a.value::text) OPERATOR(pg_catalog.>) 0)));
-
 CREATE INDEX changes_row_history_idx ON bemi.changes (schema, "table", primary_key, committed_at, id);
-CREATE INDEX changes_key_moves_idx ON bemi.changes (schema, "table", committed_at, id)
-  WHERE operation = 'TRUNCATE' OR (operation = 'UPDATE' AND bemi.may_move_key(before, after, primary_key));
+CREATE INDEX changes_previous_key_idx ON bemi.changes (schema, "table", previous_key, committed_at, id)
+  WHERE previous_key IS NOT NULL;
+CREATE INDEX changes_truncate_idx ON bemi.changes (schema, "table", committed_at, id) WHERE operation = 'TRUNCATE';
 
 -- Checks that the trail can answer for a table at a moment: the table was tracked then, and
 -- every commit up to that moment has been ingested. SECURITY DEFINER: it reads bemi.tracking
@@ -1361,6 +1375,11 @@ BEGIN
     RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
   END IF;
+  IF at < bemi.retained_from() THEN
+    RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
+  END IF;
   until := bemi.ingested_until();
   IF until IS NULL OR at > until THEN
     RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
@@ -1371,23 +1390,28 @@ END
 $$;
 
 -- Refuses an answer that would rest on an incomplete image: a change whose values could not
--- be converted (problem), or whose before or after lacks columns the WAL did not have (partial).
-CREATE FUNCTION bemi.check_images(ids bigint[]) RETURNS void
-LANGUAGE plpgsql STABLE
+-- be converted (problem), or whose before or after lacks columns the WAL did not have
+-- (partial). Given the ids of such changes (NULL: none), raises; else true.
+CREATE FUNCTION bemi.refuse_incomplete(ids bigint[]) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-  bad bigint[];
 BEGIN
-  SELECT pg_catalog.array_agg(c.id ORDER BY c.id) INTO bad FROM bemi.changes AS c
-  WHERE c.id = ANY (ids) AND (c.problem IS NOT NULL OR c.partial);
-  IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'bemi: changes % have incomplete row images, so the answer would not be exact', bad
+  IF ids IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % have incomplete row images, so the answer would not be exact',
+        (SELECT pg_catalog.array_agg(DISTINCT i ORDER BY i) FROM pg_catalog.unnest(ids) AS i)
       USING ERRCODE = 'data_exception',
             DETAIL = 'bemi.changes.problem says what could not be converted; partial = true means an image holds only what the WAL had.';
   END IF;
+  RETURN true;
 END
 $$;
+
+-- The same for changes given by id.
+CREATE FUNCTION bemi.check_images(ids bigint[]) RETURNS boolean
+LANGUAGE sql STABLE
+RETURN bemi.refuse_incomplete((SELECT pg_catalog.array_agg(c.id) FROM bemi.changes AS c
+                               WHERE c.id = ANY (ids) AND (c.problem IS NOT NULL OR c.partial)));
 
 -- The WHERE condition matching a table's row t by its primary key to the key of the record r.
 CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
@@ -1396,35 +1420,35 @@ RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r,
         FROM pg_catalog.unnest(key_columns) AS k);
 
 -- The latest (latest = true: at or before at) or the first (after at) change of the row with a
--- primary key: one made under that key, one that moved the key away, or a TRUNCATE.
-CREATE FUNCTION bemi.row_event(schema_name text, table_name text, key_columns text[], primary_key text,
-  at timestamptz, latest boolean)
+-- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
+-- branch reads one entry of its index; the other direction's branches are not run.
+CREATE FUNCTION bemi.row_event(schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
 RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT e.id, e.operation, e.primary_key, e.before, e.after FROM (
     (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key
-       AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
     (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key
-       AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
     (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name
-       AND (c.operation = 'TRUNCATE' OR (c.operation = 'UPDATE' AND bemi.may_move_key(c.before, c.after, c.primary_key)
-            AND bemi.image_key(c.before, key_columns) = row_event.primary_key AND c.primary_key <> row_event.primary_key))
-       AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
     (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name
-       AND (c.operation = 'TRUNCATE' OR (c.operation = 'UPDATE' AND bemi.may_move_key(c.before, c.after, c.primary_key)
-            AND bemi.image_key(c.before, key_columns) = row_event.primary_key AND c.primary_key <> row_event.primary_key))
-       AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
      ORDER BY c.committed_at, c.id LIMIT 1)
   ) AS e
   ORDER BY CASE WHEN latest THEN e.committed_at END DESC, CASE WHEN latest THEN e.id END DESC,
@@ -1455,7 +1479,7 @@ BEGIN
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
 
   -- The row as the latest change at or before the moment left it.
-  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, keys, primary_key, at, true);
+  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, primary_key, at, true);
   IF event.id IS NOT NULL THEN
     IF event.operation IN ('DELETE', 'TRUNCATE') OR event.primary_key IS DISTINCT FROM row_at.primary_key THEN
       RETURN NULL;
@@ -1464,7 +1488,7 @@ BEGIN
     RETURN event.after;
   END IF;
   -- Unchanged since tracking began, up to the moment: as the first change after it found it.
-  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, keys, primary_key, at, false);
+  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, primary_key, at, false);
   IF event.operation = 'TRUNCATE' THEN
     RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
       primary_key, relation, at, event.id
@@ -1514,8 +1538,6 @@ DECLARE
   table_name text;
   keys text[];
   truncated bigint[];
-  used bigint[];
-  firsts text;
 BEGIN
   IF table_oid IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = table_oid) NOT IN ('r', 'p') THEN
     RAISE EXCEPTION 'bemi: table_at needs the row type of a table, not %', pg_catalog.pg_typeof(relation)
@@ -1562,29 +1584,35 @@ BEGIN
   END IF;
 
   -- With a key: each row a later change touched as the first such change found it (its before
-  -- image; none when that change created the key), every other row as it is now.
-  firsts := pg_catalog.format($q$
+  -- image; none when that change created the key), every other row as it is now. One query,
+  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
-      SELECT c.id, c.committed_at, c.before, c.after FROM bemi.changes AS c
-      WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+      FROM bemi.changes AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, l.before AS image, r FROM later AS l,
+      SELECT l.committed_at, l.id, 0 AS side, l.before AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
-      SELECT l.committed_at, l.id, 1, NULL, r FROM later AS l,
+      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
     ), firsts AS (
-      SELECT DISTINCT ON (%2$s) s.id, s.image FROM sides AS s ORDER BY %2$s, s.committed_at, s.id, s.side
-    ) $q$, table_oid,
-    (SELECT pg_catalog.string_agg(pg_catalog.format('(s.r).%I', k), ', ') FROM pg_catalog.unnest(keys) AS k));
-  EXECUTE firsts || 'SELECT pg_catalog.array_agg(f.id) FROM firsts AS f WHERE f.image IS NOT NULL'
-    INTO used USING schema_name, table_name, at;
-  PERFORM bemi.check_images(used);
-  RETURN QUERY EXECUTE firsts || pg_catalog.format($q$
-    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %2$s)
+      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+    ), used AS (
+      SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
+      FROM firsts AS f WHERE f.image IS NOT NULL
+    )
+    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
     UNION ALL
-    SELECT r.* FROM firsts AS f, pg_catalog.jsonb_populate_record(NULL::%1$s, f.image) AS r WHERE f.image IS NOT NULL$q$,
-    table_oid, (SELECT pg_catalog.string_agg(pg_catalog.format('(s.r).%I = t.%I', k, k), ' AND ') FROM pg_catalog.unnest(keys) AS k))
+    SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
+    WHERE bemi.refuse_incomplete(u.incomplete)$q$,
+    table_oid,
+    (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I AS bemi_key_%s', k.name, k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s', k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at;
 END
 $$;

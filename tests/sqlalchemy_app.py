@@ -33,18 +33,20 @@ def url(dsn: str) -> URL:
     )
 
 
-def engine(dsn: str, **options: Any) -> Engine:
-    """A registered engine whose database has the tracked table "todo"."""
+def engine(dsn: str, *, sql: bool = False, **options: Any) -> Engine:
+    """A registered engine whose database has the tracked table "todo". The tests that check
+    contexts exactly register without the statement's SQL (``sql``, on by default in
+    ``register``); tests/test_round_trips.py covers it."""
     created = create_engine(url(dsn), **options)
     Base.metadata.create_all(created)
     with created.begin() as conn:
         conn.exec_driver_sql("SELECT bemi.track('todo')")
-    bemi_pg.sqlalchemy.register(created)
+    bemi_pg.sqlalchemy.register(created, sql=sql)
     return created
 
 
-def async_engine(dsn: str, **options: Any) -> AsyncEngine:
+def async_engine(dsn: str, *, sql: bool = False, **options: Any) -> AsyncEngine:
     """A registered AsyncEngine over the same database (create the table with ``engine``)."""
     created = create_async_engine(url(dsn), **options)
-    bemi_pg.sqlalchemy.register(created)
+    bemi_pg.sqlalchemy.register(created, sql=sql)
     return created

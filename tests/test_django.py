@@ -121,10 +121,11 @@ def test_a_request_writes_with_its_context(
     writes = [sql for sql in sent if sql.lstrip().startswith(("INSERT", "UPDATE", "DELETE"))]
     reads = [sql for sql in sent if sql.lstrip().startswith("SELECT")]
     assert writes and reads
-    # Autocommit writes (2 inserts, 1 update) carry a comment; in a transaction (atomic(), and
-    # Django's own around delete()) one set_context did the job instead.
+    # Every write carries the context as a comment, in autocommit mode and in a transaction
+    # (atomic(), and Django's own around delete()) alike: no statement of its own.
     commented = [sql.split()[0] for sql in writes if "/*Bemi " in sql]
-    assert commented == (["INSERT", "INSERT", "UPDATE"] if mode == "autocommit" else [])
+    assert commented == ["INSERT", "INSERT", "UPDATE", "DELETE", "DELETE"]  # the tags, then the todo
+    assert not any("set_context" in sql for sql in sent)
     assert not any("/*Bemi" in sql for sql in reads)
 
 

@@ -19,7 +19,7 @@ import bemi_pg
 from conftest import changes, ingest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROLES = ("bemi_app", "bemi_worker", "bemi_reader")
+ROLES = ("bemi_app", "bemi_worker", "bemi_ingest", "bemi_reader")
 
 
 def documented_grants() -> str:
@@ -70,6 +70,18 @@ ADMINISTRATION = [
     "UPDATE bemi.changes SET context = '{\"forged\": true}'", "DELETE FROM bemi.changes", "TRUNCATE bemi.changes",
     "UPDATE bemi.progress SET lsn = '0/0'", "DELETE FROM bemi.progress",
 ]
+# What only the streaming worker may do: stage changes and store them.
+STREAMING = [
+    "SELECT bemi.store('0/0')",
+    "INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at) "
+    "VALUES (1, 1, 'I', '0/1', 1, 1, now())",
+    "INSERT INTO bemi.staged_relations VALUES (1, 1, 'public', 't', '{id}', '{23}', '{-1}', '{t}')",
+]
+# What the REPLICATION attribute allows anyway (the streaming worker has it).
+REPLICATION = [
+    "SELECT pg_create_logical_replication_slot('mine', 'test_decoding')",
+    "SELECT * FROM pg_logical_slot_peek_changes('bemi', NULL, NULL)",
+]
 
 
 def assert_history_intact(admin: psycopg.Connection[Any]) -> None:
@@ -80,9 +92,13 @@ def assert_history_intact(admin: psycopg.Connection[Any]) -> None:
                          ).fetchone() == {"n": 1}
 
 
+def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bemi_pg.cli", "--dsn", dsn, *args], capture_output=True, text=True)
+
+
 def test_application_role(dsn: str, admin: psycopg.Connection[Any], roles: None) -> None:
     with as_role(dsn, "bemi_app") as app:
-        for statement in [*ADMINISTRATION, "SELECT * FROM bemi.changes", "SELECT bemi.ingest()"]:
+        for statement in [*ADMINISTRATION, *STREAMING, "SELECT * FROM bemi.changes", "SELECT bemi.ingest()"]:
             refused(app, statement)
         with app.transaction():
             bemi_pg.set_context(app, {"user_id": 7})
@@ -92,22 +108,38 @@ def test_application_role(dsn: str, admin: psycopg.Connection[Any], roles: None)
     assert changes(admin, "primary_key", "context")[-1] == {"primary_key": "2", "context": {"user_id": 7}}
 
 
-def test_worker_role(dsn: str, admin: psycopg.Connection[Any], roles: None) -> None:
+def test_streaming_worker_role(dsn: str, admin: psycopg.Connection[Any], roles: None) -> None:
     admin.execute("INSERT INTO t VALUES (2, 'pending')")
     with as_role(dsn, "bemi_worker") as worker:
-        for statement in [*ADMINISTRATION, "SELECT * FROM t", "INSERT INTO t VALUES (3, 'worker')"]:
+        for statement in [*(s for s in ADMINISTRATION if s not in REPLICATION), "SELECT bemi.ingest()",
+                          "SELECT * FROM t", "INSERT INTO t VALUES (3, 'worker')"]:
+            refused(worker, statement)
+    done = cli(f"{dsn} user=bemi_worker", "worker", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert "worker: streaming slot" in done.stdout and "drained 1 changes" in done.stdout
+    assert changes(admin, "primary_key")[-1] == {"primary_key": "2"}
+    status = cli(f"{dsn} user=bemi_worker", "status")
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"changes stored +2", status.stdout), status.stdout
+
+
+def test_sql_path_worker_role(dsn: str, admin: psycopg.Connection[Any], roles: None) -> None:
+    admin.execute("INSERT INTO t VALUES (2, 'pending')")
+    with as_role(dsn, "bemi_ingest") as worker:
+        for statement in [*ADMINISTRATION, *STREAMING, "SELECT * FROM bemi.changes", "SELECT * FROM t"]:
             refused(worker, statement)
         assert worker.execute("SELECT bemi.ingest() AS n").fetchone() == {"n": 1}
-        assert worker.execute("SELECT count(*) AS n FROM bemi.changes").fetchone() == {"n": 2}
-    status = subprocess.run([sys.executable, "-m", "bemi_pg.cli", "--dsn", f"{dsn} user=bemi_worker", "status"],
-                            capture_output=True, text=True)
-    assert status.returncode == 0, status.stderr
-    assert "changes stored         2" in status.stdout
+    admin.execute("INSERT INTO t VALUES (3, 'pending')")
+    done = cli(f"{dsn} user=bemi_ingest", "worker", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert 'role "bemi_ingest" lacks the REPLICATION attribute, so ingesting through SQL' in done.stdout
+    assert "drained 1 changes" in done.stdout
+    assert [r["primary_key"] for r in changes(admin, "primary_key")] == ["1", "2", "3"]
 
 
 def test_reader_role(dsn: str, admin: psycopg.Connection[Any], roles: None) -> None:
     with as_role(dsn, "bemi_reader") as reader:
-        for statement in [*ADMINISTRATION, "SELECT bemi.ingest()", "SELECT * FROM t"]:
+        for statement in [*ADMINISTRATION, *STREAMING, "SELECT bemi.ingest()", "SELECT * FROM t"]:
             refused(reader, statement)
         assert reader.execute("SELECT primary_key FROM bemi.changes").fetchall() == [{"primary_key": "1"}]
     assert_history_intact(admin)
@@ -128,13 +160,27 @@ def test_no_forged_context_on_another_sessions_changes(dsn: str, admin: psycopg.
     assert changes(admin, "primary_key", "context")[1:] == [{"primary_key": "10", "context": {"user_id": 1}}] * 2
 
 
-def test_security_definer_functions_pin_search_path(admin: psycopg.Connection[Any]) -> None:
-    definers = admin.execute(
-        "SELECT p.oid::regprocedure::text AS name, p.proconfig FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid "
-        "JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'bemi' AND p.prosecdef").fetchall()
-    assert definers
+# SECURITY DEFINER functions meant for every role; any other must be revoked from PUBLIC.
+FOR_EVERYONE = {
+    # Time travel's check of a moment: tells any caller only when tracking began and how far
+    # the trail is ingested (bemi.tracking and bemi.progress stay unreadable).
+    "bemi.check_moment(regclass,timestamp with time zone)",
+}
+
+
+def test_security_definer_functions_pin_search_path_and_are_not_public(admin: psycopg.Connection[Any]) -> None:
+    """Every function of the extension that runs with the owner's rights, found in the
+    catalog (not a list kept by hand): pinned search_path, not executable by PUBLIC."""
+    definers = admin.execute("""
+      SELECT p.oid::regprocedure::text AS name, p.proconfig,
+        EXISTS (SELECT FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) AS a
+                WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS public
+      FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+      JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'bemi' AND p.prosecdef""").fetchall()
+    assert {"bemi.store", "bemi.ingest"} <= {f["name"].partition("(")[0] for f in definers}
     for function in definers:
         assert "search_path=pg_catalog, pg_temp" in (function["proconfig"] or []), function["name"]
+        assert not function["public"] or function["name"] in FOR_EVERYONE, function["name"]
 
 
 # Look-alikes of every pg_catalog operator and simple function on the types bemi handles,
@@ -191,9 +237,15 @@ def test_planted_lookalikes_are_never_called(dsn: str, admin: psycopg.Connection
             bemi_pg.set_context(app, {"user_id": 6})
             app.execute("UPDATE u SET id = 2")
         app.execute('UPDATE u SET id = 3 /*Bemi {"user_id": 8} Bemi*/')
-    with as_role(dsn, "bemi_worker") as worker:
+    with as_role(dsn, "bemi_ingest") as worker:
         worker.execute(HOSTILE_PATH)
         assert worker.execute("SELECT bemi.ingest() AS n").fetchone() == {"n": 3}
     assert changes(admin, "table", "context")[1:] == [
         {"table": "u", "context": {"user_id": c}} for c in (5, 6, 8)]
+    with as_role(dsn, "bemi_app") as app, bemi_pg.with_context(app, {"user_id": 9}):
+        app.execute("UPDATE u SET id = 4")
+    hostile = "options='-c search_path=evil,pg_catalog,public'"
+    done = cli(f"{dsn} user=bemi_worker {hostile}", "worker", "--drain")  # the streaming worker, likewise
+    assert done.returncode == 0, done.stderr
+    assert changes(admin, "table", "context")[-1] == {"table": "u", "context": {"user_id": 9}}
 

@@ -7,7 +7,10 @@ equivalent ``AS $$ ... $$`` bodies, so pgspot still checks every statement insid
 CREATE EXTENSION runs the script with the extension's schema created (``schema = bemi`` in
 the control file) and ``search_path`` set to it, after the implicit pg_catalog: the input
 starts with exactly that, so pgspot judges the statements under the path they really run
-with. A SQL-standard body is bound when it is created, under that path, not the caller's;
+with. An update script (``bemi--1.0--1.1.sql``) is not standalone: ALTER EXTENSION UPDATE runs
+it under the same path, in the schema the extension already owns, which the same first lines
+stand for; objects it only alters or calls come from the earlier scripts, which are linted
+on their own. A SQL-standard body is bound when it is created, under that path, not the caller's;
 a ``$$`` body is bound at each call. So a rewritten body carries the path it was bound
 under as a SET clause, and ``$$`` bodies keep whatever the script gave them.
 Usage: python tools/pgspot_input.py SCRIPT > OUTPUT

@@ -1,21 +1,27 @@
 """Setting the application context of a transaction: the client's only job in a request path.
 
-``with_context`` opens a transaction (a savepoint inside one) and runs
-``SELECT bemi.set_context($1)`` in it: one statement per transaction, the context always a
-bound parameter. (Pipelining it with ``BEGIN`` saves that round trip in theory, but psycopg's
-pipeline mode costs more than the round trip it saves: see docs/benchmarks.md.)
+``with_context`` opens a transaction (a savepoint inside one) and sets the context in the
+same round trip: ``BEGIN; SELECT bemi.set_context('...'::jsonb)`` goes out as one
+simple-protocol query, the context quoted client-side by psycopg (``sql.Literal``), never
+spliced into SQL text by hand. A transaction with a context therefore costs the round trips
+of one without. Simple-protocol queries are never prepared, so the per-request context
+cannot fill psycopg's prepared-statement cache, and PgBouncer in transaction mode sees an
+ordinary transaction. ``set_context``, for a transaction the caller already owns, sends
+``SELECT bemi.set_context($1)`` with a bound parameter.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
 Context = Mapping[str, Any]
 
@@ -87,16 +93,79 @@ def _activate(conn: object, context: dict[str, Any]) -> Iterator[None]:
         _active.reset(token)
 
 
+_SAVEPOINTS = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """The three commands of one with_context block, each sent as one simple-protocol query."""
+
+    enter: bytes
+    commit: bytes
+    rollback: bytes
+
+
+def _set_context_literal(conn: psycopg.BaseConnection[Any], payload: str | None) -> bytes:
+    # The fixed text is bytes already; only the context goes through psycopg's quoting.
+    return b"SELECT bemi.set_context(" + sql.Literal(payload).as_bytes(conn) + b"::jsonb)"
+
+
+def _begin(conn: psycopg.BaseConnection[Any]) -> bytes:
+    """BEGIN with the connection's transaction characteristics, as conn.transaction() sends it."""
+    parts = ["BEGIN"]
+    if conn.isolation_level is not None:
+        parts.append("ISOLATION LEVEL " + conn.isolation_level.name.replace("_", " "))
+    if conn.read_only is not None:
+        parts.append("READ ONLY" if conn.read_only else "READ WRITE")
+    if conn.deferrable is not None:
+        parts.append("DEFERRABLE" if conn.deferrable else "NOT DEFERRABLE")
+    return " ".join(parts).encode()
+
+
+def _block(conn: psycopg.BaseConnection[Any], payload: str | None, outer: dict[str, Any] | None) -> _Block:
+    """A transaction when none is open, else a savepoint; the context set on the way in."""
+    set_it = _set_context_literal(conn, payload)
+    if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        return _Block(_begin(conn) + b"; " + set_it, b"COMMIT", b"ROLLBACK")
+    name = sql.Identifier(f"bemi_{next(_SAVEPOINTS)}").as_bytes(conn)
+    release = b"RELEASE SAVEPOINT " + name
+    # A released savepoint keeps the inner context: the outer one is put back in the same
+    # round trip. A rolled-back one takes its set_context with it.
+    commit = release if outer is None else release + b"; " + _set_context_literal(conn, dump_context(outer))
+    return _Block(b"SAVEPOINT " + name + b"; " + set_it, commit,
+                  b"ROLLBACK TO SAVEPOINT " + name + b"; RELEASE SAVEPOINT " + name)
+
+
+def _is_ours(error: BaseException) -> bool:
+    """psycopg.Rollback() without a transaction means "roll back the innermost block": this one."""
+    return isinstance(error, psycopg.Rollback) and error.transaction is None
+
+
 @contextmanager
 def _sync_with_context(conn: psycopg.Connection[Any], context: Context) -> Iterator[psycopg.Connection[Any]]:
     merged, outer, payload = _merged(conn, context)
     _check_open(conn)
-    with conn.transaction():
-        conn.execute(SET_CONTEXT, [payload])
-        with _activate(conn, merged):
-            yield conn
-        if outer is not None:  # a released savepoint keeps the inner context: put the outer one back
-            conn.execute(SET_CONTEXT, [dump_context(outer)])
+    # A non-autocommit connection would send its own BEGIN first: run the block in autocommit
+    # mode, which BEGIN ... COMMIT makes one transaction all the same, and switch back after.
+    manual = not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+    if manual:
+        conn.autocommit = True
+    try:
+        block = _block(conn, payload, outer)
+        conn.execute(block.enter, prepare=False)
+        try:
+            with _activate(conn, merged):
+                yield conn
+        except BaseException as error:
+            if not (conn.closed or conn.broken):
+                conn.execute(block.rollback, prepare=False)
+            if not _is_ours(error):
+                raise
+        else:
+            conn.execute(block.commit, prepare=False)
+    finally:
+        if manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            conn.autocommit = False
 
 
 @asynccontextmanager
@@ -105,12 +174,25 @@ async def _async_with_context(
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     merged, outer, payload = _merged(conn, context)
     _check_open(conn)
-    async with conn.transaction():
-        await conn.execute(SET_CONTEXT, [payload])
-        with _activate(conn, merged):
-            yield conn
-        if outer is not None:
-            await conn.execute(SET_CONTEXT, [dump_context(outer)])
+    manual = not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+    if manual:
+        await conn.set_autocommit(True)
+    try:
+        block = _block(conn, payload, outer)
+        await conn.execute(block.enter, prepare=False)
+        try:
+            with _activate(conn, merged):
+                yield conn
+        except BaseException as error:
+            if not (conn.closed or conn.broken):
+                await conn.execute(block.rollback, prepare=False)
+            if not _is_ours(error):
+                raise
+        else:
+            await conn.execute(block.commit, prepare=False)
+    finally:
+        if manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
 
 
 def with_context(conn: Any, context: Context) -> Any:

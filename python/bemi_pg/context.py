@@ -2,15 +2,15 @@
 
 ``bemi_pg.context({...})`` is a context manager and a decorator backed by a
 ``contextvars.ContextVar``, so it is correct under threads and asyncio. Framework
-integrations read it and carry it on the writes a connection sends (``StatementCarrier``):
+integrations read it and carry it on the writes a connection sends (``carry``): each write
+goes out with a trailing ``/*Bemi {...} Bemi*/`` comment, which the extension's context
+trigger reads, in a transaction and in autocommit mode alike. No extra statement, no extra
+round trip, nothing session-level that could leak to the next user of the connection; the
+trigger emits a context only when it differs from the one the transaction last emitted.
+With ``include_sql`` the comment also holds the write's own text, normalized by pglast
+(``bemi_pg.normalize``), under the key ``"SQL"``.
 
-- in a transaction, one ``SELECT bemi.set_context(...)`` before its first write (and again
-  only when the ambient context changes or a savepoint rollback may have undone it);
-- outside any transaction (autocommit), a trailing ``/*Bemi {...} Bemi*/`` comment on the
-  write itself, which the extension's context trigger reads: no extra statement, no extra
-  round trip, and nothing session-level that could leak to the next user of the connection.
-
-Reads are never touched.
+Reads are never touched, and writes made outside any context carry nothing.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-import psycopg
-from psycopg import pq
-
 from bemi_pg.client import Context, dump_context
+from bemi_pg.normalize import normalized
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,20 +89,17 @@ def current_context() -> dict[str, Any] | None:
     return _current.get()
 
 
-def current_payload() -> str | None:
-    """The ambient context as the JSON text bemi.set_context takes; None when there is none."""
-    values = _current.get()
-    return dump_context(values) if values else None
+def request_id(header: str | None) -> str:
+    """The id of a request: its X-Request-ID header when it has one (at most 200 characters),
+    else a new UUID."""
+    return header[:200] if header else str(uuid.uuid4())
 
-
-SET_CONTEXT = "SELECT bemi.set_context(%s::jsonb)"
 
 # Statements that may write: the ones the context must ride on. A WITH query counts when it
 # holds a data-modifying statement; everything else (SELECT, SHOW, SAVEPOINT, ...) is a read.
 _WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|COPY|CALL|DO)\b", re.IGNORECASE)
 _WITH = re.compile(r"\s*WITH\b", re.IGNORECASE)
 _MODIFYING = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
-_ROLLBACK = re.compile(r"\s*ROLLBACK\b", re.IGNORECASE)
 
 
 def is_write(sql: str) -> bool:
@@ -122,34 +118,13 @@ def with_comment(sql: str, payload: str) -> str:
     return f"{sql}\n/*Bemi {escaped} Bemi*/"
 
 
-class StatementCarrier:
-    """Carries the ambient context on the writes of one psycopg connection.
-
-    Integrations call ``prepare`` with each statement just before it is sent; it returns the
-    statement to send and calls ``send_context(payload)`` first when the open transaction
-    needs a ``bemi.set_context``. What was set is remembered per transaction: a connection
-    seen idle has no transaction open, so nothing set earlier is in effect any more.
-    """
-
-    def __init__(self) -> None:
-        self._sent: str | None = None
-        self._known = True
-
-    def prepare(
-        self, conn: psycopg.BaseConnection[Any], sql: str, send_context: Callable[[str | None], object]
-    ) -> str:
-        idle = conn.info.transaction_status == pq.TransactionStatus.IDLE
-        if idle:
-            self._sent, self._known = None, True
-        if not is_write(sql):
-            if _ROLLBACK.match(sql):
-                # ROLLBACK TO SAVEPOINT undoes a set_context made since the savepoint.
-                self._known = False
-            return sql
-        payload = current_payload()
-        if idle and conn.autocommit:
-            return sql if payload is None else with_comment(sql, payload)
-        if payload != self._sent or not self._known:
-            send_context(payload)
-            self._sent, self._known = payload, True
+def carry(sql: str, *, bound: bool, include_sql: bool) -> str:
+    """The statement to send for ``sql``: a write made inside a context gets the context as a
+    trailing comment (with its normalized text under "SQL" when ``include_sql``); anything
+    else is sent as it is. ``bound``: the statement is sent with parameters."""
+    values = _current.get()
+    if not values or not is_write(sql):
         return sql
+    if include_sql and (text := normalized(sql, bound)) is not None:
+        values = {**values, "SQL": text}
+    return with_comment(sql, dump_context(values) or "{}")

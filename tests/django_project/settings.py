@@ -14,5 +14,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = ["bemi_pg.django", "django_project.todos"]
 MIDDLEWARE = ["bemi_pg.django.BemiMiddleware"]
 BEMI_CONTEXT_FUNCTION = "django_project.context.get_bemi_context"
+# The tests check contexts exactly, so without the statement's SQL (on by default);
+# tests/test_round_trips.py turns it on.
+BEMI_CONTEXT_SQL = False
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "set_per_test"}}

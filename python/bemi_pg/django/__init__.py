@@ -6,9 +6,11 @@
   dotted path of a function of the request returning a dict): every write a request makes
   carries its result, in autocommit mode, in ``transaction.atomic()`` and under
   ``ATOMIC_REQUESTS``. Outside requests, ``bemi_pg.context({...})`` does the same.
-- ``bemi_pg.django.models.BemiChange``: the audit trail as an unmanaged model.
+- ``bemi_pg.django.models.BemiChange``: the audit trail as an unmanaged model, with
+  ``change.revert()``; ``bemi_pg.django.as_of(obj_or_model, at)``: time travel.
 """
 
+from bemi_pg.django.history import as_of
 from bemi_pg.django.middleware import BemiMiddleware
 
-__all__ = ["BemiMiddleware"]
+__all__ = ["BemiMiddleware", "as_of"]

@@ -5,6 +5,8 @@
     BemiChange.objects.with_context(user_id=7)         # context @> {...}, served by its GIN index
     BemiChange.objects.with_before(task="Sleep")       # and with_after(...)
     change.diff()                                      # {"is_completed": (False, True)}
+    change.revert()                                    # undoes it (bemi.revert; docs/time-travel.md)
+    BemiChange.objects.with_context(request_id="r-42").revert()   # undoes a whole request
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from django.db import models
+
+from bemi_pg.django.history import revert
 
 
 class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
@@ -44,6 +48,11 @@ class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
     def with_after(self, **values: Any) -> BemiChangeQuerySet:
         """Changes whose row after held all these column values."""
         return self.filter(after__contains=values)
+
+    def revert(self, on_conflict: str = "error") -> list[dict[str, Any]]:
+        """Undoes the net effect of these changes on each row (bemi.revert), in the current
+        transaction; what it did per row: change_id, schema, table, primary_key, action."""
+        return revert(list(self.values_list("id", flat=True)), on_conflict, self.db)
 
 
 class BemiChange(models.Model):
@@ -86,3 +95,7 @@ class BemiChange(models.Model):
             for key in keys
             if self.before.get(key) != self.after.get(key)
         }
+
+    def revert(self, on_conflict: str = "error") -> list[dict[str, Any]]:
+        """Undoes this change (bemi.revert), in the current transaction."""
+        return revert([self.id], on_conflict, self._state.db or "default")

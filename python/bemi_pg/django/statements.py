@@ -1,15 +1,15 @@
 """How a Django connection's writes carry the ambient context (``bemi_pg.context``).
 
-An execute wrapper sees each statement before it is sent:
+An execute wrapper sees each statement before it is sent. A write made inside a context goes
+out with the context as a trailing ``/*Bemi {...} Bemi*/`` comment, which the extension's
+context trigger reads: in Django's default autocommit mode, inside ``atomic()`` and under
+``ATOMIC_REQUESTS`` alike. The context travels inside the statement itself: no extra
+statement, no extra round trip, no session state; within a transaction the trigger emits it
+only when it changes.
 
-- in a transaction (``atomic()``, ``ATOMIC_REQUESTS``), one ``bemi.set_context`` goes out
-  before the transaction's first write, not per statement, and only again when the ambient
-  context changes or a savepoint is rolled back;
-- in Django's default autocommit mode each write is its own transaction, so there is no
-  transaction to hold a set_context: the write is sent with a trailing ``/*Bemi {...} Bemi*/``
-  comment, which the extension's context trigger reads. The context travels inside the
-  statement itself: no extra statement, no extra round trip, no session state;
-- reads are sent as they are, and never open a transaction.
+``BEMI_CONTEXT_SQL`` (default True) adds the write's own text, normalized by pglast (every
+literal and parameter a placeholder, so no value leaks), under the key ``"SQL"``.
+Reads are sent as they are.
 """
 
 from __future__ import annotations
@@ -17,25 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
+from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from bemi_pg.context import SET_CONTEXT, StatementCarrier
+from bemi_pg.context import carry
 
 
 class ContextWrapper:
     """The execute wrapper of one Django connection."""
 
-    def __init__(self) -> None:
-        self.carrier = StatementCarrier()
-
     def __call__(
         self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
     ) -> Any:
-        raw = context["connection"].connection
-        if isinstance(raw, psycopg.Connection):
-            sql = self.carrier.prepare(raw, sql, lambda payload: raw.execute(SET_CONTEXT, [payload]))
-        return execute(sql, params, many, context)
+        include_sql: bool = getattr(settings, "BEMI_CONTEXT_SQL", True)
+        return execute(carry(sql, bound=params is not None, include_sql=include_sql), params, many, context)
 
 
 def install(connection: BaseDatabaseWrapper) -> None:

@@ -1,0 +1,144 @@
+"""Time travel: bemi.row_at on a row with a long history, and bemi.table_at of a table of which
+a tenth changed since the moment asked for, each next to a plain SELECT of the same rows.
+
+The trail is generated straight into bemi.changes (INSERT ... SELECT), not ingested: one row
+("history", id 1) with HISTORY[mode] UPDATEs a second apart, and TABLE_ROWS[mode] rows of
+"todo" of which every tenth has an UPDATE after the moment (done: false -> true). The tables
+are filled, as they are after those changes, before they are tracked, so the slot holds none of it. Runs in a database of its own.
+
+    python -m bench.timetravel --quick    # this workload alone, on a throwaway server
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from bench import server
+from bench.report import Cell, Results
+
+HISTORY = {"latest": 1_000_000, "quick": 100_000}  # by bench mode (run.py's Sizes.name)
+TABLE_ROWS = {"latest": 100_000, "quick": 10_000}
+DATABASE = "timetravel"
+START = "2026-01-01 00:00+00"  # the first generated change; tracking "began" a day before
+ROUNDS = 200  # row_at calls timed (the median is reported)
+TABLE_ROUNDS = 5
+
+SETUP = [
+    "CREATE TABLE history (id int PRIMARY KEY, n bigint NOT NULL, note text NOT NULL)",
+    "INSERT INTO history VALUES (1, %(history)s, 'the row with a long history')",
+    "CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL, owner text NOT NULL, done boolean NOT NULL)",
+    "INSERT INTO todo SELECT g, 'task of ' || g, 'user ' || g %% 1000, g %% 10 = 0 FROM generate_series(1, %(rows)s) g",
+]
+
+# One row's history: UPDATE i sets n from i - 1 to i, a second after the previous one.
+HISTORY_TRAIL = """
+INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, committed_at,
+                          transaction_id, position, ordinal)
+SELECT 'public', 'history', '1', 'UPDATE',
+       jsonb_build_object('id', 1, 'n', g - 1, 'note', 'the row with a long history'),
+       jsonb_build_object('id', 1, 'n', g, 'note', 'the row with a long history'),
+       %(start)s::timestamptz + g * interval '1 second', g, ('1/' || to_hex(g))::pg_lsn, 1
+FROM generate_series(1, %(history)s) AS g
+"""
+
+# Every tenth todo row was done = false at the moment and was set done afterwards.
+TABLE_TRAIL = """
+INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, committed_at,
+                          transaction_id, position, ordinal)
+SELECT 'public', 'todo', g::text, 'UPDATE',
+       jsonb_build_object('id', g, 'task', 'task of ' || g, 'owner', 'user ' || g %% 1000, 'done', false),
+       jsonb_build_object('id', g, 'task', 'task of ' || g, 'owner', 'user ' || g %% 1000, 'done', true),
+       %(at)s::timestamptz + g * interval '1 millisecond', %(history)s + g, ('2/' || to_hex(g))::pg_lsn, 1
+FROM generate_series(10, %(rows)s, 10) AS g
+"""
+
+
+def timetravel(dsn: str, results: Results, mode: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Times row_at and table_at next to plain SELECTs; adds two rows and a target to results."""
+    with server.connect(dsn) as admin:
+        admin.execute(f"CREATE DATABASE {DATABASE}")
+    try:
+        measured = measure(psycopg.conninfo.make_conninfo(dsn, dbname=DATABASE), HISTORY[mode], TABLE_ROWS[mode], log)
+    finally:
+        with server.connect(dsn) as admin:
+            admin.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")
+    row = results.row("row_at", f"Time travel: row_at, a row with {measured['history']:,} changes", "ms",
+                      better="lower", ratio_to="plain SELECT")
+    row.cells["bemi.row_at"] = Cell(measured["row_at"], {"plain SELECT": measured["row_at"] / measured["row_select"]})
+    row.cells["plain SELECT"] = Cell(measured["row_select"])
+    row = results.row("table_at", f"Time travel: table_at, {measured['rows']:,} rows, a tenth changed since", "ms",
+                      better="lower", ratio_to="plain SELECT")
+    row.cells["bemi.table_at"] = Cell(measured["table_at"], {"plain SELECT": measured["table_at"] / measured["table_select"]})
+    row.cells["plain SELECT"] = Cell(measured["table_select"])
+    results.target("Time travel row_at", "< 5 ms, on the (schema, table, primary_key) index",
+                   f"{measured['row_at']:.2f} ms, index {'used' if measured['row_at_index'] else 'NOT used'}",
+                   measured["row_at"] < 5 and measured["row_at_index"])
+    log(f"  row_at {measured['row_at']:.3f} ms (plain SELECT {measured['row_select']:.3f} ms); "
+        f"table_at {measured['table_at']:.1f} ms (plain SELECT {measured['table_select']:.1f} ms)")
+    return measured
+
+
+def measure(dsn: str, history: int, rows: int, log: Callable[[str], None]) -> dict[str, Any]:
+    with server.connect(dsn) as conn:
+        conn.execute("CREATE EXTENSION bemi")
+        conn.execute("SELECT bemi.create_slot()")
+        for statement in SETUP:
+            conn.execute(statement, {"history": history, "rows": rows})
+        conn.execute("SELECT bemi.track('history'), bemi.track('todo')")
+        conn.execute("UPDATE bemi.tracking SET tracked_at = %s::timestamptz - interval '1 day'", [START])
+        conn.execute("SELECT bemi.create_partitions(%s, now())", [START])
+        log(f"  generating a history of {history:,} changes of one row and {rows // 10:,} changes of a {rows:,}-row table")
+        conn.execute(HISTORY_TRAIL, {"start": START, "history": history})
+        # The moment asked for: halfway through the history; the table's changes come after it.
+        at = conn.execute("SELECT %s::timestamptz + %s * interval '1 second' / 2", [START, history]).fetchone()[0]  # type: ignore[index]
+        conn.execute(TABLE_TRAIL, {"at": at, "history": history, "rows": rows})
+        conn.execute("SELECT bemi.ingest()")  # nothing to store: the trail is current up to now
+        conn.execute("VACUUM ANALYZE")
+
+        row_at = median_ms(conn, "SELECT bemi.row_at('history', '1', %s)", [at], ROUNDS)
+        row_select = median_ms(conn, "SELECT to_jsonb(h) FROM history h WHERE id = 1", None, ROUNDS)
+        plan = conn.execute("EXPLAIN (FORMAT JSON) SELECT * FROM bemi.row_event('public', 'history', '1', %s, true)",
+                            [at]).fetchone()[0]  # type: ignore[index]
+        expected = conn.execute("SELECT bemi.row_at('history', '1', %s) ->> 'n'", [at]).fetchone()[0]  # type: ignore[index]
+        if int(expected) != history // 2:
+            raise AssertionError(f"row_at gave n = {expected}, expected {history // 2}")
+        table_at = median_ms(conn, "SELECT count(*) FROM bemi.table_at(NULL::todo, %s) WHERE NOT done", [at], TABLE_ROUNDS)
+        table_select = median_ms(conn, "SELECT count(*) FROM todo WHERE NOT done", None, TABLE_ROUNDS)
+        done_then = conn.execute("SELECT count(*) FILTER (WHERE done) FROM bemi.table_at(NULL::todo, %s)", [at]).fetchone()[0]  # type: ignore[index]
+        if done_then != 0:
+            raise AssertionError(f"table_at found {done_then} rows done at the moment, expected none")
+    return {"history": history, "rows": rows, "row_at": row_at, "row_select": row_select,
+            "row_at_index": "Index" in str(plan) and "Seq Scan" not in str(plan),
+            "table_at": table_at, "table_select": table_select}
+
+
+def median_ms(conn: psycopg.Connection[Any], query: str, params: Any, rounds: int) -> float:
+    """The median time of a query in milliseconds, after one warm-up run."""
+    conn.execute(query, params).fetchall()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        conn.execute(query, params).fetchall()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.timetravel", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"{HISTORY['quick']:,}-change history instead of {HISTORY['latest']:,}")
+    args = p.parse_args(argv)
+    results = Results(mode="quick" if args.quick else "full", date="", machine={})
+    with server.bench_server() as dsn:
+        timetravel(dsn, results, "quick" if args.quick else "latest", lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Change reversion: undo the net effect of changes, in the caller's transaction.
+
+    bemi_pg.revert(conn, transaction_id=1234)                   # one transaction
+    bemi_pg.revert(conn, context={"request_id": "r-42"})        # one request
+    bemi_pg.revert(conn, change_ids=[5, 6], on_conflict="skip") # some changes
+
+Thin wrappers over ``bemi.revert``, ``bemi.revert_transaction`` and ``bemi.revert_context``
+(docs/time-travel.md). The writes run as the connection's role, carry the current context plus
+``{"bemi_revert": {"change_ids": [...]}}``, and commit or roll back with the caller's
+transaction (on an autocommit connection the revert is its own transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+OnConflict = Literal["error", "skip", "overwrite"]
+
+
+@dataclass(frozen=True)
+class Reverted:
+    """One row a revert dealt with: the newest of its changes, the row, and what was done
+    (``inserted``, ``updated``, ``deleted``, ``skipped`` or ``unchanged``)."""
+
+    change_id: int
+    schema: str
+    table: str
+    primary_key: str | None
+    action: str
+
+
+def revert_query(
+    change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
+    since: datetime | str | None, on_conflict: OnConflict,
+) -> tuple[sql.SQL | sql.Composed, list[Any]]:
+    """The revert call for exactly one of change_ids, transaction_id or context."""
+    chosen = [name for name, value in (("change_ids", change_ids), ("transaction_id", transaction_id),
+                                       ("context", context)) if value is not None]
+    if len(chosen) != 1:
+        raise TypeError(f"bemi: revert needs exactly one of change_ids, transaction_id or context, not {chosen or 'none'}")
+    if since is not None and context is None:
+        raise TypeError("bemi: since goes with context")
+    if change_ids is not None:
+        return sql.SQL("SELECT * FROM bemi.revert(%s::bigint[], %s)"), [list(change_ids), on_conflict]
+    if transaction_id is not None:
+        return sql.SQL("SELECT * FROM bemi.revert_transaction(%s, %s)"), [transaction_id, on_conflict]
+    return sql.SQL("SELECT * FROM bemi.revert_context(%s, %s::timestamptz, %s)"), [Jsonb(dict(context or {})), since, on_conflict]
+
+
+def revert(
+    conn: psycopg.Connection[Any], *, change_ids: Iterable[int] | None = None, transaction_id: int | None = None,
+    context: Mapping[str, Any] | None = None, since: datetime | str | None = None, on_conflict: OnConflict = "error",
+) -> list[Reverted]:
+    """Undoes the net effect of the chosen changes on each row; returns what it did per row.
+
+    A row changed since raises ``psycopg.errors.ObjectNotInPrerequisiteState`` naming it
+    (``on_conflict="error"``), or is left alone (``"skip"``) or reverted anyway (``"overwrite"``).
+    """
+    query, params = revert_query(change_ids, transaction_id, context, since, on_conflict)
+    with conn.cursor(row_factory=class_row(Reverted)) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+async def revert_async(
+    conn: psycopg.AsyncConnection[Any], *, change_ids: Iterable[int] | None = None, transaction_id: int | None = None,
+    context: Mapping[str, Any] | None = None, since: datetime | str | None = None, on_conflict: OnConflict = "error",
+) -> list[Reverted]:
+    """``revert`` for an ``AsyncConnection``."""
+    query, params = revert_query(change_ids, transaction_id, context, since, on_conflict)
+    async with conn.cursor(row_factory=class_row(Reverted)) as cur:
+        return await (await cur.execute(query, params)).fetchall()

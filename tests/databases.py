@@ -1,0 +1,49 @@
+"""Databases made for one test, owned by the superuser or by a role shaped like a managed
+platform's admin role, for the install and upgrade tests (import the fixture from here)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import conninfo
+
+NewDatabase = Callable[..., str]
+
+# The shape of a managed platform's admin role: not a superuser, has REPLICATION, owns the database.
+OWNER_ROLE = "LOGIN REPLICATION"
+
+
+@pytest.fixture
+def new_database(postgresql_proc: Any) -> Iterator[NewDatabase]:
+    """Makes databases, owned by the superuser or (as_owner=True) by a role of OWNER_ROLE's
+    shape, returning a DSN that connects as that owner; drops them, their slots and the role."""
+    made: list[str] = []
+    role = f"owner_{uuid.uuid4().hex[:8]}"
+    admin_dsn = conninfo(postgresql_proc, "postgres")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" {OWNER_ROLE}')
+
+    def make(as_owner: bool = False) -> str:
+        name = f"bemi_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"' + (f' OWNER "{role}"' if as_owner else ""))
+        made.append(name)
+        url = conninfo(postgresql_proc, name)
+        return psycopg.conninfo.make_conninfo(url, user=role) if as_owner else url
+
+    yield make
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        for name in made:
+            admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                          [name])
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE "{role}"')
+
+
+def as_superuser(dsn: str, proc: Any) -> str:
+    """The same database, connected as the superuser."""
+    return psycopg.conninfo.make_conninfo(dsn, user=proc.user)

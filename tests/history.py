@@ -1,0 +1,35 @@
+"""Helpers the time-travel and revert tests share: moments, tables as rows, error checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+
+def moment(admin: psycopg.Connection[Any]) -> datetime:
+    """Now, by the server's clock: after every commit so far, before every later one."""
+    row = admin.execute("SELECT clock_timestamp() AS t").fetchone()
+    assert row is not None
+    return row["t"]  # type: ignore[no-any-return, call-overload]
+
+
+def rows(admin: psycopg.Connection[Any], query: str, params: Any = None) -> list[dict[str, Any]]:
+    """The rows of a query, sorted by their text so that order does not matter."""
+    return sorted(admin.execute(query, params).fetchall(), key=repr)  # type: ignore[arg-type]
+
+
+@contextmanager
+def fails(sqlstate: str, *fragments: str) -> Iterator[None]:
+    """Expects a psycopg error with this SQLSTATE whose message holds every fragment."""
+    with pytest.raises(psycopg.Error) as caught:
+        yield
+    assert caught.value.sqlstate == sqlstate, str(caught.value)
+    message = str(caught.value)
+    assert message.startswith("bemi: "), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)

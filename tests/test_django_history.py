@@ -1,0 +1,62 @@
+"""bemi_pg.django time travel and revert in the real Django project (tests/django_project)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from test_django import database, project  # noqa: F401, I001  (fixtures; sets Django up first)
+from django.db import transaction
+from django.test import Client
+
+from bemi_pg.django import as_of
+from bemi_pg.django.models import BemiChange
+from conftest import ingest
+from django_project.todos.models import Todo
+from history import moment
+
+
+def test_as_of_an_instance_and_a_model(project: dict[str, Any], admin: psycopg.Connection[Any]) -> None:
+    before = moment(admin)
+    Todo.objects.create(id=1, task="Sleep")
+    Todo.objects.create(id=2, task="Eat")
+    at = moment(admin)
+    Todo.objects.filter(id=1).update(task="Nap", is_completed=True)
+    Todo.objects.filter(id=2).delete()
+    ingest(admin)
+    todo = Todo.objects.get(id=1)
+
+    then = as_of(todo, at)
+    assert (then.pk, then.task, then.is_completed) == (1, "Sleep", False)
+    assert then._state.adding and todo.task == "Nap"
+    assert sorted((t.pk, t.task) for t in as_of(Todo, at)) == [(1, "Sleep"), (2, "Eat")]
+    with pytest.raises(Todo.DoesNotExist, match="did not exist at"):
+        as_of(todo, before)
+    # Saving what was read from the past writes it back.
+    then.save()
+    assert Todo.objects.get(id=1).task == "Sleep"
+
+
+def test_change_revert_and_queryset_revert(project: dict[str, Any], admin: psycopg.Connection[Any]) -> None:
+    assert Client().post("/todo/work/atomic", headers={"X-User-Id": "7"}).status_code == 200
+    Todo.objects.create(id=5, task="Keep")
+    ingest(admin)
+    todo1 = Todo(id=1)
+    history = BemiChange.objects.for_instance(todo1)
+    assert [c.operation for c in history] == ["CREATE", "UPDATE"]
+    with transaction.atomic():
+        done = history.last().revert()  # type: ignore[union-attr]
+    assert [(d["primary_key"], d["action"]) for d in done] == [("1", "updated")]
+    assert Todo.objects.get(id=1).is_completed is False
+
+    # The whole request: todo 1 goes, todo 2 (created and deleted by it) stays gone, 5 stays.
+    request = BemiChange.objects.with_context(user_id=7).exclude(table="todos_todo_tags")
+    done = request.revert(on_conflict="overwrite")
+    assert sorted((d["primary_key"], d["action"]) for d in done if d["table"] == "todos_todo") == [
+        ("1", "deleted"), ("2", "unchanged")]
+    assert sorted(Todo.objects.values_list("id", flat=True)) == [5]
+    ingest(admin)
+    reverts = BemiChange.objects.filter(context__has_key="bemi_revert")
+    assert reverts.count() == 2

@@ -1,0 +1,90 @@
+"""Time travel and revert against snapshots (hypothesis).
+
+Random tables (odd names, a mix of types, with or without a primary key, some rows from before
+tracking) get random workloads over several transactions; after each commit the test records
+the server's clock and a snapshot of the table. Then, once ingested:
+
+- ``bemi.table_at`` at every recorded moment equals the snapshot taken then;
+- reverting every transaction after one of the moments, newest first, restores that
+  moment's snapshot exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import psycopg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from conftest import ingest
+from history import moment
+from test_replay import ENUM_LABELS, differences, run_statement, tables, workloads
+
+
+def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    admin.execute("CREATE TYPE colour AS ENUM ({})".format(", ".join("'" + x.replace("'", "''") + "'" for x in ENUM_LABELS)))
+    counter = itertools.count()
+
+    @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        columns, has_key = data.draw(tables())
+        statements = data.draw(workloads(columns))
+        before_tracking = data.draw(st.integers(0, 3))
+        n = next(counter)
+        table_name = f'T "{n}" [x]'
+        table = sql.Identifier(table_name)
+        definition = sql.SQL(", ").join(
+            sql.SQL("{} {}{}").format(sql.Identifier(c.name), sql.SQL(c.type),
+                                      sql.SQL(" PRIMARY KEY" if has_key and i == 0 else ""))
+            for i, c in enumerate(columns)
+        )
+        admin.execute(sql.SQL("CREATE TABLE {} ({})").format(table, definition))
+        snapshots: list[tuple[Any, sql.Identifier]] = []
+
+        def snapshot() -> None:
+            copy = sql.Identifier(f"snap_{n}_{len(snapshots)}")
+            admin.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(copy, table))
+            snapshots.append((moment(admin), copy))
+
+        with psycopg.connect(dsn) as conn:
+            key = 1000
+            for statement in statements[:before_tracking]:
+                key += 1
+                run_statement(conn, table, columns, statement, key if has_key else 0)
+            conn.commit()
+            admin.execute("SELECT bemi.track(%s::regclass)", [table.as_string(admin)])
+            snapshot()
+            for statement in statements[before_tracking:]:
+                key += 1
+                if statement["commit_before"]:
+                    conn.commit()
+                    snapshot()
+                if statement["rolled_back"]:
+                    conn.execute("SELECT 1")
+                    with conn.transaction(force_rollback=True):
+                        run_statement(conn, table, columns, statement, key if has_key else 0)
+                    continue
+                run_statement(conn, table, columns, statement, key if has_key else 0)
+            conn.commit()
+            snapshot()
+        ingest(admin)
+
+        for at, copy in snapshots:
+            travelled = sql.SQL("bemi.table_at(NULL::{}, {})").format(table, sql.Literal(at))
+            assert differences(admin, travelled, copy) == [], at
+
+        # Often the first moment: then every transaction since tracking began is reverted.
+        at, copy = snapshots[data.draw(st.just(0) | st.integers(0, len(snapshots) - 1))]
+        later = admin.execute(
+            "SELECT transaction_id FROM bemi.changes WHERE schema = 'public' AND \"table\" = %s AND committed_at > %s "
+            "GROUP BY transaction_id ORDER BY max(committed_at) DESC, max(id) DESC",
+            [table_name, at]).fetchall()
+        for row in later:
+            admin.execute("SELECT * FROM bemi.revert_transaction(%s)", [row["transaction_id"]])
+        assert differences(admin, table, copy) == []
+
+    check()
