@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import bulk, chart, ingest, lag, oltp, prune, server, variants
+from bench import bulk, chart, ingest, lag, oltp, prune, server, timetravel, variants
 from bench.report import Results, markdown, table, targets_table, write_atomically
 from bench.variants import AUDIT, BEMI, FULL_IDENTITY, PLAIN, ROW_TRIGGER
 
@@ -111,10 +111,12 @@ def run(sizes: Sizes) -> Results:
         w5 = ingest.huge(dsn, results, sizes=sizes.w5_rows, limit=sizes.ingest_limit, log=log)
         log("Prune: a month of changes, bemi.retain next to DELETE")
         pruned = prune.prune(dsn, results, changes=prune.CHANGES[sizes.name], log=log)
+        log("Time travel: row_at and table_at next to plain SELECTs")
+        travelled = timetravel.timetravel(dsn, results, sizes.name, log=log)
 
     results.details = {"sizes": sizes.__dict__, "w1_sync_off": cpu, "w1_durable": durable, "w1_py": py,
                        "w2": w2, "w3": w3, "w4": w4, "w4_sustainable": w4s, "w5": w5,
-                       "prune": pruned}
+                       "prune": pruned, "timetravel": travelled}
     judge(results, cpu, durable, py, w2, w3, w4, w5)
     results.seconds = time.perf_counter() - started
     # Other work on the machine shows here: the load average should stay near the bench's own ~2.

@@ -9,10 +9,10 @@
 -- 1. Context: the application says who, where and how, once per transaction.
 ------------------------------------------------------------------------------------------
 
--- set_context runs once per transaction in the request path. Measured with pgbench (see
--- docs/benchmarks.md), its own cost is the PL/pgSQL call and the JSON parse: the function
--- has no SET clause (each call would save and restore search_path) and qualifies every
--- operator instead, like the trigger; the limit is checked before the setting is stored.
+-- set_context runs once per transaction in the request path. Its cost is the statement, the
+-- PL/pgSQL call and the JSON input (docs/benchmarks.md, counted by bench/server_cost.py): it
+-- has no SET clause (which cost a sixth of each call, saving and restoring search_path) and
+-- qualifies every name, operator and type instead, like the trigger.
 CREATE OR REPLACE FUNCTION bemi.set_context(context jsonb) RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -45,7 +45,8 @@ $$;
 -- statement that has one (the Django and SQLAlchemy integrations put one on every write).
 -- emitted is what this transaction last emitted ('' for nothing or no context): a comment
 -- written exactly like it, the usual case for the second and later writes of a transaction,
--- is returned as it is, without parsing it again. Otherwise the comment is checked as in 1.0 (a WARNING, never an error, when it is
+-- is returned as it is, without parsing it again (the JSON check's subtransaction is most of
+-- the cost). Otherwise the comment is checked as in 1.0 (a WARNING, never an error, when it is
 -- malformed or over the limit) and returned as written; '' when there is none.
 -- No SET clause: every name, operator and type is qualified (docs/security.md), so each
 -- write does not save and restore search_path.
@@ -842,7 +843,7 @@ CREATE TABLE bemi.changes (
   UNIQUE (position, ordinal, committed_at)
 ) PARTITION BY RANGE (committed_at);
 
-CREATE INDEX changes_record_idx ON bemi.changes (schema, "table", primary_key);
+-- The history of one row, in time order: changes_row_history_idx (section 8).
 -- Commit times grow with insertion order: a BRIN index serves time ranges at almost no cost to ingest.
 CREATE INDEX changes_committed_at_idx ON bemi.changes USING brin (committed_at);
 CREATE INDEX changes_context_idx ON bemi.changes USING gin (context jsonb_path_ops);
@@ -1112,6 +1113,7 @@ BEGIN
       CASE WHEN s.new_values IS NULL AND s.new_missing IS NULL THEN NULL WHEN s.new_missing IS NOT NULL
         THEN (%2$s) - (SELECT pg_catalog.array_agg(r.columns[m]) FROM pg_catalog.unnest(s.new_missing) AS m)
         ELSE %2$s END AS after
+      OFFSET 0 -- kept a subquery: each image is built once, not at every use
     ) AS i
     WHERE s.relation = %4$s AND %7$s AND %8$s
     $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
@@ -1363,11 +1365,16 @@ AS $$
 DECLARE
   began timestamptz;
   until timestamptz;
+  first_schema text;
+  first_table text;
+  now_schema text;
+  now_table text;
 BEGIN
   IF at IS NULL OR relation IS NULL THEN
     RAISE EXCEPTION 'bemi: the table and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  SELECT t.tracked_at INTO began FROM bemi.tracking AS t WHERE t.relation = check_moment.relation;
+  SELECT t.tracked_at, t.schema, t."table" INTO began, first_schema, first_table
+  FROM bemi.tracking AS t WHERE t.relation = check_moment.relation;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'bemi: % is not tracked, so it has no history', relation
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Track it with SELECT bemi.track(''table'').';
@@ -1375,10 +1382,14 @@ BEGIN
     RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
   END IF;
-  IF at < bemi.retained_from() THEN
-    RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
+  -- The trail names a table as it was at each change: history under a former name is not found.
+  SELECT n.nspname, c.relname INTO now_schema, now_table
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  IF (first_schema <> now_schema OR first_table <> now_table)
+     AND EXISTS (SELECT FROM bemi.changes AS x WHERE x.schema = first_schema AND x."table" = first_table) THEN
+    RAISE EXCEPTION 'bemi: % was renamed since tracking began: its changes before are under %.%', relation,
+        pg_catalog.quote_ident(first_schema), pg_catalog.quote_ident(first_table)
+      USING ERRCODE = 'feature_not_supported', HINT = 'Time travel does not follow renames; query bemi.changes under both names.';
   END IF;
   until := bemi.ingested_until();
   IF until IS NULL OR at > until THEN
@@ -1412,6 +1423,13 @@ CREATE FUNCTION bemi.check_images(ids bigint[]) RETURNS boolean
 LANGUAGE sql STABLE
 RETURN bemi.refuse_incomplete((SELECT pg_catalog.array_agg(c.id) FROM bemi.changes AS c
                                WHERE c.id = ANY (ids) AND (c.problem IS NOT NULL OR c.partial)));
+
+-- An image without the values the trail does not know: "[masked]" by a column rule of
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
 
 -- The WHERE condition matching a table's row t by its primary key to the key of the record r.
 CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
@@ -1456,9 +1474,12 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
+-- Generic plans: planning the six index lookups for every partition of the trail on each
+-- call would cost more than running them (partitions are pruned when the plan starts).
 CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   schema_name text;
@@ -1591,7 +1612,7 @@ BEGIN
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
       FROM bemi.changes AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, l.before AS image, l.incomplete, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
       SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
@@ -1667,6 +1688,7 @@ END;
 -- table's own rows do (timestamps in this session's time zone, numbers by value).
 CREATE FUNCTION bemi.typed_image(relation regclass, image jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   typed jsonb;
@@ -1677,11 +1699,28 @@ BEGIN
 END
 $$;
 
--- The columns of an image the table still has, and that a revert writes and compares.
-CREATE FUNCTION bemi.image_columns(relation regclass, image jsonb) RETURNS text[]
-LANGUAGE sql STABLE
-RETURN (SELECT pg_catalog.array_agg(w.name) FROM pg_catalog.unnest(bemi.writable_columns(relation)) AS w(name)
-        WHERE image OPERATOR(pg_catalog.?) w.name);
+-- The columns of an image a revert writes (of those given: the table's columns but generated
+-- ones) and compares (except some): those the trail knows a value of, not "[masked]" by a
+-- column rule of bemi.track nor "[erased]" by bemi.erase.
+CREATE FUNCTION bemi.known_columns(image jsonb, columns text[], except_columns text[] DEFAULT '{}') RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.array_agg(w.name), '{}') FROM pg_catalog.unnest(columns) AS w(name)
+        WHERE image OPERATOR(pg_catalog.?) w.name AND w.name OPERATOR(pg_catalog.<>) ALL (except_columns)
+          AND (image OPERATOR(pg_catalog.->) w.name) NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+
+-- The columns of a table whose updates alone are not stored (bemi.track's ignore_columns):
+-- the trail may hold stale values of them. SECURITY DEFINER: it reads bemi.tracking.
+CREATE FUNCTION bemi.ignored_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- A JSON array of strings as text[] (NULL for JSON null or SQL NULL).
+CREATE FUNCTION bemi.text_array(items jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT pg_catalog.array_agg(e.item) FROM pg_catalog.jsonb_array_elements_text(nullif(items, 'null')) AS e(item));
 
 -- The columns in which two typed rows differ, of those given.
 CREATE FUNCTION bemi.differing_columns(a jsonb, b jsonb, columns text[]) RETURNS text[]
@@ -1694,6 +1733,7 @@ RETURN (SELECT coalesce(pg_catalog.array_agg(k.name), '{}') FROM pg_catalog.unne
 CREATE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, taken tid[],
   OUT image_now jsonb, OUT row_id tid)
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   IF key_columns IS NOT NULL THEN
@@ -1703,67 +1743,82 @@ BEGIN
   ELSE
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
         relation)
-      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.image_columns(relation, image), taken;
+      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
   END IF;
 END
 $$;
 
--- Writes one planned step of a revert: {"kind": insert | update | delete, "relation", "keys",
--- "target" (the image to write), "at" (the image locating the row), "row_id", "columns"}.
-CREATE FUNCTION bemi.revert_step(step jsonb) RETURNS void
-LANGUAGE plpgsql
+-- The statement of one planned step of a revert: {"kind": insert | update | delete,
+-- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
+-- row (a table without a key), $3 an image with the key of the row to write over. Every name
+-- in it is qualified: bemi.revert runs it with its caller's search_path.
+CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
-  keys text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(nullif(step -> 'keys', 'null')) AS k);
-  columns text[] := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(step -> 'columns') AS k);
+  keys text[] := bemi.text_array(step -> 'keys');
+  columns text[] := bemi.text_array(step -> 'columns');
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
     ELSE bemi.key_match(keys, 't', 'k') END;
 BEGIN
   IF step ->> 'kind' = 'insert' THEN
-    EXECUTE pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+    RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
         relation,
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
-        relation)
-      USING step -> 'target';
+        relation);
   ELSIF step ->> 'kind' = 'update' THEN
-    EXECUTE pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
+    RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
         relation,
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         relation,
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
-        located)
-      USING step -> 'target', step ->> 'row_id', step -> 'at';
+        located);
   ELSE
-    EXECUTE pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
-        located)
-      USING step -> 'target', step ->> 'row_id', step -> 'at';
+        located);
   END IF;
 END
 $$;
 
-CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
-RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+-- What a revert does, checked and the rows locked, without writing: the steps to write (in
+-- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
+CREATE FUNCTION bemi.revert_plan(change_ids bigint[], on_conflict text, OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
-  ids bigint[];
   bad bigint[];
   c record;
   relation regclass;
   schema_name text;
   table_name text;
+  tables jsonb := '{}';     -- relation oid -> what the plan needs of it: keys, columns, depth, name
+  info jsonb;
   keys text[];
+  writable text[];
+  ignored text[];
   old_key text;
   new_key text;
+  found_key text;
+  open_chains jsonb := '{}'; -- "relation key" -> the chains of the rows that now have this key
+  candidate integer;
   n integer;
-  chains jsonb := '[]';    -- each row's net effect: {relation, keys, first, last, ids}, oldest first
-  open_chain jsonb := '{}'; -- "relation key" -> the chain of the row that now has this key
-  chain jsonb;
+  -- Each row's net effect, a chain of its changes: the row before the first (NULL: created by
+  -- it), after the last (NULL: deleted), their ids. Arrays, so that each step is in place.
+  chains integer := 0;
+  chain_relation oid[] := '{}';
+  chain_key text[] := '{}';
+  chain_first jsonb[] := '{}';
+  chain_last jsonb[] := '{}';
+  chain_gone boolean[] := '{}';
+  chain_ids text[] := '{}';
+  chain_first_id bigint[] := '{}';
+  chain_last_id bigint[] := '{}';
   target jsonb;
   expected jsonb;
   found_expected jsonb;
@@ -1772,20 +1827,11 @@ DECLARE
   target_id tid;
   typed_target jsonb;
   conflicts text[] := '{}';
+  planned jsonb[] := '{}';
+  result_rows jsonb[] := '{}';
   taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
-  steps jsonb := '[]';
-  results jsonb := '[]';
   verdict text;
   step jsonb;
-  pending jsonb;
-  failed jsonb;
-  progress boolean;
-  caller_context jsonb := bemi.context();
-  context_limit text := pg_catalog.current_setting('bemi.max_context_bytes', true);
-  revert_context jsonb;
-  error_state text;
-  error_message text;
-  error_detail text;
 BEGIN
   IF on_conflict IS NULL OR on_conflict NOT IN ('error', 'skip', 'overwrite') THEN
     RAISE EXCEPTION 'bemi: on_conflict must be ''error'', ''skip'' or ''overwrite'', not %', coalesce(pg_catalog.quote_literal(on_conflict), 'NULL')
@@ -1816,38 +1862,67 @@ BEGIN
       RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', c.id, c.schema, c."table"
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    keys := bemi.key_columns(relation);
+    info := tables -> (relation::oid::text);
+    IF info IS NULL THEN
+      SELECT pg_catalog.jsonb_build_object('keys', bemi.key_columns(relation), 'writable', bemi.writable_columns(relation),
+          'ignored', bemi.ignored_columns(relation), 'depth', bemi.foreign_key_depth(relation),
+          'schema', ns.nspname, 'table', r.relname)
+        INTO info
+      FROM pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS ns ON ns.oid = r.relnamespace WHERE r.oid = relation;
+      tables := tables || pg_catalog.jsonb_build_object(relation::oid::text, info);
+    END IF;
+    keys := bemi.text_array(info -> 'keys');
     old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
     new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
-    n := (open_chain ->> CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END)::integer;
-    IF n IS NULL OR (chains -> n -> 'last' = 'null') <> (c.operation = 'CREATE') THEN
-      chains := chains || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
-        'relation', relation::oid, 'keys', keys,
-        'first', CASE WHEN c.operation = 'CREATE' THEN 'null' ELSE c.before END, 'ids', '[]'::jsonb,
-        'key', c.primary_key));
-      n := pg_catalog.jsonb_array_length(chains) - 1;
+    -- The chain this change continues: one whose row has this key (for a CREATE: one whose
+    -- row was deleted under it). Equal rows of a table without a key share a key: a list.
+    found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
+    n := NULL;
+    FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
+      IF chain_gone[candidate] = (c.operation = 'CREATE') THEN
+        n := candidate;
+        EXIT;
+      END IF;
+    END LOOP;
+    IF n IS NULL THEN
+      chains := chains + 1;
+      n := chains;
+      chain_relation[n] := relation;
+      chain_first[n] := CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END;
+      chain_ids[n] := c.id::text;
+      chain_first_id[n] := c.id;
+    ELSE
+      chain_ids[n] := chain_ids[n] || ',' || c.id;
+      open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+        pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
     END IF;
-    IF c.operation <> 'CREATE' THEN
-      open_chain := open_chain - old_key;
-    END IF;
-    chains := pg_catalog.jsonb_set(chains, ARRAY[n::text, 'last'], CASE WHEN c.operation = 'DELETE' THEN 'null' ELSE c.after END);
-    chains := pg_catalog.jsonb_set(chains, ARRAY[n::text, 'ids'], (chains -> n -> 'ids') || pg_catalog.to_jsonb(c.id));
-    open_chain := open_chain || pg_catalog.jsonb_build_object(CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END, n);
+    chain_last[n] := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
+    chain_gone[n] := c.operation = 'DELETE';
+    chain_key[n] := c.primary_key;
+    chain_last_id[n] := c.id;
+    found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
+    open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+      coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
   END LOOP;
 
   -- What each row needs, checked against the row as it is now (locked until the caller's
   -- transaction ends): a row must still be as the changes left it.
-  FOR chain IN SELECT e FROM pg_catalog.jsonb_array_elements(chains) AS e LOOP
-    relation := (chain ->> 'relation')::oid::regclass;
-    keys := (SELECT pg_catalog.array_agg(k) FROM pg_catalog.jsonb_array_elements_text(nullif(chain -> 'keys', 'null')) AS k);
-    SELECT n.nspname, r.relname INTO schema_name, table_name
-    FROM pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS n ON n.oid = r.relnamespace WHERE r.oid = relation;
-    target := nullif(chain -> 'first', 'null');
-    expected := nullif(chain -> 'last', 'null');
+  FOR n IN 1 .. chains LOOP
+    relation := chain_relation[n];
+    info := tables -> (relation::oid::text);
+    keys := bemi.text_array(info -> 'keys');
+    writable := bemi.text_array(info -> 'writable');
+    ignored := bemi.text_array(info -> 'ignored');
+    schema_name := info ->> 'schema';
+    table_name := info ->> 'table';
+    target := chain_first[n];
+    expected := chain_last[n];
     found_expected := NULL; expected_id := NULL; found_target := NULL; target_id := NULL;
     IF expected IS NOT NULL THEN
       SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected, taken) AS l;
-      taken := taken || expected_id;
+      IF keys IS NULL AND expected_id IS NOT NULL THEN
+        taken[pg_catalog.cardinality(taken) + 1] := expected_id;
+      END IF;
     END IF;
     IF target IS NOT NULL AND keys IS NOT NULL THEN
       SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target, taken) AS l;
@@ -1858,16 +1933,15 @@ BEGIN
       -- Already as the revert would leave it (a cascade, or someone else, got there first).
       WHEN keys IS NOT NULL AND target IS NULL AND found_expected IS NULL THEN 'unchanged'
       WHEN keys IS NOT NULL AND target IS NOT NULL AND found_target IS NOT NULL
-        AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.image_columns(relation, target))) = 0
+        AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.known_columns(target, writable, ignored))) = 0
         AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
       WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
-          found_expected, bemi.typed_image(relation, expected), bemi.image_columns(relation, expected))) > 0) THEN 'conflict'
+          found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
       WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
       ELSE 'revert' END;
     IF verdict = 'conflict' AND on_conflict = 'error' THEN
-      conflicts := conflicts || pg_catalog.format('%I.%I %s (changes %s)', schema_name, table_name,
-        coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text),
-        pg_catalog.translate((chain -> 'ids')::text, '[] ', ''));
+      conflicts[pg_catalog.cardinality(conflicts) + 1] := pg_catalog.format('%I.%I %s (changes %s)', schema_name, table_name,
+        coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text), chain_ids[n]);
     ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
       verdict := 'skipped';
     ELSIF verdict IN ('conflict', 'revert') THEN
@@ -1876,32 +1950,32 @@ BEGIN
         found_expected := found_target;
         expected_id := target_id;
       END IF;
-      step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', chain -> 'keys', 'target', target,
-        'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain -> 'ids' -> 0,
-        'last_id', chain -> 'ids' -> -1, 'depth', bemi.foreign_key_depth(relation));
+      step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
+        'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain_first_id[n],
+        'last_id', chain_last_id[n], 'depth', info -> 'depth');
       IF target IS NULL AND found_expected IS NULL THEN
         verdict := 'unchanged';
       ELSIF target IS NULL THEN
         verdict := 'deleted';
-        steps := steps || (step || '{"kind": "delete", "phase": 3}');
+        planned[pg_catalog.cardinality(planned) + 1] := step || '{"kind": "delete", "phase": 3}';
       ELSIF found_expected IS NULL THEN
         verdict := 'inserted';
-        steps := steps || (step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1,
-          'columns', bemi.image_columns(relation, target)));
+        planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1,
+          'columns', bemi.known_columns(target, writable));
       ELSE
         verdict := 'updated';
         step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
-          bemi.differing_columns(found_expected, bemi.typed_image(relation, target), bemi.image_columns(relation, target)));
+          bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
         IF step -> 'columns' = '[]' THEN
           verdict := 'unchanged';
         ELSE
           -- Located by the key it has now (the changes may have moved it).
-          steps := steps || (step || pg_catalog.jsonb_build_object('at', found_expected));
+          planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('at', found_expected);
         END IF;
       END IF;
     END IF;
-    results := results || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_array(chain -> 'ids' -> -1, schema_name, table_name,
-      coalesce(bemi.image_key(coalesce(target, expected), keys), chain ->> 'key'), verdict));
+    result_rows[n] := pg_catalog.jsonb_build_array(chain_last_id[n], schema_name, table_name,
+      coalesce(bemi.image_key(coalesce(target, expected), keys), chain_key[n]), verdict);
   END LOOP;
   IF pg_catalog.cardinality(conflicts) > 0 THEN
     RAISE EXCEPTION 'bemi: % rows changed since, nothing was reverted: %', pg_catalog.cardinality(conflicts),
@@ -1910,67 +1984,108 @@ BEGIN
             HINT = 'Pass on_conflict => ''skip'' to leave those rows alone, or ''overwrite'' to revert them anyway.';
   END IF;
 
-  -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
-  revert_context := coalesce(caller_context, '{}') || pg_catalog.jsonb_build_object('bemi_revert',
+  results := pg_catalog.to_jsonb(result_rows);
+  steps := (SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))
+                ORDER BY (s ->> 'phase')::integer,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'depth')::integer ELSE (s ->> 'depth')::integer END,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'last_id')::bigint ELSE (s ->> 'first_id')::bigint END), '[]')
+            FROM pg_catalog.unnest(planned) AS s);
+END
+$$;
+
+-- Sets the context of a revert's writes: the caller's plus the reverted ids (over any size
+-- limit: the ids are the point). Returns the caller's context, to be set again after.
+CREATE FUNCTION bemi.revert_context_begin(ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  caller_context jsonb := bemi.context();
+  context_limit text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  revert_context jsonb := coalesce(caller_context, '{}') || pg_catalog.jsonb_build_object('bemi_revert',
     pg_catalog.jsonb_build_object('change_ids', pg_catalog.to_jsonb(ids)));
+BEGIN
   PERFORM pg_catalog.set_config('bemi.max_context_bytes',
     GREATEST(coalesce(nullif(context_limit, '')::bigint, 65536), pg_catalog.octet_length(revert_context::text))::text, true);
   PERFORM bemi.set_context(revert_context);
   PERFORM pg_catalog.set_config('bemi.max_context_bytes', coalesce(context_limit, ''), true);
+  RETURN caller_context;
+END
+$$;
 
-  -- Parents are inserted before children, children deleted before parents. Rows of one table
-  -- that reference each other, and orders no table-level rule gets right, are retried until
-  -- every step is written or a round writes nothing.
-  pending := (SELECT coalesce(pg_catalog.jsonb_agg(s ORDER BY (s ->> 'phase')::integer,
-                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'depth')::integer ELSE (s ->> 'depth')::integer END,
-                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'last_id')::bigint ELSE (s ->> 'first_id')::bigint END), '[]')
-              FROM pg_catalog.jsonb_array_elements(steps) AS s);
+-- Writes as its caller, with the caller's search_path (so the caller's triggers and row
+-- security run as they always do); everything it runs is schema-qualified.
+CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  plan record;
+  caller_context jsonb;
+  step jsonb;
+  pending jsonb;
+  failed jsonb;
+  progress boolean;
+  error_state text;
+  error_message text;
+  error_detail text;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan(change_ids, on_conflict);
+  -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
+  caller_context := bemi.revert_context_begin(plan.ids);
+  -- In order (parents inserted before children, children deleted before parents); rows of one
+  -- table that reference each other, and orders no table-level rule gets right, are retried
+  -- one by one until every step is written or a round writes nothing.
+  pending := plan.steps;
   BEGIN
-    FOR step IN SELECT s FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
-      PERFORM bemi.revert_step(step);
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
+      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
     END LOOP;
     pending := '[]';
   EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
     NULL; -- undone: written one by one below
   END;
-  WHILE pg_catalog.jsonb_array_length(pending) > 0 LOOP
+  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
     failed := '[]';
     progress := false;
-    FOR step IN SELECT s FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
       BEGIN
-        PERFORM bemi.revert_step(step);
+        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
         progress := true;
       EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
-        failed := failed || pg_catalog.jsonb_build_array(step);
+        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
       END;
     END LOOP;
     IF NOT progress THEN
-      RAISE EXCEPTION 'bemi: cannot revert changes %: %', (failed -> 0 ->> 'last_id'), error_message
+      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
         USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
     END IF;
     pending := failed;
   END LOOP;
   PERFORM bemi.set_context(caller_context);
-
-  RETURN QUERY SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2, r ->> 3, r ->> 4 FROM pg_catalog.jsonb_array_elements(results) AS r;
+  RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
+      r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
 END
 $$;
 
 COMMENT ON FUNCTION bemi.revert(bigint[], text) IS
   'Undoes the net effect of changes on each row, in the caller''s transaction; on_conflict: error, skip or overwrite.';
 
-CREATE FUNCTION bemi.revert_transaction(transaction_id bigint, on_conflict text DEFAULT 'error')
-RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
-LANGUAGE plpgsql
+-- The changes of one transaction (bemi.changes.transaction_id).
+CREATE FUNCTION bemi.transaction_changes(transaction_id bigint) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
   ids bigint[];
   commits integer;
 BEGIN
   SELECT pg_catalog.array_agg(x.id), pg_catalog.count(DISTINCT x.committed_at) INTO ids, commits
-  FROM bemi.changes AS x WHERE x.transaction_id = revert_transaction.transaction_id;
+  FROM bemi.changes AS x WHERE x.transaction_id = transaction_changes.transaction_id;
   IF ids IS NULL THEN
     RAISE EXCEPTION 'bemi: no changes of transaction % in the trail', coalesce(transaction_id::text, 'NULL')
       USING ERRCODE = 'invalid_parameter_value';
@@ -1978,39 +2093,58 @@ BEGIN
     RAISE EXCEPTION 'bemi: transaction id % names % transactions in the trail (transaction ids wrap around)', transaction_id, commits
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Revert by change ids with bemi.revert(ARRAY[...]).';
   END IF;
-  RETURN QUERY SELECT * FROM bemi.revert(ids, on_conflict);
+  RETURN ids;
 END
 $$;
+
+-- The changes whose context contains a context, committed at or after since (NULL: ever).
+CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  ids bigint[];
+BEGIN
+  IF pg_catalog.jsonb_typeof(context_changes.context) IS DISTINCT FROM 'object' THEN
+    RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(context_changes.context), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
+  WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with context % in the trail%', context_changes.context,
+        CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN ids;
+END
+$$;
+
+CREATE FUNCTION bemi.revert_transaction(transaction_id bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.transaction_changes(revert_transaction.transaction_id), revert_transaction.on_conflict) AS r;
+END;
 
 COMMENT ON FUNCTION bemi.revert_transaction(bigint, text) IS 'bemi.revert of every change of one transaction.';
 
 CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error')
 RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
-LANGUAGE plpgsql
-AS $$
-#variable_conflict use_column
-DECLARE
-  ids bigint[];
-BEGIN
-  IF pg_catalog.jsonb_typeof(revert_context.context) IS DISTINCT FROM 'object' THEN
-    RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(revert_context.context), 'NULL')
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
-  WHERE x.context @> revert_context.context AND (since IS NULL OR x.committed_at >= since);
-  IF ids IS NULL THEN
-    RAISE EXCEPTION 'bemi: no changes with context % in the trail%', revert_context.context,
-        CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  RETURN QUERY SELECT * FROM bemi.revert(ids, on_conflict);
-END
-$$;
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since), revert_context.on_conflict) AS r;
+END;
 
 COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
   'bemi.revert of every change whose context contains the given one, committed at or after since.';
 
 CREATE INDEX changes_transaction_idx ON bemi.changes (transaction_id);
+
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 10. Retention and erasure: old history goes as whole partitions, and one row's personal

@@ -46,6 +46,7 @@ def test_change_revert_and_queryset_revert(project: dict[str, Any], admin: psyco
     todo1 = Todo(id=1)
     history = BemiChange.objects.for_instance(todo1)
     assert [c.operation for c in history] == ["CREATE", "UPDATE"]
+    assert [(c.problem, c.partial, c.previous_key) for c in history] == [(None, False, None)] * 2
     with transaction.atomic():
         done = history.last().revert()  # type: ignore[union-attr]
     assert [(d["primary_key"], d["action"]) for d in done] == [("1", "updated")]

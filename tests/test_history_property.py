@@ -28,7 +28,7 @@ def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Conne
     admin.execute("CREATE TYPE colour AS ENUM ({})".format(", ".join("'" + x.replace("'", "''") + "'" for x in ENUM_LABELS)))
     counter = itertools.count()
 
-    @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(data=st.data())
     def check(data: st.DataObject) -> None:
         columns, has_key = data.draw(tables())

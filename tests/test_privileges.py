@@ -165,6 +165,9 @@ FOR_EVERYONE = {
     # Time travel's check of a moment: tells any caller only when tracking began and how far
     # the trail is ingested (bemi.tracking and bemi.progress stay unreadable).
     "bemi.check_moment(regclass,timestamp with time zone)",
+    # Revert's list of a table's ignored columns (bemi.track's ignore_columns), for any caller
+    # that may revert; it tells only those column names.
+    "bemi.ignored_columns(regclass)",
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import pq
 from fastapi import FastAPI, Request
 from sqlalchemy import insert, text, update
 from sqlalchemy.orm import Session
@@ -139,6 +140,22 @@ def test_async_with_context_sends_the_context_with_begin(dsn: str, wire: Wire,
         "BEGIN", "INSERT INTO todo (id, task) VALUES ($1, 'task')", "SAVEPOINT",
         "UPDATE todo SET is_completed = true WHERE id = $1", "RELEASE SAVEPOINT", "COMMIT"]
     assert trail(admin) == [("CREATE", "1", ALICE), ("UPDATE", "1", {**ALICE, "step": 2})]
+
+
+@pytest.mark.usefixtures("todo")
+def test_rollback_ends_the_block_like_conn_transaction(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    with psycopg.connect(dsn) as conn:
+        with bemi_pg.with_context(conn, ALICE):
+            conn.execute(INSERT, [1])
+            with bemi_pg.with_context(conn, {"step": 2}):
+                conn.execute(INSERT, [2])
+                raise psycopg.Rollback()  # the inner block only
+            conn.execute(INSERT, [3])
+        with bemi_pg.with_context(conn, ALICE):
+            conn.execute(INSERT, [4])
+            raise psycopg.Rollback()
+        assert (conn.autocommit, conn.info.transaction_status) == (False, pq.TransactionStatus.IDLE)
+    assert trail(admin) == [("CREATE", "1", ALICE), ("CREATE", "3", ALICE)]
 
 
 @pytest.mark.usefixtures("todo")

@@ -138,6 +138,17 @@ def test_rows_from_before_tracking(admin: psycopg.Connection[Any]) -> None:
     assert table_at(admin, "todo", t1) == [{"id": 1, "task": "old"}, {"id": 2, "task": "kept"}, {"id": 3, "task": "moved"}]
 
 
+def test_a_renamed_table_is_refused(admin: psycopg.Connection[Any]) -> None:
+    todo(admin)
+    admin.execute("INSERT INTO todo VALUES (1, 'a')")
+    at = moment(admin)
+    admin.execute("ALTER TABLE todo RENAME TO task")
+    admin.execute("UPDATE task SET done = true")
+    ingest(admin)
+    with fails("0A000", "public.task was renamed since tracking began", "public.todo"):
+        row_at(admin, "task", "1", at)
+
+
 def test_composite_keys_and_odd_names(admin: psycopg.Connection[Any]) -> None:
     admin.execute("""CREATE TABLE "user" ("Org" text, "it's" int, note text, PRIMARY KEY ("Org", "it's"))""")
     admin.execute("""SELECT bemi.track('"user"')""")

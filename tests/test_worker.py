@@ -199,6 +199,11 @@ def fails(dsn: str, message: str, *args: str) -> None:
     assert "ingesting" not in done.stdout and "streaming" not in done.stdout
 
 
+def test_fails_fast_on_bad_options(dsn: str) -> None:
+    fails(dsn, "--batch must be a positive number", "--batch", "0")
+    fails(dsn, "--interval a positive number of seconds", "--interval", "-1")
+
+
 def test_fails_fast_on_a_missing_database(dsn: str) -> None:
     fails(psycopg.conninfo.make_conninfo(dsn, dbname="no_such_database"), 'database "no_such_database" does not exist')
 
@@ -243,6 +248,27 @@ def test_sql_path_on_request(dsn: str, conn: psycopg.Connection[Any], admin: psy
     done = drain(dsn, "--sql")
     assert "through bemi.ingest" in done.stdout and "drained 5 changes" in done.stdout
     assert len(changes(admin)) == 5
+
+
+def test_stops_with_an_error_when_storing_is_refused_midway(dsn: str, admin: psycopg.Connection[Any],
+                                                            role: str) -> None:
+    """A privilege taken away while the worker streams cannot be retried away: it exits 1 and
+    says why, and confirms nothing it did not store."""
+    admin.execute(f"ALTER ROLE {role} REPLICATION")
+    admin.execute(f"GRANT EXECUTE ON FUNCTION bemi.store TO {role}; "
+                  f"GRANT INSERT ON bemi.staged, bemi.staged_relations TO {role}; GRANT SELECT ON bemi.progress TO {role}")
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY); SELECT bemi.track('t'); INSERT INTO t VALUES (1)")
+    worker = start(f"{dsn} user={role}", "--interval", "0.1")
+    assert wait_for(lambda: len(changes(admin)) == 1)
+    admin.execute(f"REVOKE EXECUTE ON FUNCTION bemi.store FROM {role}")
+    admin.execute("INSERT INTO t VALUES (2)")
+    out, err = worker.communicate()
+    assert worker.returncode == 1, (out, err)
+    assert err.startswith("error: permission denied for function store"), err
+    assert [r["primary_key"] for r in changes(admin, "primary_key")] == ["1"]
+    state = slot(admin)
+    assert state["confirmed_flush_lsn"] <= state["lsn"]
+    assert "drained 1 changes" in drain(dsn).stdout  # the administrator's worker picks it up
 
 
 def test_waits_while_the_slot_is_in_use(dsn: str, admin: psycopg.Connection[Any]) -> None:

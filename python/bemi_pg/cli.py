@@ -53,6 +53,8 @@ def say(args: argparse.Namespace, message: str) -> None:
 # streaming the slot or through bemi.ingest(); see bemi_pg/worker.py.
 
 def worker(args: argparse.Namespace) -> int:
+    if args.batch < 1 or not args.interval > 0:
+        raise Failure("--batch must be a positive number of changes and --interval a positive number of seconds")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

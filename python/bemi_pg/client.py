@@ -6,7 +6,10 @@ simple-protocol query, the context quoted client-side by psycopg (``sql.Literal`
 spliced into SQL text by hand. A transaction with a context therefore costs the round trips
 of one without. Simple-protocol queries are never prepared, so the per-request context
 cannot fill psycopg's prepared-statement cache, and PgBouncer in transaction mode sees an
-ordinary transaction. ``set_context``, for a transaction the caller already owns, sends
+ordinary transaction. On a connection not in autocommit mode (where psycopg would first send
+a BEGIN of its own), the block runs with ``autocommit`` on, which its BEGIN ... COMMIT makes
+one transaction all the same, and switches it back when the transaction is over.
+``set_context``, for a transaction the caller already owns, sends
 ``SELECT bemi.set_context($1)`` with a bound parameter.
 """
 
@@ -98,11 +101,13 @@ _SAVEPOINTS = itertools.count(1)
 
 @dataclass(frozen=True)
 class _Block:
-    """The three commands of one with_context block, each sent as one simple-protocol query."""
+    """How one with_context block starts and ends, each one simple-protocol query: a savepoint's
+    own commands, or None for the transaction's COMMIT and ROLLBACK (sent by psycopg itself,
+    as its own transactions do)."""
 
     enter: bytes
-    commit: bytes
-    rollback: bytes
+    commit: bytes | None
+    rollback: bytes | None
 
 
 def _set_context_literal(conn: psycopg.BaseConnection[Any], payload: str | None) -> bytes:
@@ -125,8 +130,8 @@ def _begin(conn: psycopg.BaseConnection[Any]) -> bytes:
 def _block(conn: psycopg.BaseConnection[Any], payload: str | None, outer: dict[str, Any] | None) -> _Block:
     """A transaction when none is open, else a savepoint; the context set on the way in."""
     set_it = _set_context_literal(conn, payload)
-    if conn.info.transaction_status == pq.TransactionStatus.IDLE:
-        return _Block(_begin(conn) + b"; " + set_it, b"COMMIT", b"ROLLBACK")
+    if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        return _Block(_begin(conn) + b"; " + set_it, None, None)
     name = sql.Identifier(f"bemi_{next(_SAVEPOINTS)}").as_bytes(conn)
     release = b"RELEASE SAVEPOINT " + name
     # A released savepoint keeps the inner context: the outer one is put back in the same
@@ -147,25 +152,44 @@ def _sync_with_context(conn: psycopg.Connection[Any], context: Context) -> Itera
     _check_open(conn)
     # A non-autocommit connection would send its own BEGIN first: run the block in autocommit
     # mode, which BEGIN ... COMMIT makes one transaction all the same, and switch back after.
-    manual = not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+    manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
     if manual:
         conn.autocommit = True
     try:
         block = _block(conn, payload, outer)
-        conn.execute(block.enter, prepare=False)
+        cursor = conn.cursor()
+        cursor.execute(block.enter, prepare=False)
         try:
             with _activate(conn, merged):
                 yield conn
         except BaseException as error:
             if not (conn.closed or conn.broken):
-                conn.execute(block.rollback, prepare=False)
+                _end(cursor, block.rollback, commit=False)
             if not _is_ours(error):
                 raise
         else:
-            conn.execute(block.commit, prepare=False)
+            _end(cursor, block.commit, commit=True)
     finally:
         if manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
             conn.autocommit = False
+
+
+def _end(cursor: psycopg.Cursor[Any], command: bytes | None, commit: bool) -> None:
+    if command is not None:
+        cursor.execute(command, prepare=False)
+    elif commit:
+        cursor.connection.commit()
+    else:
+        cursor.connection.rollback()
+
+
+async def _end_async(cursor: psycopg.AsyncCursor[Any], command: bytes | None, commit: bool) -> None:
+    if command is not None:
+        await cursor.execute(command, prepare=False)
+    elif commit:
+        await cursor.connection.commit()
+    else:
+        await cursor.connection.rollback()
 
 
 @asynccontextmanager
@@ -174,22 +198,23 @@ async def _async_with_context(
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     merged, outer, payload = _merged(conn, context)
     _check_open(conn)
-    manual = not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+    manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
     if manual:
         await conn.set_autocommit(True)
     try:
         block = _block(conn, payload, outer)
-        await conn.execute(block.enter, prepare=False)
+        cursor = conn.cursor()
+        await cursor.execute(block.enter, prepare=False)
         try:
             with _activate(conn, merged):
                 yield conn
         except BaseException as error:
             if not (conn.closed or conn.broken):
-                await conn.execute(block.rollback, prepare=False)
+                await _end_async(cursor, block.rollback, commit=False)
             if not _is_ours(error):
                 raise
         else:
-            await conn.execute(block.commit, prepare=False)
+            await _end_async(cursor, block.commit, commit=True)
     finally:
         if manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
             await conn.set_autocommit(False)
@@ -200,7 +225,9 @@ def with_context(conn: Any, context: Context) -> Any:
 
     ``with bemi_pg.with_context(conn, {...}):`` on a ``psycopg.Connection``,
     ``async with bemi_pg.with_context(aconn, {...}):`` on a ``psycopg.AsyncConnection``.
-    Nested blocks merge their context into the outer one and restore it on exit.
+    Nested blocks merge their context into the outer one and restore it on exit. As with
+    ``conn.transaction()``, an exception rolls the block back, and ``raise psycopg.Rollback()``
+    rolls it back without propagating; do not call ``conn.commit()`` inside the block.
     """
     if isinstance(conn, psycopg.AsyncConnection):
         return _async_with_context(conn, context)

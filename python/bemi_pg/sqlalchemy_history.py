@@ -51,6 +51,7 @@ class Change(TrailBase):
     ordinal: Mapped[int]
     problem: Mapped[str | None] = mapped_column(Text)
     partial: Mapped[bool]
+    previous_key: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"<Change {self.id} {self.operation} {self.schema}.{self.table} {self.primary_key}>"

@@ -267,69 +267,117 @@ class Stored:
     newest_commit: int | None
 
 
-def store_batch(conn: psycopg.Connection[Any], batch: Batch, caught_up_at: datetime.datetime | None = None) -> Stored:
-    """Stages the batch and stores it with bemi.store, in one transaction, committed."""
-    with conn.transaction():
-        with conn.cursor() as cur:
-            if batch.relations:
-                with cur.copy(STAGED_RELATIONS_COPY) as copy:
-                    copy.write(b"".join(batch.relations.values()))
-            if batch.rows:
-                with cur.copy(STAGED_COPY) as copy:
-                    copy.write(b"".join(batch.rows))
-            cur.execute(STORE, [format_lsn(batch.through),
-                                None if batch.part_of is None else format_lsn(batch.part_of),
-                                batch.part_stored, caught_up_at])
-            (inserted,) = cur.fetchone()  # type: ignore[misc]
-            cur.execute("SELECT pg_current_wal_lsn()::text")
-            (wal_end,) = cur.fetchone()  # type: ignore[misc]
+def stage(conn: psycopg.Connection[Any], batch: Batch) -> None:
+    """Opens the batch's transaction and copies its rows into the staging tables."""
+    with conn.cursor() as cur:
+        if batch.relations:
+            with cur.copy(STAGED_RELATIONS_COPY) as copy:
+                copy.write(b"".join(batch.relations.values()))
+        if batch.rows:
+            with cur.copy(STAGED_COPY) as copy:
+                copy.write(b"".join(batch.rows))
+
+
+def store(conn: psycopg.Connection[Any], batch: Batch, caught_up_at: datetime.datetime | None = None) -> Stored:
+    """Stores what stage() staged with bemi.store, and commits."""
+    with conn.cursor() as cur:
+        cur.execute(STORE, [format_lsn(batch.through), None if batch.part_of is None else format_lsn(batch.part_of),
+                            batch.part_stored, caught_up_at])
+        (inserted,) = cur.fetchone()  # type: ignore[misc]
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        (wal_end,) = cur.fetchone()  # type: ignore[misc]
+    conn.commit()
     return Stored(batch.through, int(inserted), parse_lsn(wal_end), batch.newest_commit)
 
 
-class Writer(threading.Thread):
-    """Stores batches on its own connection while the stream goes on decoding. ``stored`` is
-    the position everything before which is durably in the trail."""
+class Writer:
+    """Stores the stream's batches while it goes on decoding, on two connections in turn:
+    while one runs bemi.store for a batch, the other stages the next (COPY), each in a
+    transaction of its own. Stores run one at a time and in order, and a batch is staged on
+    a connection only once the batch before on it is committed, so a batch is never stored
+    unless every batch before it was. ``stored`` is the position everything before which is
+    durably in the trail.
 
-    def __init__(self, conn: psycopg.Connection[Any], stored: int) -> None:
-        super().__init__(name="bemi-pg writer", daemon=True)
-        self.conn = conn
-        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+    (bemi.store empties the staging tables with DELETE, which does not wait for the other
+    connection's uncommitted rows: they are invisible to it.)"""
+
+    def __init__(self, conns: list[psycopg.Connection[Any]], stored: int) -> None:
+        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # from the stream
+        # Staged batches, waiting for their store (at most one per connection).
+        self.staged: queue.Queue[tuple[psycopg.Connection[Any], Batch] | None] = queue.Queue()
+        self.free: queue.Queue[psycopg.Connection[Any] | None] = queue.Queue()  # no transaction open
+        for conn in conns:
+            self.free.put(conn)
         self.stored = stored
         self.results: queue.Queue[Stored] = queue.Queue()
         self.error: BaseException | None = None
-        self.busy = threading.Event()
         self.mark: tuple[datetime.datetime, int] | None = None  # (time, LSN) from WAL_MARK
+        self.in_flight = 0  # batches handed and not yet stored
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._stage_all, name="bemi-pg stage", daemon=True),
+                        threading.Thread(target=self._store_all, name="bemi-pg store", daemon=True)]
 
     @property
     def idle(self) -> bool:
-        return not self.busy.is_set() and self.queue.empty()
+        return self.in_flight == 0
 
-    def run(self) -> None:
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def is_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+    def _stage_all(self) -> None:
         try:
-            while (batch := self.queue.get()) is not None:
-                self.busy.set()
-                try:
-                    self._store(batch)
-                finally:
-                    self.busy.clear()
+            while (batch := self.queue.get()) is not None and (conn := self.free.get()) is not None:
+                stage(conn, batch)
+                self.staged.put((conn, batch))
         except BaseException as error:  # handed to the stream's thread, which stops
-            self.error = error
+            self.error = self.error or error
+        finally:
+            self.staged.put(None)
 
-    def _store(self, batch: Batch) -> None:
+    def _store_all(self) -> None:
+        try:
+            while (item := self.staged.get()) is not None and self.error is None:
+                conn, batch = item
+                self._store(conn, batch)
+                self.free.put(conn)
+                with self.lock:
+                    self.in_flight -= 1
+        except BaseException as error:
+            self.error = self.error or error
+        finally:
+            self.free.put(None)  # the stage thread stops (a staged batch is never stored out of turn)
+
+    def _store(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         caught_up_at = None
         if batch.idle and self.mark is not None and batch.through >= self.mark[1]:
             caught_up_at = self.mark[0]
-        result = store_batch(self.conn, batch, caught_up_at)
+        result = store(conn, batch, caught_up_at)
         self.stored = max(self.stored, result.through)
         self.results.put(result)
         if batch.idle:
-            at, lsn = self.conn.execute(WAL_MARK).fetchone()  # type: ignore[misc]
-            self.conn.commit()
+            at, lsn = conn.execute(WAL_MARK).fetchone()  # type: ignore[misc]
+            conn.commit()
             self.mark = (at, parse_lsn(lsn))
 
     def put(self, batch: Batch | None, timeout: float) -> bool:
+        """Hands a batch over (None: stop once the batches handed are stored); False when
+        the writer is still busy after ``timeout`` seconds."""
+        if batch is not None:
+            with self.lock:
+                self.in_flight += 1
         try:
             self.queue.put(batch, timeout=timeout)
             return True
         except queue.Full:
+            if batch is not None:
+                with self.lock:
+                    self.in_flight -= 1
             return False

@@ -239,7 +239,8 @@ class StreamSession(Session):
 
     def run(self) -> bool:
         options = self.options
-        with _connect(options.dsn, application_name="bemi-pg store") as conn:
+        with _connect(options.dsn, application_name="bemi-pg store") as conn, \
+                _connect(options.dsn, application_name="bemi-pg store") as second:
             conn.autocommit = True
             self.lock(conn)
             target = self.drain_target(conn)
@@ -247,7 +248,7 @@ class StreamSession(Session):
                                "WHERE slot_name = bemi.slot_name()").fetchone()
             start, part_of, part_stored = (parse_lsn(row[0]), row[1] and parse_lsn(row[1]), row[2]) if row else (0, None, 0)
             conn.autocommit = False
-            writer = Writer(conn, start)
+            writer = Writer([conn, second], start)
             stager = Stager(start, part_of, part_stored)
             with ReplicationStream(options.dsn, self.plan.slot, start) as stream:
                 self.say(f"worker: streaming slot {self.plan.slot} of {self.plan.database} from {format_lsn(start)} "

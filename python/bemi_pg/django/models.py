@@ -76,6 +76,9 @@ class BemiChange(models.Model):
     transaction_id: models.BigIntegerField[int, int] = models.BigIntegerField()
     position: models.TextField[str, str] = models.TextField()
     ordinal: models.IntegerField[int, int] = models.IntegerField()
+    problem: models.TextField[str | None, str | None] = models.TextField(null=True)
+    partial: models.BooleanField[bool, bool] = models.BooleanField(default=False)
+    previous_key: models.TextField[str | None, str | None] = models.TextField(null=True)
 
     objects = BemiChangeQuerySet.as_manager()
 
