@@ -1181,10 +1181,12 @@ BEGIN
   SELECT pg_catalog.max(s.committed_at) INTO newest FROM bemi.staged s;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
-  UPDATE bemi.progress p SET lsn = greatest(p.lsn, through), part_of = store.part_of, part_stored = store.part_stored,
-    committed_at = greatest(p.committed_at, newest), caught_up_at = coalesce(store.caught_up_at, p.caught_up_at),
-    ingested_at = pg_catalog.now(), stored = inserted
-  WHERE p.slot_name = coalesce(source_slot, bemi.slot_name());
+  -- (A trail database gets its source's progress row with the first batch it stores.)
+  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
+  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(p.lsn, excluded.lsn), part_of = excluded.part_of,
+    part_stored = excluded.part_stored, committed_at = greatest(p.committed_at, excluded.committed_at),
+    caught_up_at = coalesce(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
   -- The slot is confirmed up to these rows once this commits: they must be on disk first.
   PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
   RETURN inserted;
@@ -1717,10 +1719,11 @@ BEGIN ATOMIC
   SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
 END;
 
--- A JSON array of strings as text[] (NULL for JSON null or SQL NULL).
+-- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
 CREATE FUNCTION bemi.text_array(items jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE
-RETURN (SELECT pg_catalog.array_agg(e.item) FROM pg_catalog.jsonb_array_elements_text(nullif(items, 'null')) AS e(item));
+RETURN CASE WHEN items OPERATOR(pg_catalog.<>) 'null' THEN
+  (SELECT coalesce(pg_catalog.array_agg(e.item), '{}') FROM pg_catalog.jsonb_array_elements_text(items) AS e(item)) END;
 
 -- The columns in which two typed rows differ, of those given.
 CREATE FUNCTION bemi.differing_columns(a jsonb, b jsonb, columns text[]) RETURNS text[]
