@@ -1,5 +1,6 @@
 """Time travel: bemi.row_at on a row with a long history, and bemi.table_at of a table of which
-a tenth changed since the moment asked for, each next to a plain SELECT of the same rows.
+a tenth changed since the moment asked for, each next to a plain SELECT of the same rows; and
+bemi.revert of that tenth (rolled back).
 
 The trail is generated straight into bemi.changes (INSERT ... SELECT), not ingested: one row
 ("history", id 1) with HISTORY[mode] UPDATEs a second apart, and TABLE_ROWS[mode] rows of
@@ -77,11 +78,14 @@ def timetravel(dsn: str, results: Results, mode: str, log: Callable[[str], None]
                       better="lower", ratio_to="plain SELECT")
     row.cells["bemi.table_at"] = Cell(measured["table_at"], {"plain SELECT": measured["table_at"] / measured["table_select"]})
     row.cells["plain SELECT"] = Cell(measured["table_select"])
+    row = results.row("revert", f"Revert: {measured['rows'] // 10:,} rows updated since, one bemi.revert", "ms", better="lower")
+    row.cells["bemi.revert"] = Cell(measured["revert"])
     results.target("Time travel row_at", "< 5 ms, on the (schema, table, primary_key) index",
                    f"{measured['row_at']:.2f} ms, index {'used' if measured['row_at_index'] else 'NOT used'}",
                    measured["row_at"] < 5 and measured["row_at_index"])
     log(f"  row_at {measured['row_at']:.3f} ms (plain SELECT {measured['row_select']:.3f} ms); "
-        f"table_at {measured['table_at']:.1f} ms (plain SELECT {measured['table_select']:.1f} ms)")
+        f"table_at {measured['table_at']:.1f} ms (plain SELECT {measured['table_select']:.1f} ms); "
+        f"revert of {measured['rows'] // 10:,} rows {measured['revert']:.0f} ms")
     return measured
 
 
@@ -114,9 +118,17 @@ def measure(dsn: str, history: int, rows: int, log: Callable[[str], None]) -> di
         done_then = conn.execute("SELECT count(*) FILTER (WHERE done) FROM bemi.table_at(NULL::todo, %s)", [at]).fetchone()[0]  # type: ignore[index]
         if done_then != 0:
             raise AssertionError(f"table_at found {done_then} rows done at the moment, expected none")
+        # Reverting the tenth that changed: one transaction, rolled back.
+        with conn.transaction(force_rollback=True):
+            started = time.perf_counter()
+            reverted = conn.execute("SELECT count(*) FROM bemi.revert(ARRAY(SELECT id FROM bemi.changes "
+                                    "WHERE \"table\" = 'todo'))").fetchone()[0]  # type: ignore[index]
+            revert_ms = (time.perf_counter() - started) * 1000
+        if reverted != rows // 10:
+            raise AssertionError(f"revert dealt with {reverted} rows, expected {rows // 10}")
     return {"history": history, "rows": rows, "row_at": row_at, "row_select": row_select,
             "row_at_index": "Index" in str(plan) and "Seq Scan" not in str(plan),
-            "table_at": table_at, "table_select": table_select}
+            "table_at": table_at, "table_select": table_select, "revert": revert_ms}
 
 
 def median_ms(conn: psycopg.Connection[Any], query: str, params: Any, rounds: int) -> float:

@@ -156,11 +156,12 @@ class Tally:
         return self.ROW.format(self.scenario, self.trials, self.made, self.found, self.missing, self.duplicated)
 
 
-def tally(dsn: str, scenario: str, trials: int, writers: Writers) -> Tally:
-    """Compares the trail with what the committed transactions made; checks that every
-    transaction a writer saw commit is in the ledger."""
+def tally(dsn: str, scenario: str, trials: int, writers: Writers, trail_dsn: str | None = None) -> Tally:
+    """Compares the trail (in trail_dsn when it is kept in a database of its own) with what the
+    committed transactions made; checks that every transaction a writer saw commit is in the ledger."""
     with psycopg.connect(dsn) as conn:
         committed = set(conn.execute("SELECT writer, seq FROM ledger").fetchall())
+    with psycopg.connect(trail_dsn or dsn) as conn:
         found = Counter(
             (int(w), int(s), step, op, key) for w, s, step, op, key in conn.execute(
                 "SELECT context ->> 'writer', context ->> 'seq', coalesce(context ->> 'step', ''), operation, "

@@ -38,8 +38,10 @@ class Failure(Exception):
     """A failure the user can act on: printed as "error: ..." with exit status 1."""
 
 
-def connect(args: argparse.Namespace) -> psycopg.Connection[dict[str, Any]]:
-    dsn = args.dsn or os.environ.get("DATABASE_URL", "")
+def connect(args: argparse.Namespace, trail: bool = False) -> psycopg.Connection[dict[str, Any]]:
+    """The database of --dsn (else DATABASE_URL, else PG*); with trail, the one that holds the
+    trail: --trail-dsn when the trail is kept in a database of its own."""
+    dsn = (trail and getattr(args, "trail_dsn", None)) or args.dsn or os.environ.get("DATABASE_URL", "")
     return psycopg.connect(dsn, autocommit=True, row_factory=dict_row, application_name="bemi-pg")
 
 
@@ -59,7 +61,7 @@ def worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     options = worker_module.Options(dsn=args.dsn or os.environ.get("DATABASE_URL", ""), batch=args.batch,
-                                    interval=args.interval, drain=args.drain, sql=args.sql)
+                                    interval=args.interval, drain=args.drain, sql=args.sql, trail_dsn=args.trail_dsn)
     try:
         totals = worker_module.run(options, stop, lambda line: say(args, line))
     except worker_module.Failure as error:
@@ -236,6 +238,8 @@ def time_bound(value: str) -> tuple[str, str]:
 
 
 def changes(args: argparse.Namespace) -> int:
+    if args.at and args.trail_dsn:
+        raise Failure("--at reads the trail in the source database; with --trail-dsn, use --since/--until")
     if args.at:  # time travel: the row or the table as of then
         with connect(args) as conn:
             try:
@@ -276,7 +280,7 @@ def changes(args: argparse.Namespace) -> int:
     # One row more than asked tells whether the limit cut any.
     query = (f"SELECT * FROM (SELECT * FROM bemi.changes WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s) c "
              "ORDER BY id")
-    with connect(args) as conn:
+    with connect(args, trail=True) as conn:
         rows = conn.execute(query, [*params, args.limit + 1]).fetchall()
     if len(rows) > args.limit:
         rows = rows[1:]
@@ -364,11 +368,15 @@ def install(args: argparse.Namespace) -> int:
                 print(f"{'ok' if check.ok else 'MISSING':<8} {check.name:<15} {check.detail}")
             return 0 if all(check.ok for check in found) else 1
         try:
-            before, after = installer.install(conn, notice=lambda message: print(message, file=sys.stderr))
+            before, after = installer.install(conn, notice=lambda message: print(message, file=sys.stderr),
+                                              trail_only=args.trail_only)
         except installer.InstallError as error:
             raise Failure(f"cannot install: {error}") from error
     if before == after:
         say(args, f"install: bemi {after} is already installed in database {database}; nothing to do")
+    elif before is None and args.trail_only:
+        say(args, f"install: installed bemi {after} as plain SQL in schema bemi of database {database}, to hold a "
+                  "trail\nnext: bemi-pg worker --dsn <source> --trail-dsn <this database>")
     elif before is None:
         say(args, f"install: installed bemi {after} as plain SQL in schema bemi of database {database}\n"
                   "next: SELECT bemi.track_all('public'); SELECT bemi.create_slot(); then run bemi-pg worker")
@@ -453,6 +461,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--drain", action="store_true", help="ingest until nothing is pending, print the totals, exit")
     w.add_argument("--sql", action="store_true",
                    help="ingest through SELECT bemi.ingest() instead of streaming (needs only EXECUTE on it)")
+    w.add_argument("--trail-dsn", help="store the trail in this database instead of the source "
+                                       "(prepared with bemi-pg install --trail-only); see docs/trail-database.md")
     w.set_defaults(run=worker)
 
     s = sub.add_parser("status", help="slot, lag, tracked tables, last ingested change")
@@ -469,6 +479,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, default=50, help="newest N changes (default 50)")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.add_argument("--at", help="time travel: print the --table (or its --key row) as of this time instead")
+    c.add_argument("--trail-dsn", help="read the trail from this database (where bemi-pg worker --trail-dsn keeps it)")
     c.set_defaults(run=changes)
     cli_history.add_revert_command(sub).set_defaults(run=revert)
 
@@ -477,6 +488,8 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("install", help="install or upgrade bemi as plain SQL (no CREATE EXTENSION needed)")
     i.add_argument("--check", action="store_true", help="report what the server and role allow; change nothing")
+    i.add_argument("--trail-only", action="store_true",
+                   help="a database that only holds the trail bemi-pg worker --trail-dsn writes (no REPLICATION needed)")
     i.set_defaults(run=install)
 
     u = sub.add_parser("uninstall", help="remove bemi: slot, publication, triggers, then the extension or install")

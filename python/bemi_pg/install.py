@@ -163,10 +163,12 @@ SELECT coalesce((SELECT EXISTS (SELECT FROM pg_class WHERE relnamespace = n.oid)
 """
 
 
-def refusals(conn: psycopg.Connection[Any], current: Installed | None) -> list[str]:
-    """Why install must not go ahead (empty: it may)."""
+def refusals(conn: psycopg.Connection[Any], current: Installed | None, trail_only: bool = False) -> list[str]:
+    """Why install must not go ahead (empty: it may). A trail-only database has no slot: its
+    installer needs no REPLICATION."""
     found = checks(conn)
-    reasons = [c.detail for c in found if not c.ok and c.name in ("replication", "create schema", "leftover slot")]
+    needed = ("create schema", "leftover slot") if trail_only else ("replication", "create schema", "leftover slot")
+    reasons = [c.detail for c in found if not c.ok and c.name in needed]
     if current is not None and current.kind == "extension":
         reasons.append(f"bemi is installed as an extension (version {current.version}) in this database: "
                        "upgrade it with ALTER EXTENSION bemi UPDATE, not bemi-pg install")
@@ -181,14 +183,15 @@ def refusals(conn: psycopg.Connection[Any], current: Installed | None) -> list[s
 
 
 def install(conn: psycopg.Connection[Any], notice: Callable[[str], None] = lambda _: None,
-            target: str | None = None) -> tuple[str | None, str]:
+            target: str | None = None, trail_only: bool = False) -> tuple[str | None, str]:
     """Installs bemi as plain SQL, or upgrades an older plain install, in one transaction, to
     target (default: the latest version the package ships).
 
     Returns (the version before, the version now). Raises InstallError, changing nothing, when
-    a privilege is missing or bemi is installed as an extension."""
+    a privilege is missing or bemi is installed as an extension. trail_only: a database that
+    only holds a trail the worker writes from another database (bemi-pg worker --trail-dsn)."""
     current = installed(conn)
-    if reasons := refusals(conn, current):
+    if reasons := refusals(conn, current, trail_only):
         raise InstallError("; ".join(reasons))
     before = current.version if current else None
     try:

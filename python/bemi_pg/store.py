@@ -14,6 +14,7 @@ import datetime
 import queue
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Optional, cast
 
 import psycopg
@@ -24,10 +25,14 @@ from bemi_pg.stream import format_lsn, parse_lsn
 POSTGRES_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 
 STAGED_RELATIONS_COPY = (
-    'COPY bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity) FROM STDIN')
+    'COPY bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity, '
+    'type_names, key_columns, ignore_columns, mask_columns) FROM STDIN')
 STAGED_COPY = ("COPY bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, "
                "context, old_values, old_key_only, new_values, new_missing) FROM STDIN")
-STORE = "SELECT bemi.store(%s::pg_lsn, %s::pg_lsn, %s, %s)"
+STORE = "SELECT bemi.store(%s::pg_lsn, %s::pg_lsn, %s, %s, %s, %s)"
+# What a trail in another database needs to know of a relation, asked of the source database.
+DESCRIBE = "SELECT type_names, key_columns, ignore_columns, mask_columns FROM bemi.describe_relation(%s, %s, %s, %s::pg_lsn)"
+LOCAL = b"\\N\t\\N\t\\N\t\\N"  # the relation is described by this database's own catalog
 # An LSN past every commit made before the returned time: once that much is stored, the
 # trail is complete up to that time (bemi.store's caught_up_at).
 WAL_MARK = "SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text"
@@ -70,12 +75,21 @@ def timestamp(us_since_2000: int) -> bytes:
     return (POSTGRES_EPOCH + datetime.timedelta(microseconds=us_since_2000)).isoformat().encode()
 
 
-def relation_row(number: int, relation: pgoutput.Relation) -> bytes:
+def relation_row(number: int, relation: pgoutput.Relation, described: bytes = LOCAL) -> bytes:
     columns = text_array([c.encode() for c in relation.columns])
-    return b"%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n" % (
+    return b"%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" % (
         number, relation.relid, copy_escape(relation.namespace.encode()), copy_escape(relation.name.encode()),
         columns, number_array(list(relation.types)), number_array(list(relation.typmods)),
-        b"{" + b",".join(b"t" if i else b"f" for i in relation.identity) + b"}")
+        b"{" + b",".join(b"t" if i else b"f" for i in relation.identity) + b"}", described)
+
+
+def describe(source: psycopg.Connection[Any], relation: pgoutput.Relation, position: int) -> bytes:
+    """The COPY fields type_names, key_columns, ignore_columns, mask_columns of a relation,
+    from the source database, for a trail in another database (bemi.describe_relation)."""
+    row = source.execute(DESCRIBE, [relation.relid, list(relation.types), list(relation.typmods),
+                                    format_lsn(position)]).fetchone()
+    assert row is not None
+    return b"\t".join(b"\\N" if v is None else text_array([x.encode() for x in v]) for v in row)
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,8 +129,10 @@ class Stager:
     """Turns the messages of the stream into staged rows. Keeps the relations the stream
     described, the open transaction (its context and ordinals) and the batch being built."""
 
-    def __init__(self, start: int, part_of: int | None = None, part_stored: int = 0) -> None:
+    def __init__(self, start: int, part_of: int | None = None, part_stored: int = 0,
+                 described: Callable[[pgoutput.Relation, int], bytes] | None = None) -> None:
         self.received_end = start  # everything before this is in a batch (or was stored)
+        self.described = described  # for a trail in another database: what the source says of a relation
         self.resume = (part_of, part_stored)
         self.shapes: dict[int, _Shape] = {}
         self.next_shape = 1
@@ -148,7 +164,7 @@ class Stager:
         elif kind is pgoutput.Commit:
             self._commit(message)  # type: ignore[arg-type]
         elif kind is pgoutput.Relation:
-            self._relation(message)  # type: ignore[arg-type]
+            self._relation(position, message)  # type: ignore[arg-type]
         elif kind is pgoutput.Message:
             self._message(message)  # type: ignore[arg-type]
         elif kind is pgoutput.Truncate:
@@ -176,10 +192,11 @@ class Stager:
         self.batch.through = self.received_end
         self.batch.part_of, self.batch.part_stored = None, 0
 
-    def _relation(self, relation: pgoutput.Relation) -> None:
+    def _relation(self, position: int, relation: pgoutput.Relation) -> None:
         number = self.next_shape
         self.next_shape += 1
-        self.shapes[relation.relid] = _Shape(number, relation, relation_row(number, relation))
+        described = LOCAL if self.described is None else self.described(relation, position)
+        self.shapes[relation.relid] = _Shape(number, relation, relation_row(number, relation, described))
 
     def _message(self, message: pgoutput.Message) -> None:
         transaction = self.transaction
@@ -278,15 +295,25 @@ def stage(conn: psycopg.Connection[Any], batch: Batch) -> None:
                 copy.write(b"".join(batch.rows))
 
 
-def store(conn: psycopg.Connection[Any], batch: Batch, caught_up_at: datetime.datetime | None = None) -> Stored:
+@dataclass(frozen=True)
+class Source:
+    """The database whose slot is read, when the trail is stored in another one."""
+    conn: psycopg.Connection[Any]  # autocommit: WAL positions, and what it says of relations
+    slot: str
+    database: str
+
+
+def store(conn: psycopg.Connection[Any], batch: Batch, caught_up_at: datetime.datetime | None = None,
+          source: Source | None = None) -> Stored:
     """Stores what stage() staged with bemi.store, and commits."""
     with conn.cursor() as cur:
         cur.execute(STORE, [format_lsn(batch.through), None if batch.part_of is None else format_lsn(batch.part_of),
-                            batch.part_stored, caught_up_at])
+                            batch.part_stored, caught_up_at, source and source.slot, source and source.database])
         (inserted,) = cur.fetchone()  # type: ignore[misc]
-        cur.execute("SELECT pg_current_wal_lsn()::text")
-        (wal_end,) = cur.fetchone()  # type: ignore[misc]
     conn.commit()
+    (wal_end,) = (source.conn if source else conn).execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
+    if source is None:
+        conn.commit()
     return Stored(batch.through, int(inserted), parse_lsn(wal_end), batch.newest_commit)
 
 
@@ -301,7 +328,8 @@ class Writer:
     (bemi.store empties the staging tables with DELETE, which does not wait for the other
     connection's uncommitted rows: they are invisible to it.)"""
 
-    def __init__(self, conns: list[psycopg.Connection[Any]], stored: int) -> None:
+    def __init__(self, conns: list[psycopg.Connection[Any]], stored: int, source: Source | None = None) -> None:
+        self.source = source
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # from the stream
         # Staged batches, waiting for their store (at most one per connection).
         self.staged: queue.Queue[tuple[psycopg.Connection[Any], Batch] | None] = queue.Queue()
@@ -359,12 +387,14 @@ class Writer:
         caught_up_at = None
         if batch.idle and self.mark is not None and batch.through >= self.mark[1]:
             caught_up_at = self.mark[0]
-        result = store(conn, batch, caught_up_at)
+        result = store(conn, batch, caught_up_at, self.source)
         self.stored = max(self.stored, result.through)
         self.results.put(result)
         if batch.idle:
-            at, lsn = conn.execute(WAL_MARK).fetchone()  # type: ignore[misc]
-            conn.commit()
+            marker = self.source.conn if self.source else conn
+            at, lsn = marker.execute(WAL_MARK).fetchone()  # type: ignore[misc]
+            if self.source is None:
+                conn.commit()
             self.mark = (at, parse_lsn(lsn))
 
     def put(self, batch: Batch | None, timeout: float) -> bool:

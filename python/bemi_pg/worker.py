@@ -25,7 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bemi_pg import pgoutput
-from bemi_pg.store import Stager, Stored, Writer
+from bemi_pg.store import Source, Stager, Stored, Writer, describe
 from bemi_pg.stream import Keepalive, ReplicationStream, XLogData, format_lsn, now_us, parse_lsn
 
 
@@ -40,6 +40,7 @@ class Options:
     interval: float = 2.0  # seconds: idle heartbeat (streaming), wait when caught up (SQL path)
     drain: bool = False  # stop once everything written before the start is stored
     sql: bool = False  # use bemi.ingest() instead of streaming
+    trail_dsn: str | None = None  # store the trail in this database instead (prepared with bemi-pg install --trail-only)
 
 
 @dataclass
@@ -144,11 +145,31 @@ def preflight(dsn: str, want_sql: bool) -> Plan:
 # ---------------------------------------------------------------------------------------
 # The worker loop: preflight, ingest, reconnect on transient errors.
 
+TRAIL_READY = "SELECT to_regprocedure('bemi.store(pg_lsn,pg_lsn,bigint,timestamptz,name,text)') IS NOT NULL"
+
+
+def check_trail(options: Options) -> None:
+    """A separate trail database must hold bemi 1.1 (bemi-pg install --trail-only), and is
+    written by the streaming worker only."""
+    if options.sql:
+        raise Failure("--trail-dsn needs the streaming worker: bemi.ingest() stores in its own database")
+    assert options.trail_dsn is not None
+    with _connect(options.trail_dsn, autocommit=True) as trail:
+        row = trail.execute(TRAIL_READY).fetchone()
+        if not (row and row[0]):
+            raise Failure(f'the trail database "{trail.info.dbname}" has no bemi 1.1: prepare it with '
+                          "bemi-pg install --trail-only --dsn <trail URL>")
+
+
 def run(options: Options, stop: threading.Event, say: Say) -> Totals:
     totals, backoff = Totals(), 0.5
     while not stop.is_set():
         try:
+            if options.trail_dsn:
+                check_trail(options)
             plan = preflight(options.dsn, options.sql)
+            if options.trail_dsn and plan.sql:
+                raise Failure(f"--trail-dsn needs the streaming worker, and {plan.note}")
             if plan.note:
                 say(f"worker: {plan.note}")
             session = SqlSession if plan.sql else StreamSession
@@ -239,17 +260,21 @@ class StreamSession(Session):
 
     def run(self) -> bool:
         options = self.options
-        with _connect(options.dsn, application_name="bemi-pg store") as conn, \
-                _connect(options.dsn, application_name="bemi-pg store") as second:
-            conn.autocommit = True
-            self.lock(conn)
-            target = self.drain_target(conn)
-            row = conn.execute("SELECT lsn::text, part_of::text, part_stored FROM bemi.progress "
-                               "WHERE slot_name = bemi.slot_name()").fetchone()
+        trail_dsn = options.trail_dsn or options.dsn
+        with _connect(options.dsn, application_name="bemi-pg", autocommit=True) as origin, \
+                _connect(trail_dsn, application_name="bemi-pg store") as conn, \
+                _connect(trail_dsn, application_name="bemi-pg store") as second:
+            self.lock(origin)
+            target = self.drain_target(origin)
+            # The progress row lives with the trail, wherever it is.
+            row = conn.execute("SELECT lsn::text, part_of::text, part_stored FROM bemi.progress WHERE slot_name = %s",
+                               [self.plan.slot]).fetchone()
+            conn.commit()
             start, part_of, part_stored = (parse_lsn(row[0]), row[1] and parse_lsn(row[1]), row[2]) if row else (0, None, 0)
-            conn.autocommit = False
-            writer = Writer([conn, second], start)
-            stager = Stager(start, part_of, part_stored)
+            source = Source(origin, self.plan.slot, self.plan.database) if options.trail_dsn else None
+            writer = Writer([conn, second], start, source)
+            stager = Stager(start, part_of, part_stored,
+                            None if source is None else lambda relation, position: describe(origin, relation, position))
             with ReplicationStream(options.dsn, self.plan.slot, start) as stream:
                 self.say(f"worker: streaming slot {self.plan.slot} of {self.plan.database} from {format_lsn(start)} "
                          f"(batches of up to {options.batch} changes)")
