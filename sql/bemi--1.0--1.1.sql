@@ -821,20 +821,7 @@ ALTER INDEX bemi.changes_committed_at_idx RENAME TO changes_1_0_committed_at_idx
 ALTER INDEX bemi.changes_context_idx RENAME TO changes_1_0_context_idx;
 
 CREATE TABLE bemi.changes (
-  id bigint GENERATED ALWAYS AS IDENTITY,
-  database text NOT NULL DEFAULT pg_catalog.current_database(),
-  schema text NOT NULL,
-  "table" text NOT NULL,
-  primary_key text,
-  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
-  before jsonb NOT NULL DEFAULT '{}',
-  after jsonb NOT NULL DEFAULT '{}',
-  context jsonb NOT NULL DEFAULT '{}',
-  committed_at timestamptz NOT NULL,
-  queued_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-  transaction_id bigint NOT NULL,
-  position pg_lsn NOT NULL,
-  ordinal integer NOT NULL,
+  LIKE bemi.changes_1_0 INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY,
   problem text,
   partial boolean NOT NULL DEFAULT false,
   previous_key text,

@@ -47,3 +47,13 @@ def new_database(postgresql_proc: Any) -> Iterator[NewDatabase]:
 def as_superuser(dsn: str, proc: Any) -> str:
     """The same database, connected as the superuser."""
     return psycopg.conninfo.make_conninfo(dsn, user=proc.user)
+
+
+@pytest.fixture
+def old_install(new_database: NewDatabase) -> str:
+    """A database with bemi 1.0 and its slot "bemi" (import new_database with it)."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION bemi VERSION '1.0'")
+        conn.execute("SELECT bemi.create_slot()")
+    return url

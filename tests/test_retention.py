@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 import bemi_pg
 from bemi_pg import retention
 from conftest import ingest
-from test_slot_move import old_install  # noqa: F401 - the bemi 1.0 database fixture
+from databases import new_database, old_install  # noqa: F401 (fixtures)
 
 PERIOD = "2 seconds"
 

@@ -4,8 +4,6 @@ drains the old one into the trail and drops it. Nothing is lost, nothing is stor
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -13,23 +11,8 @@ import pytest
 from psycopg.rows import dict_row
 
 import bemi_pg
-from conftest import changes, conninfo, ingest
-
-
-@pytest.fixture
-def old_install(postgresql_proc: Any) -> Iterator[str]:
-    """A database with bemi 1.0 and its slot "bemi"."""
-    name = f"bemi_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(conninfo(postgresql_proc, "postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = conninfo(postgresql_proc, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION bemi VERSION '1.0'")
-        conn.execute("SELECT bemi.create_slot()")
-    yield url
-    with psycopg.connect(conninfo(postgresql_proc, "postgres"), autocommit=True) as admin:
-        admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s", [name])
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+from conftest import changes, ingest
+from databases import new_database, old_install  # noqa: F401 (fixtures)
 
 
 def write(conn: psycopg.Connection[Any], step: str, keys: range) -> list[tuple[str, str, dict[str, str]]]:

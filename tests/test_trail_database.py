@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from psycopg.rows import dict_row
 
 import bemi_pg
 from conftest import conninfo
+from databases import NewDatabase, new_database  # noqa: F401 (a fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stress"))
 import scenarios  # noqa: E402
@@ -30,18 +29,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def trail(postgresql_proc: Any) -> Iterator[str]:
+def trail(new_database: NewDatabase) -> str:
     """An empty database prepared to hold a trail."""
-    name = f"trail_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(conninfo(postgresql_proc, "postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = conninfo(postgresql_proc, name)
+    url = new_database()
     done = cli("install", "--trail-only", "--dsn", url)
     assert done.returncode == 0, done.stderr
     assert "to hold a trail" in done.stdout
-    yield url
-    with psycopg.connect(conninfo(postgresql_proc, "postgres"), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    return url
 
 
 def trail_rows(url: str) -> list[dict[str, Any]]:
