@@ -140,9 +140,9 @@ def ingest_rate(dsn: str, results: Results, *, changes: int, limit: float,
             "store_rate": rates["store"], "raw_rate": rates["raw"]}
 
 
-def run_worker(dsn: str, limit: float) -> dict[str, float]:
-    """``bemi-pg worker --drain``, stopped (SIGTERM) after ``limit`` seconds; what it says it did."""
-    process = server.start_worker(dsn, "--drain")
+def run_worker(dsn: str, limit: float, *args: str) -> dict[str, float]:
+    """``bemi-pg worker --drain`` (and ``args``), stopped (SIGTERM) after ``limit`` seconds; what it says it did."""
+    process = server.start_worker(dsn, "--drain", *args)
     try:
         out, _ = process.communicate(timeout=limit)
     except subprocess.TimeoutExpired:

@@ -14,10 +14,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bench import bulk, chart, ingest, lag, oltp, prune, server, timetravel, variants
+from bench import bulk, chart, ingest, lag, oltp, prune, server, timetravel, trails, variants
 from bench.report import Results, markdown, table, targets_table, write_atomically
 from bench.variants import AUDIT, BEMI, FULL_IDENTITY, PLAIN, ROW_TRIGGER
 
@@ -39,15 +41,19 @@ class Sizes:
     w4_seconds: float
     w4_step_seconds: float  # each step of the sustainable-rate search
     w5_rows: tuple[int, int]
-    ingest_limit: float  # seconds W3 and each W5 size may ingest before they are stopped
+    ingest_limit: float  # seconds W3, each W5 size and each trails run may ingest before they are stopped
+    trails_changes: int  # W3's workload, ingested into each kind of trail (runs of seconds: the worker reports 0.1 s)
+    trails_rounds: int
 
 
 FULL = Sizes("latest", w1_rounds=5, w1_seconds=5, w1_durable_rounds=3, w1_py_rounds=3, w1_py_seconds=4,
              w2_rows=100_000, w2_values_rows=10_000, w2_rounds=3, w3_changes=500_000, w4_seconds=60,
-             w4_step_seconds=15, w5_rows=(200_000, 2_000_000), ingest_limit=60)
+             w4_step_seconds=15, w5_rows=(200_000, 2_000_000), ingest_limit=60, trails_changes=200_000,
+             trails_rounds=5)
 QUICK = Sizes("quick", w1_rounds=1, w1_seconds=3, w1_durable_rounds=1, w1_py_rounds=1, w1_py_seconds=2,
               w2_rows=10_000, w2_values_rows=1_000, w2_rounds=1, w3_changes=50_000, w4_seconds=10,
-              w4_step_seconds=4, w5_rows=(20_000, 100_000), ingest_limit=15)
+              w4_step_seconds=4, w5_rows=(20_000, 100_000), ingest_limit=15, trails_changes=100_000,
+              trails_rounds=3)
 
 
 def log(message: str) -> None:
@@ -80,13 +86,29 @@ def measure_w1(dsn: str, results: Results, sizes: Sizes) -> tuple[dict[str, floa
     return cpu, durable, py
 
 
+def measure_trails(dsn: str, results: Results, sizes: Sizes) -> dict[str, Any]:
+    """The worker's ingest into the partitioned trail, an unpartitioned one and a trail database."""
+    log("Trails: ingest into the partitioned trail, an unpartitioned one and a trail database")
+    return trails.trails(dsn, results, changes=sizes.trails_changes, rounds=sizes.trails_rounds,
+                         limit=sizes.ingest_limit, log=log)
+
+
 def run_w1(sizes: Sizes) -> Results:
     """W1 and W1-py only (--w1-only)."""
+    return run_part(sizes, lambda dsn, results: judge_w1(results, *measure_w1(dsn, results, sizes)))
+
+
+def run_trails(sizes: Sizes) -> Results:
+    """The ingest into each kind of trail only (--trails-only)."""
+    return run_part(sizes, lambda dsn, results: results.details.update(trails=measure_trails(dsn, results, sizes)))
+
+
+def run_part(sizes: Sizes, part: Callable[[str, Results], None]) -> Results:
+    """One part of the bench alone, on its own server."""
     started = time.perf_counter()
     with server.bench_server() as dsn:
         results = start(dsn, sizes)
-        cpu, durable, py = measure_w1(dsn, results, sizes)
-    judge_w1(results, cpu, durable, py)
+        part(dsn, results)
     results.seconds = time.perf_counter() - started
     results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
@@ -113,10 +135,11 @@ def run(sizes: Sizes) -> Results:
         pruned = prune.prune(dsn, results, changes=prune.CHANGES[sizes.name], log=log)
         log("Time travel: row_at and table_at next to plain SELECTs")
         travelled = timetravel.timetravel(dsn, results, sizes.name, log=log)
+        trailed = measure_trails(dsn, results, sizes)
 
     results.details = {"sizes": sizes.__dict__, "w1_sync_off": cpu, "w1_durable": durable, "w1_py": py,
                        "w2": w2, "w3": w3, "w4": w4, "w4_sustainable": w4s, "w5": w5,
-                       "prune": pruned, "timetravel": travelled}
+                       "prune": pruned, "timetravel": travelled, "trails": trailed}
     judge(results, cpu, durable, py, w2, w3, w4, w5)
     results.seconds = time.perf_counter() - started
     # Other work on the machine shows here: the load average should stay near the bench's own ~2.
@@ -188,14 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON and the chart")
     p.add_argument("--w1-only", action="store_true",
                    help="only W1 and W1-py (writes <name>-w1.json and .md, no chart)")
+    p.add_argument("--trails-only", action="store_true", help="only the ingest into each kind of trail "
+                   "(partitioned, unpartitioned, trail database; writes <name>-trails.json and .md, no chart)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    results = run_w1(sizes) if args.w1_only else run(sizes)
-    name = f"{sizes.name}-w1" if args.w1_only else sizes.name
+    only = "w1" if args.w1_only else "trails" if args.trails_only else ""
+    results = run_w1(sizes) if args.w1_only else run_trails(sizes) if args.trails_only else run(sizes)
+    name = f"{sizes.name}-{only}" if only else sizes.name
     args.out.mkdir(parents=True, exist_ok=True)
     results.write_json(args.out / f"{name}.json")
     write_atomically(args.out / f"{name}.md", markdown(results))
-    if not args.w1_only:
+    if not only:
         chart.draw(json.loads((args.out / f"{name}.json").read_text()), args.out / f"{name}.png")
     print()
     print(f"bemi benchmark ({results.mode}), {results.date}, {server.describe(results.machine)}")
@@ -203,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print()
     print(targets_table(results))
-    print(f"\nbench: {results.seconds:.0f} s; wrote {args.out}/{name}.json, .md" + ("" if args.w1_only else " and .png"))
+    print(f"\nbench: {results.seconds:.0f} s; wrote {args.out}/{name}.json, .md" + ("" if only else " and .png"))
     return 0
 
 

@@ -1371,6 +1371,11 @@ BEGIN
     RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
   END IF;
+  IF at < bemi.retained_from() THEN
+    RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
+  END IF;
   -- The trail names a table as it was at each change: history under a former name is not found.
   SELECT n.nspname, c.relname INTO now_schema, now_table
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
@@ -1775,6 +1780,25 @@ BEGIN
 END
 $$;
 
+-- What a revert needs to know of the table a change was made in (by the name in the trail):
+-- relation, keys, writable and ignored columns, foreign key depth, name.
+CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+BEGIN
+  IF relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', change_id, schema_name, table_name
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
+    'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
+    'depth', bemi.foreign_key_depth(relation), 'schema', schema_name, 'table', table_name);
+END
+$$;
+
 -- What a revert does, checked and the rows locked, without writing: the steps to write (in
 -- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
 CREATE FUNCTION bemi.revert_plan(change_ids bigint[], on_conflict text, OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
@@ -1787,7 +1811,7 @@ DECLARE
   relation regclass;
   schema_name text;
   table_name text;
-  tables jsonb := '{}';     -- relation oid -> what the plan needs of it: keys, columns, depth, name
+  tables jsonb := '{}';     -- "schema.table" (as in the trail) -> what the plan needs of it (bemi.revert_table)
   info jsonb;
   keys text[];
   writable text[];
@@ -1802,6 +1826,7 @@ DECLARE
   -- it), after the last (NULL: deleted), their ids. Arrays, so that each step is in place.
   chains integer := 0;
   chain_relation oid[] := '{}';
+  chain_table text[] := '{}';     -- the key of its table in tables
   chain_key text[] := '{}';
   chain_first jsonb[] := '{}';
   chain_last jsonb[] := '{}';
@@ -1845,61 +1870,89 @@ BEGIN
 
   -- Each row's changes, in commit order, chained through primary key changes: the row's net
   -- effect is its first before and its last after. A table without a key chains by value.
-  FOR c IN SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after FROM bemi.changes AS x
-           WHERE x.id = ANY (ids) ORDER BY x.committed_at, x.id LOOP
-    relation := pg_catalog.to_regclass(pg_catalog.format('%I.%I', c.schema, c."table"));
-    IF relation IS NULL THEN
-      RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', c.id, c.schema, c."table"
-        USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    info := tables -> (relation::oid::text);
-    IF info IS NULL THEN
-      SELECT pg_catalog.jsonb_build_object('keys', bemi.key_columns(relation), 'writable', bemi.writable_columns(relation),
-          'ignored', bemi.ignored_columns(relation), 'depth', bemi.foreign_key_depth(relation),
-          'schema', ns.nspname, 'table', r.relname)
-        INTO info
-      FROM pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS ns ON ns.oid = r.relnamespace WHERE r.oid = relation;
-      tables := tables || pg_catalog.jsonb_build_object(relation::oid::text, info);
-    END IF;
-    keys := bemi.text_array(info -> 'keys');
-    old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
-    new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
-    -- The chain this change continues: one whose row has this key (for a CREATE: one whose
-    -- row was deleted under it). Equal rows of a table without a key share a key: a list.
-    found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
-    n := NULL;
-    FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-      IF chain_gone[candidate] = (c.operation = 'CREATE') THEN
-        n := candidate;
-        EXIT;
+  -- Without key changes or tables without a key (the usual case) a row's changes are those
+  -- under its key, grouped in one query; else they are followed change by change.
+  IF NOT EXISTS (SELECT FROM bemi.changes AS x WHERE x.id = ANY (ids) AND (x.previous_key IS NOT NULL OR x.primary_key IS NULL)) THEN
+    FOR c IN
+      SELECT f.schema, f."table", f.primary_key, f.first_id, f.ids, f.first, l.id AS last_id,
+        CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END AS last
+      FROM (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id AS first_id,
+              x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
+              pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
+                ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
+            FROM bemi.changes AS x WHERE x.id = ANY (ids)
+            ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
+      JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
+            FROM bemi.changes AS x WHERE x.id = ANY (ids)
+            ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
+        ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
+      ORDER BY f.committed_at, f.first_id
+    LOOP
+      info := tables -> (c.schema || '.' || c."table");
+      IF info IS NULL THEN
+        info := bemi.revert_table(c.schema, c."table", c.first_id);
+        tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
       END IF;
-    END LOOP;
-    IF n IS NULL THEN
       chains := chains + 1;
-      n := chains;
-      chain_relation[n] := relation;
-      chain_first[n] := CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END;
-      chain_ids[n] := c.id::text;
-      chain_first_id[n] := c.id;
-    ELSE
-      chain_ids[n] := chain_ids[n] || ',' || c.id;
-      open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
-        pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
-    END IF;
-    chain_last[n] := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
-    chain_gone[n] := c.operation = 'DELETE';
-    chain_key[n] := c.primary_key;
-    chain_last_id[n] := c.id;
-    found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
-    open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
-      coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
-  END LOOP;
+      chain_relation[chains] := (info ->> 'relation')::oid;
+      chain_table[chains] := c.schema || '.' || c."table";
+      chain_key[chains] := c.primary_key;
+      chain_first[chains] := c.first;
+      chain_last[chains] := c.last;
+      chain_ids[chains] := c.ids;
+      chain_first_id[chains] := c.first_id;
+      chain_last_id[chains] := c.last_id;
+    END LOOP;
+  ELSE
+    FOR c IN SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after FROM bemi.changes AS x
+             WHERE x.id = ANY (ids) ORDER BY x.committed_at, x.id LOOP
+        info := tables -> (c.schema || '.' || c."table");
+        IF info IS NULL THEN
+          info := bemi.revert_table(c.schema, c."table", c.id);
+          tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
+        END IF;
+        relation := (info ->> 'relation')::oid;
+        keys := bemi.text_array(info -> 'keys');
+        old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
+        new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
+        -- The chain this change continues: one whose row has this key (for a CREATE: one whose
+        -- row was deleted under it). Equal rows of a table without a key share a key: a list.
+        found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
+        n := NULL;
+        FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
+          IF chain_gone[candidate] = (c.operation = 'CREATE') THEN
+            n := candidate;
+            EXIT;
+          END IF;
+        END LOOP;
+        IF n IS NULL THEN
+          chains := chains + 1;
+          n := chains;
+          chain_relation[n] := relation;
+          chain_table[n] := c.schema || '.' || c."table";
+          chain_first[n] := CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END;
+          chain_ids[n] := c.id::text;
+          chain_first_id[n] := c.id;
+        ELSE
+          chain_ids[n] := chain_ids[n] || ',' || c.id;
+          open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+            pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
+        END IF;
+        chain_last[n] := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
+        chain_gone[n] := c.operation = 'DELETE';
+        chain_key[n] := c.primary_key;
+        chain_last_id[n] := c.id;
+        found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
+        open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+          coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
+      END LOOP;
+  END IF;
 
   -- What each row needs, checked against the row as it is now (locked until the caller's
   -- transaction ends): a row must still be as the changes left it.
   FOR n IN 1 .. chains LOOP
     relation := chain_relation[n];
-    info := tables -> (relation::oid::text);
+    info := tables -> chain_table[n];
     keys := bemi.text_array(info -> 'keys');
     writable := bemi.text_array(info -> 'writable');
     ignored := bemi.text_array(info -> 'ignored');
