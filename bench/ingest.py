@@ -37,7 +37,14 @@ def fresh_slot(conn: psycopg.Connection[Any]) -> None:
     if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = bemi.slot_name()").fetchone():
         conn.execute("SELECT bemi.drop_slot()")
     conn.execute(f"TRUNCATE bemi.changes, {TABLE} RESTART IDENTITY")
+    vacuum_stage(conn)
     conn.execute("SELECT bemi.create_slot()")
+
+
+def vacuum_stage(conn: psycopg.Connection[Any]) -> None:
+    """Vacuums the staging tables, as autovacuum would between batches of a real server: the
+    bench server runs with autovacuum off, and every stored batch leaves its staged rows dead."""
+    conn.execute("VACUUM bemi.staged, bemi.staged_relations")
 
 
 def copy_slot(conn: psycopg.Connection[Any], name: str) -> None:
@@ -116,6 +123,7 @@ def ingest_rate(dsn: str, results: Results, *, changes: int, limit: float,
 
         log("  W3: bemi.ingest()")
         conn.execute("TRUNCATE bemi.changes")
+        vacuum_stage(conn)
         replace_slot(conn, "bench_sql")
         started = time.perf_counter()
         ingested = drain(conn, deadline=time.monotonic() + limit)
@@ -215,6 +223,7 @@ def huge_transaction(dsn: str, rows: int, limit: float, log: Callable[[str], Non
     with server.connect(dsn) as conn:
         drain(conn)
         conn.execute(f"TRUNCATE bemi.changes, {TABLE} RESTART IDENTITY")
+        vacuum_stage(conn)
         transactions(conn, 1, rows)
         conn.execute("CHECKPOINT")
     worker = server.start_worker(dsn, "--interval", "0.2")

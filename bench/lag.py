@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import server
-from bench.ingest import drain
+from bench.ingest import drain, vacuum_stage
 from bench.report import Cell, Results
 from bench.variants import BEMI
 
@@ -59,6 +59,7 @@ def steady_load(dsn: str, *, rate: float, seconds: float) -> dict[str, Any]:
     with server.connect(dsn) as conn:
         drain(conn)
         conn.execute("TRUNCATE bemi.changes")
+        vacuum_stage(conn)
         worker = server.start_worker(dsn, "--interval", "0.5", quiet=True)
         while not conn.execute(STREAMING).fetchone()[0]:  # type: ignore[index]  # lag, not start-up time
             if worker.poll() is not None:

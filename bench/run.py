@@ -41,18 +41,19 @@ class Sizes:
     w4_seconds: float
     w4_step_seconds: float  # each step of the sustainable-rate search
     w5_rows: tuple[int, int]
-    ingest_limit: float  # seconds W3, each W5 size and each trails run may ingest before they are stopped
+    ingest_limit: float  # seconds W3 and each trails run may ingest before they are stopped
+    w5_limit: float  # seconds each W5 transaction may take: long enough to store every row
     trails_changes: int  # W3's workload, ingested into each kind of trail (runs of seconds: the worker reports 0.1 s)
     trails_rounds: int
 
 
 FULL = Sizes("latest", w1_rounds=5, w1_seconds=5, w1_durable_rounds=3, w1_py_rounds=3, w1_py_seconds=4,
              w2_rows=100_000, w2_values_rows=10_000, w2_rounds=3, w3_changes=500_000, w4_seconds=60,
-             w4_step_seconds=15, w5_rows=(200_000, 2_000_000), ingest_limit=60, trails_changes=200_000,
+             w4_step_seconds=15, w5_rows=(200_000, 2_000_000), ingest_limit=60, w5_limit=600, trails_changes=200_000,
              trails_rounds=5)
 QUICK = Sizes("quick", w1_rounds=1, w1_seconds=3, w1_durable_rounds=1, w1_py_rounds=1, w1_py_seconds=2,
               w2_rows=10_000, w2_values_rows=1_000, w2_rounds=1, w3_changes=50_000, w4_seconds=10,
-              w4_step_seconds=4, w5_rows=(20_000, 100_000), ingest_limit=15, trails_changes=100_000,
+              w4_step_seconds=4, w5_rows=(20_000, 100_000), ingest_limit=15, w5_limit=60, trails_changes=100_000,
               trails_rounds=3)
 
 
@@ -130,7 +131,7 @@ def run(sizes: Sizes) -> Results:
         log("W4: the sustainable rate, in steps of a quarter of the W1 rate")
         w4s = lag.sustainable(dsn, results, w1_rate=cpu[BEMI.key], seconds=sizes.w4_step_seconds, log=log)
         log("W5: one huge transaction")
-        w5 = ingest.huge(dsn, results, sizes=sizes.w5_rows, limit=sizes.ingest_limit, log=log)
+        w5 = ingest.huge(dsn, results, sizes=sizes.w5_rows, limit=sizes.w5_limit, log=log)
         log("Prune: a month of changes, bemi.retain next to DELETE")
         pruned = prune.prune(dsn, results, changes=prune.CHANGES[sizes.name], log=log)
         log("Time travel: row_at and table_at next to plain SELECTs")

@@ -959,6 +959,7 @@ CREATE UNLOGGED TABLE bemi.staged_relations (
   mask_columns text[]
 );
 
+-- Every store leaves its staged rows dead: autovacuum clears them early, whatever the table's size.
 CREATE UNLOGGED TABLE bemi.staged (
   seq bigint NOT NULL,
   relation integer NOT NULL,
@@ -973,6 +974,10 @@ CREATE UNLOGGED TABLE bemi.staged (
   new_values text[],
   new_missing integer[]
 );
+
+ALTER TABLE bemi.staged SET (autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_scale_factor = 0,
+  autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE bemi.staged_relations SET (autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0);
 
 -- The type a column is read as: its type with its modifier (character(3)[] keeps its length);
 -- text when the type is gone since. In a trail database, the type the source named, when this
@@ -1052,13 +1057,29 @@ BEGIN ATOMIC
 END;
 
 -- The context of each message content staged, parsed once: {"content": context, ...}. The
--- converter's queries take it as their parameter $1.
+-- converter's queries take it as their parameter $1. All in one statement; only when some
+-- content is not JSON (a message no bemi trigger wrote), one by one.
 CREATE FUNCTION bemi.staged_contexts() RETURNS jsonb
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-  SELECT coalesce(pg_catalog.jsonb_object_agg(c.content, bemi.context_json(c.content)), '{}')
-  FROM (SELECT DISTINCT s.context FROM bemi.staged s WHERE s.context IS NOT NULL) AS c(content);
-END;
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  careful boolean;
+BEGIN
+  FOREACH careful IN ARRAY ARRAY[false, true] LOOP
+    BEGIN
+      RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(c.content, CASE WHEN careful THEN bemi.context_json(c.content)
+                WHEN pg_catalog.jsonb_typeof(c.content::jsonb) = 'object' THEN c.content::jsonb
+                ELSE pg_catalog.jsonb_build_object('invalid_context', c.content) END), '{}')
+              FROM (SELECT DISTINCT s.context FROM bemi.staged s WHERE s.context IS NOT NULL) AS c(content));
+    EXCEPTION WHEN data_exception THEN
+      IF careful THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
+END
+$$;
 
 -- The query that converts the staged changes of one relation into rows of bemi.changes (in
 -- seq order, with seq). When converting fails, row_filter picks single changes, and as_text
