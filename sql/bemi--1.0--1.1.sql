@@ -155,15 +155,12 @@ COMMENT ON TABLE bemi.tracking IS
 COMMENT ON COLUMN bemi.tracking.ignore_columns IS 'An UPDATE that changes only these columns is not stored.';
 COMMENT ON COLUMN bemi.tracking.mask_columns IS 'These columns never reach the trail: their values are stored as "[masked]".';
 
--- The primary key columns of a table, in key order.
+-- The primary key columns of a table, in key order (1.0's bemi.primary_key, names only).
 CREATE FUNCTION bemi.key_columns(relation oid) RETURNS text[]
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord)
-  FROM pg_catalog.pg_index i
-  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-  WHERE i.indrelid = relation AND i.indisprimary;
+  SELECT pg_catalog.array_agg(k.col ->> 'name' ORDER BY k.ord)
+  FROM pg_catalog.jsonb_array_elements(bemi.primary_key(relation::pg_catalog.regclass)) WITH ORDINALITY AS k(col, ord);
 END;
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.tracking', '');
@@ -1145,6 +1142,7 @@ DECLARE
   inserted bigint := 0;
   contexts jsonb;
   n bigint;
+  oldest timestamptz;
   newest timestamptz;
   change record;
   r bemi.staged_relations;
@@ -1159,8 +1157,10 @@ BEGIN
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
   contexts := bemi.staged_contexts();
   -- Partitions for these commit times, and for the next period ahead of them.
-  PERFORM bemi.create_partitions(pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) + bemi.partition_interval())
-  FROM bemi.staged s HAVING pg_catalog.count(*) > 0;
+  SELECT pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) INTO oldest, newest FROM bemi.staged s;
+  IF oldest IS NOT NULL THEN
+    PERFORM bemi.create_partitions(oldest, newest + bemi.partition_interval());
+  END IF;
   IF queries IS NOT NULL THEN
     BEGIN
       EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
@@ -1186,7 +1186,6 @@ BEGIN
       END LOOP;
     END;
   END IF;
-  SELECT pg_catalog.max(s.committed_at) INTO newest FROM bemi.staged s;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
   -- (A trail database gets its source's progress row with the first batch it stores.)
@@ -1299,12 +1298,8 @@ BEGIN
                 'value', c.before -> k.name) ORDER BY k.n)
               FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
               WHERE c.before ? k.name)) ELSE '{}' END
-        || coalesce((SELECT pg_catalog.jsonb_build_object('pk', pg_catalog.jsonb_agg(
-               pg_catalog.jsonb_build_object('name', a.attname, 'type', pg_catalog.format_type(a.atttypid, NULL)) ORDER BY k.ord))
-             FROM pg_catalog.pg_index i
-             CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-             WHERE i.indrelid = r.relid AND i.indisprimary HAVING pg_catalog.count(*) > 0), '{}')
+        || coalesce((SELECT pg_catalog.jsonb_build_object('pk', p.pk) FROM bemi.primary_key(r.relid::pg_catalog.regclass) AS p(pk)
+             WHERE p.pk IS NOT NULL), '{}')
       FROM (%s) AS c JOIN bemi.staged s ON s.seq = c.seq AND s.ordinal = c.ordinal
       JOIN bemi.staged_relations r ON r.relation = s.relation
     ) AS e

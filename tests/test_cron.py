@@ -24,8 +24,9 @@ from pytest_postgresql import factories
 import bemi_pg
 
 SHAREDIR = subprocess.check_output(["pg_config", "--sharedir"], text=True).strip()
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(SHAREDIR, "extension", "pg_cron.control")),
-                                reason="pg_cron is not installed (tools/install-deps installs postgresql-15-cron as root)")
+# Not a skip: make test installs postgresql-15-cron (tools/install-deps, as root); without it this fails.
+assert os.path.exists(os.path.join(SHAREDIR, "extension", "pg_cron.control")), \
+    "pg_cron is not installed: run make test as root, or apt-get install postgresql-15-cron"
 
 cron_proc = factories.postgresql_proc(
     executable=os.path.join(BINDIR, "pg_ctl"),
