@@ -75,8 +75,9 @@ def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Conne
                 run_statement(conn, table, columns, statement, key if has_key else 0)
                 if key_moves and key_moves[index]:
                     key += 1
-                    conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE ctid = (SELECT min(ctid) FROM {})").format(
-                        table, sql.Identifier(columns[0].name), table), [key])
+                    # A literal, not a parameter: column names may hold a '%'.
+                    conn.execute(sql.SQL("UPDATE {} SET {} = {} WHERE ctid = (SELECT min(ctid) FROM {})").format(
+                        table, sql.Identifier(columns[0].name), sql.Literal(key), table))
             conn.commit()
             snapshot()
         ingest(admin)
