@@ -108,7 +108,7 @@ def measure(dsn: str, history: int, rows: int, log: Callable[[str], None]) -> di
 
         row_at = median_ms(conn, "SELECT bemi.row_at('history', '1', %s)", [at], ROUNDS)
         row_select = median_ms(conn, "SELECT to_jsonb(h) FROM history h WHERE id = 1", None, ROUNDS)
-        plan = conn.execute("EXPLAIN (FORMAT JSON) SELECT * FROM bemi.row_event('public', 'history', '1', %s, true)",
+        plan = conn.execute("EXPLAIN (FORMAT JSON) SELECT * FROM bemi.row_event(NULL, 'public', 'history', '1', %s, true)",
                             [at]).fetchone()[0]  # type: ignore[index]
         expected = conn.execute("SELECT bemi.row_at('history', '1', %s) ->> 'n'", [at]).fetchone()[0]  # type: ignore[index]
         if int(expected) != history // 2:

@@ -1321,13 +1321,14 @@ $$;
 
 -- Every transaction committed at or before this time is in the trail: when an ingest last
 -- read to the end of the slot, else the newest stored commit. Time travel stops here.
-CREATE FUNCTION bemi.ingested_until() RETURNS timestamptz
+-- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
+CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS timestamptz
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = bemi.slot_name();
+  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
 END;
 
-COMMENT ON FUNCTION bemi.ingested_until() IS
+COMMENT ON FUNCTION bemi.ingested_until(name) IS
   'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
@@ -1360,16 +1361,24 @@ CREATE INDEX changes_previous_key_idx ON bemi.changes (schema, "table", previous
   WHERE previous_key IS NOT NULL;
 CREATE INDEX changes_truncate_idx ON bemi.changes (schema, "table", committed_at, id) WHERE operation = 'TRUNCATE';
 
--- Checks that the trail can answer for a table at a moment: the table was tracked then, and
--- every commit up to that moment has been ingested. SECURITY DEFINER: it reads bemi.tracking
--- and bemi.progress for callers that may read neither, and tells them only those two times.
-CREATE FUNCTION bemi.check_moment(relation regclass, at timestamptz) RETURNS void
+-- Time travel and revert read the trail and the tables. Where the trail is kept in a database
+-- of its own (docs/trail-database.md) those are two databases, so each is built of parts that
+-- run where the tables are (history_of, row_from, table_from, revert_from) and parts that run
+-- where the trail is (check_trail, row_history, table_history), passing JSON or a copy of the
+-- trail's rows (a relation shaped like bemi.changes) between them. Here both are one database:
+-- row_at, table_at and revert are those parts put together; bemi_pg's helpers put them
+-- together across two connections.
+
+-- Where the table is: checks that it was tracked at the moment, and tells the trail where its
+-- changes are: under which names (now, and when tracking began), from which slot.
+-- SECURITY DEFINER: it reads bemi.tracking for callers that may not, and tells them only the
+-- names and when tracking began.
+CREATE FUNCTION bemi.history_of(relation regclass, at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   began timestamptz;
-  until timestamptz;
   first_schema text;
   first_table text;
   now_schema text;
@@ -1379,7 +1388,7 @@ BEGIN
     RAISE EXCEPTION 'bemi: the table and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   SELECT t.tracked_at, t.schema, t."table" INTO began, first_schema, first_table
-  FROM bemi.tracking AS t WHERE t.relation = check_moment.relation;
+  FROM bemi.tracking AS t WHERE t.relation = history_of.relation;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'bemi: % is not tracked, so it has no history', relation
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Track it with SELECT bemi.track(''table'').';
@@ -1387,26 +1396,45 @@ BEGIN
     RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
   END IF;
+  SELECT n.nspname, c.relname INTO now_schema, now_table
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
+    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name());
+END
+$$;
+
+-- Where the trail is: checks that it can answer for the table of a history_of at the moment:
+-- nothing before it was pruned, the table was not renamed since its changes began (the trail
+-- names a table as it was at each change: history under a former name is not found), and every
+-- commit up to the moment is stored. SECURITY DEFINER: it reads bemi.retention,
+-- bemi.progress and the trail for callers that may read none of them, and tells them only
+-- the horizon, how far the trail is stored, and whether there are changes under a former name.
+CREATE FUNCTION bemi.check_trail(history jsonb, at timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named text := pg_catalog.format('%I.%I', history ->> 'schema', history ->> 'table');
+  until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
+BEGIN
   IF at < bemi.retained_from() THEN
     RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
   END IF;
-  -- The trail names a table as it was at each change: history under a former name is not found.
-  SELECT n.nspname, c.relname INTO now_schema, now_table
-  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
-  IF (first_schema <> now_schema OR first_table <> now_table)
-     AND EXISTS (SELECT FROM bemi.changes AS x WHERE x.schema = first_schema AND x."table" = first_table) THEN
-    RAISE EXCEPTION 'bemi: % was renamed since tracking began: its changes before are under %.%', relation,
-        pg_catalog.quote_ident(first_schema), pg_catalog.quote_ident(first_table)
+  IF (history ->> 'first_schema', history ->> 'first_table') <> (history ->> 'schema', history ->> 'table')
+     AND EXISTS (SELECT FROM bemi.changes AS x WHERE x.schema = history ->> 'first_schema' AND x."table" = history ->> 'first_table'
+                 AND (NOT history ? 'database' OR x.database = history ->> 'database')) THEN
+    RAISE EXCEPTION 'bemi: % was renamed since tracking began: its changes before are under %.%', named,
+        pg_catalog.quote_ident(history ->> 'first_schema'), pg_catalog.quote_ident(history ->> 'first_table')
       USING ERRCODE = 'feature_not_supported', HINT = 'Time travel does not follow renames; query bemi.changes under both names.';
   END IF;
-  until := bemi.ingested_until();
   IF until IS NULL OR at > until THEN
     RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
   END IF;
+  RETURN true;
 END
 $$;
 
@@ -1428,12 +1456,6 @@ BEGIN
 END
 $$;
 
--- The same for changes given by id.
-CREATE FUNCTION bemi.check_images(ids bigint[]) RETURNS boolean
-LANGUAGE sql STABLE
-RETURN bemi.refuse_incomplete((SELECT pg_catalog.array_agg(c.id) FROM bemi.changes AS c
-                               WHERE c.id = ANY (ids) AND (c.problem IS NOT NULL OR c.partial)));
-
 -- An image without the values the trail does not know: "[masked]" by a column rule of
 -- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
 CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
@@ -1450,33 +1472,46 @@ RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r,
 -- The latest (latest = true: at or before at) or the first (after at) change of the row with a
 -- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
 -- branch reads one entry of its index; the other direction's branches are not run.
-CREATE FUNCTION bemi.row_event(schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
-RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb)
+-- database_name: only changes from this database (NULL: any).
+CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT e.id, e.operation, e.primary_key, e.before, e.after FROM (
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+     FROM bemi.changes AS c
      WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
      WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
      WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
      WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
      WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after FROM bemi.changes AS c
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
      WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
   ) AS e
   ORDER BY CASE WHEN latest THEN e.committed_at END DESC, CASE WHEN latest THEN e.id END DESC,
@@ -1484,52 +1519,62 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
+-- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
+-- of the row at or before the moment, else the first after it ("later": true), else {}.
 -- Generic plans: planning the six index lookups for every partition of the trail on each
 -- call would cost more than running them (partitions are pruned when the plan starts).
-CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-  schema_name text;
-  table_name text;
+  event jsonb;
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  SELECT pg_catalog.to_jsonb(e.*) INTO event
+  FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, true) AS e;
+  IF event IS NULL THEN
+    SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO event
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, false) AS e;
+  END IF;
+  RETURN coalesce(event, '{}');
+END
+$$;
+
+-- Where the table is: the row with a primary key at a moment, from what row_history found.
+CREATE FUNCTION bemi.row_from(relation regclass, primary_key text, at timestamptz, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
   keys text[] := bemi.key_columns(relation);
-  event record;
   result jsonb;
 BEGIN
   IF primary_key IS NULL THEN
     RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  PERFORM bemi.check_moment(relation, at);
-  IF keys IS NULL THEN
+  ELSIF keys IS NULL THEN
     RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
   END IF;
-  SELECT n.nspname, c.relname INTO schema_name, table_name
-  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
-
-  -- The row as the latest change at or before the moment left it.
-  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, primary_key, at, true);
-  IF event.id IS NOT NULL THEN
-    IF event.operation IN ('DELETE', 'TRUNCATE') OR event.primary_key IS DISTINCT FROM row_at.primary_key THEN
+  IF event ? 'id' AND NOT event ? 'later' THEN
+    -- The row as the latest change at or before the moment left it.
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
       RETURN NULL;
     END IF;
-    PERFORM bemi.check_images(ARRAY[event.id]);
-    RETURN event.after;
-  END IF;
-  -- Unchanged since tracking began, up to the moment: as the first change after it found it.
-  SELECT * INTO event FROM bemi.row_event(schema_name, table_name, primary_key, at, false);
-  IF event.operation = 'TRUNCATE' THEN
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'after';
+  ELSIF event ->> 'operation' = 'TRUNCATE' THEN
     RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
-      primary_key, relation, at, event.id
+      primary_key, relation, at, event ->> 'id'
       USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
-  ELSIF event.id IS NOT NULL THEN
-    IF event.operation = 'CREATE' OR bemi.image_key(event.before, keys) IS DISTINCT FROM row_at.primary_key THEN
+  ELSIF event ? 'id' THEN
+    -- Unchanged since tracking began, up to the moment: as the first change after it found it.
+    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
       RETURN NULL;
     END IF;
-    PERFORM bemi.check_images(ARRAY[event.id]);
-    RETURN event.before;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'before';
   END IF;
   -- Unchanged to this day.
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
@@ -1541,6 +1586,10 @@ BEGIN
   RETURN result;
 END
 $$;
+
+CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN bemi.row_from(relation, primary_key, at, bemi.row_history(bemi.history_of(relation, at), primary_key, at));
 
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
@@ -1559,28 +1608,55 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION bemi.table_at(relation anyelement, at timestamptz) RETURNS SETOF anyelement
+-- The table of a row type (the typed NULL table_at and table_from are given), or an error.
+CREATE FUNCTION bemi.table_of(row_type regtype) RETURNS regclass
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  table_oid regclass := (SELECT nullif(t.typrelid, 0) FROM pg_catalog.pg_type AS t WHERE t.oid = pg_catalog.pg_typeof(relation));
-  schema_name text;
-  table_name text;
-  keys text[];
-  truncated bigint[];
+  table_oid regclass := (SELECT nullif(t.typrelid, 0) FROM pg_catalog.pg_type AS t WHERE t.oid = row_type);
 BEGIN
   IF table_oid IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = table_oid) NOT IN ('r', 'p') THEN
-    RAISE EXCEPTION 'bemi: table_at needs the row type of a table, not %', pg_catalog.pg_typeof(relation)
+    RAISE EXCEPTION 'bemi: table_at needs the row type of a table, not %', row_type
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a typed NULL: SELECT * FROM bemi.table_at(NULL::todo, moment).';
   END IF;
-  PERFORM bemi.check_moment(table_oid, at);
+  RETURN table_oid;
+END
+$$;
+
+-- Where the trail is: the changes of a history_of's table after a moment, for table_from
+-- where the table is (bemi_pg copies them into a temporary table there).
+CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  RETURN QUERY SELECT c.* FROM bemi.changes AS c
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.committed_at > at
+      AND (NOT history ? 'database' OR c.database = history ->> 'database');
+END
+$$;
+
+-- Where the table is: the table as of a moment, from the table now and the changes after the
+-- moment, read from changes (bemi.changes, or a copy of table_history's rows).
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  schema_name text;
+  table_name text;
+  keys text[] := bemi.key_columns(table_oid);
+  truncated bigint[];
+BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
-  keys := bemi.key_columns(table_oid);
 
-  SELECT pg_catalog.array_agg(c.id ORDER BY c.id) INTO truncated FROM bemi.changes AS c
-  WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND c.committed_at > at;
+  EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
+    INTO truncated USING schema_name, table_name, at;
   IF truncated IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
       USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
@@ -1591,7 +1667,7 @@ BEGIN
     -- what they removed (compared as JSON of the typed row, generated columns left out).
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
-        SELECT c.before, c.after FROM bemi.changes AS c
+        SELECT c.before, c.after FROM %3$s AS c
         WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
       ), generated AS (
         SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
@@ -1609,7 +1685,7 @@ BEGIN
       )
       SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
         pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
-      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid)
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
       USING schema_name, table_name, at;
     RETURN;
   END IF;
@@ -1620,7 +1696,7 @@ BEGIN
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
-      FROM bemi.changes AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
     ), sides AS (
       SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
@@ -1643,8 +1719,19 @@ BEGIN
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s', k.ord), ', ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
-     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    changes)
     USING schema_name, table_name, at;
+END
+$$;
+
+CREATE FUNCTION bemi.table_at(relation anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), at), at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, at, 'bemi.changes');
 END
 $$;
 
@@ -1661,8 +1748,8 @@ RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
 COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
   'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
 
-REVOKE ALL ON FUNCTION bemi.check_moment(regclass, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.check_moment(regclass, timestamptz) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
@@ -1817,12 +1904,17 @@ $$;
 
 -- What a revert does, checked and the rows locked, without writing: the steps to write (in
 -- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
-CREATE FUNCTION bemi.revert_plan(change_ids bigint[], on_conflict text, OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
+-- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
+CREATE FUNCTION bemi.revert_plan(changes regclass, change_ids bigint[], on_conflict text,
+                                 OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  bad bigint[];
+  missing bigint[];
+  truncates bigint[];
+  incomplete bigint[];
+  by_change boolean;
   c record;
   relation regclass;
   schema_name text;
@@ -1871,38 +1963,41 @@ BEGIN
     RAISE EXCEPTION 'bemi: change_ids must not be NULL' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   ids := (SELECT coalesce(pg_catalog.array_agg(DISTINCT i ORDER BY i), '{}') FROM pg_catalog.unnest(change_ids) AS i WHERE i IS NOT NULL);
-  bad := (SELECT pg_catalog.array_agg(i ORDER BY i) FROM pg_catalog.unnest(ids) AS i
-          WHERE NOT EXISTS (SELECT FROM bemi.changes AS x WHERE x.id = i));
-  IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'bemi: no changes with ids % in the trail', bad USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  bad := (SELECT pg_catalog.array_agg(x.id ORDER BY x.id) FROM bemi.changes AS x WHERE x.id = ANY (ids) AND x.operation = 'TRUNCATE');
-  IF bad IS NOT NULL THEN
-    RAISE EXCEPTION 'bemi: changes % are TRUNCATEs, which cannot be reverted', bad
+  EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.id IS NULL),
+      pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.operation = 'TRUNCATE'),
+      pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.problem IS NOT NULL OR x.partial),
+      coalesce(pg_catalog.bool_or(x.previous_key IS NOT NULL OR x.primary_key IS NULL), false)
+    FROM pg_catalog.unnest($1) AS i LEFT JOIN %s AS x ON x.id = i$q$, changes)
+    INTO missing, truncates, incomplete, by_change USING ids;
+  IF missing IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with ids % in the trail', missing USING ERRCODE = 'invalid_parameter_value';
+  ELSIF truncates IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % are TRUNCATEs, which cannot be reverted', truncates
       USING ERRCODE = 'feature_not_supported',
             HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
   END IF;
-  PERFORM bemi.check_images(ids);
+  PERFORM bemi.refuse_incomplete(incomplete);
 
   -- Each row's changes, in commit order, chained through primary key changes: the row's net
   -- effect is its first before and its last after. A table without a key chains by value.
   -- Without key changes or tables without a key (the usual case) a row's changes are those
   -- under its key, grouped in one query; else they are followed change by change.
-  IF NOT EXISTS (SELECT FROM bemi.changes AS x WHERE x.id = ANY (ids) AND (x.previous_key IS NOT NULL OR x.primary_key IS NULL)) THEN
-    FOR c IN
+  IF NOT by_change THEN
+    FOR c IN EXECUTE pg_catalog.format($q$
       SELECT f.schema, f."table", f.primary_key, f.first_id, f.ids, f.first, l.id AS last_id,
         CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END AS last
       FROM (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id AS first_id,
               x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
               pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
                 ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-            FROM bemi.changes AS x WHERE x.id = ANY (ids)
+            FROM %1$s AS x WHERE x.id = ANY ($1)
             ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
       JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-            FROM bemi.changes AS x WHERE x.id = ANY (ids)
+            FROM %1$s AS x WHERE x.id = ANY ($1)
             ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
         ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
-      ORDER BY f.committed_at, f.first_id
+      ORDER BY f.committed_at, f.first_id$q$, changes) USING ids
     LOOP
       info := tables -> (c.schema || '.' || c."table");
       IF info IS NULL THEN
@@ -1920,8 +2015,8 @@ BEGIN
       chain_last_id[chains] := c.last_id;
     END LOOP;
   ELSE
-    FOR c IN SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after FROM bemi.changes AS x
-             WHERE x.id = ANY (ids) ORDER BY x.committed_at, x.id LOOP
+    FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
+                                       'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
         info := tables -> (c.schema || '.' || c."table");
         IF info IS NULL THEN
           info := bemi.revert_table(c.schema, c."table", c.id);
@@ -2073,8 +2168,9 @@ END
 $$;
 
 -- Writes as its caller, with the caller's search_path (so the caller's triggers and row
--- security run as they always do); everything it runs is schema-qualified.
-CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
+-- security run as they always do); everything it runs is schema-qualified. Where the tables
+-- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
+CREATE FUNCTION bemi.revert_from(changes regclass, change_ids bigint[], on_conflict text)
 RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
 LANGUAGE plpgsql
 AS $$
@@ -2089,7 +2185,7 @@ DECLARE
   error_message text;
   error_detail text;
 BEGIN
-  SELECT * INTO plan FROM bemi.revert_plan(change_ids, on_conflict);
+  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
   -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
   caller_context := bemi.revert_context_begin(plan.ids);
   -- In order (parents inserted before children, children deleted before parents); rows of one
@@ -2131,11 +2227,20 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action FROM bemi.revert_from('bemi.changes', revert.change_ids, revert.on_conflict) AS r;
+END;
+
 COMMENT ON FUNCTION bemi.revert(bigint[], text) IS
   'Undoes the net effect of changes on each row, in the caller''s transaction; on_conflict: error, skip or overwrite.';
 
--- The changes of one transaction (bemi.changes.transaction_id).
-CREATE FUNCTION bemi.transaction_changes(transaction_id bigint) RETURNS bigint[]
+-- Where the trail is, the changes to revert: those of one transaction (bemi.changes.transaction_id),
+-- or those whose context contains a context. database_name: only changes from this database
+-- (NULL: any), for a trail database that holds the trails of several.
+CREATE FUNCTION bemi.transaction_changes(transaction_id bigint, database_name text DEFAULT NULL) RETURNS bigint[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2144,7 +2249,8 @@ DECLARE
   commits integer;
 BEGIN
   SELECT pg_catalog.array_agg(x.id), pg_catalog.count(DISTINCT x.committed_at) INTO ids, commits
-  FROM bemi.changes AS x WHERE x.transaction_id = transaction_changes.transaction_id;
+  FROM bemi.changes AS x WHERE x.transaction_id = transaction_changes.transaction_id
+    AND (database_name IS NULL OR x.database = database_name);
   IF ids IS NULL THEN
     RAISE EXCEPTION 'bemi: no changes of transaction % in the trail', coalesce(transaction_id::text, 'NULL')
       USING ERRCODE = 'invalid_parameter_value';
@@ -2156,8 +2262,8 @@ BEGIN
 END
 $$;
 
--- The changes whose context contains a context, committed at or after since (NULL: ever).
-CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz) RETURNS bigint[]
+-- since: committed at or after (NULL: ever).
+CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL) RETURNS bigint[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2169,7 +2275,8 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
-  WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since);
+  WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since)
+    AND (database_name IS NULL OR x.database = database_name);
   IF ids IS NULL THEN
     RAISE EXCEPTION 'bemi: no changes with context % in the trail%', context_changes.context,
         CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END

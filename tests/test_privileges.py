@@ -162,9 +162,11 @@ def test_no_forged_context_on_another_sessions_changes(dsn: str, admin: psycopg.
 
 # SECURITY DEFINER functions meant for every role; any other must be revoked from PUBLIC.
 FOR_EVERYONE = {
-    # Time travel's check of a moment: tells any caller only when tracking began and how far
-    # the trail is ingested (bemi.tracking and bemi.progress stay unreadable).
-    "bemi.check_moment(regclass,timestamp with time zone)",
+    # Time travel's checks of a moment, where the table is and where the trail is: tell any
+    # caller only when tracking began, the horizon and how far the trail is ingested
+    # (bemi.tracking, bemi.retention and bemi.progress stay unreadable).
+    "bemi.history_of(regclass,timestamp with time zone)",
+    "bemi.check_trail(jsonb,timestamp with time zone)",
     # Revert's list of a table's ignored columns (bemi.track's ignore_columns), for any caller
     # that may revert; it tells only those column names.
     "bemi.ignored_columns(regclass)",

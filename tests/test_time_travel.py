@@ -265,7 +265,7 @@ def test_row_at_reads_one_index_entry(admin: psycopg.Connection[Any]) -> None:
         "now() - interval '1 day' + i * interval '1 ms', i, ('0/' || to_hex(i))::pg_lsn, 1 FROM generate_series(1, 20000) i")
     admin.execute("ANALYZE bemi.changes")
     plan = admin.execute(
-        "EXPLAIN (FORMAT JSON) SELECT * FROM bemi.row_event('public', 'todo', '1', now(), true)").fetchone()
+        "EXPLAIN (FORMAT JSON) SELECT * FROM bemi.row_event(NULL, 'public', 'todo', '1', now(), true)").fetchone()
     scans = list(plan_nodes(plan["QUERY PLAN"][0]["Plan"]))  # type: ignore[index]
     keyed = [n for n in scans if "primary_key =" in n.get("Index Cond", "")]
     assert keyed and all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in keyed)
