@@ -3,6 +3,8 @@ platform's admin role, for the install and upgrade tests (import the fixture fro
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,4 +58,19 @@ def old_install(new_database: NewDatabase) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bemi VERSION '1.0'")
         conn.execute("SELECT bemi.create_slot()")
+    return url
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """bemi-pg, run as a command."""
+    return subprocess.run([sys.executable, "-m", "bemi_pg.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def trail(new_database: NewDatabase) -> str:
+    """An empty database prepared to hold a trail (import new_database with it)."""
+    url = new_database()
+    done = cli("install", "--trail-only", "--dsn", url)
+    assert done.returncode == 0, done.stderr
+    assert "to hold a trail" in done.stdout
     return url

@@ -18,24 +18,10 @@ from psycopg.rows import dict_row
 
 import bemi_pg
 from conftest import conninfo
-from databases import NewDatabase, new_database  # noqa: F401 (a fixture)
+from databases import cli, new_database, trail  # noqa: F401 (fixtures)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stress"))
 import scenarios  # noqa: E402
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bemi_pg.cli", *args], capture_output=True, text=True)
-
-
-@pytest.fixture
-def trail(new_database: NewDatabase) -> str:
-    """An empty database prepared to hold a trail."""
-    url = new_database()
-    done = cli("install", "--trail-only", "--dsn", url)
-    assert done.returncode == 0, done.stderr
-    assert "to hold a trail" in done.stdout
-    return url
 
 
 def trail_rows(url: str) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ def connect(args: argparse.Namespace, trail: bool = False) -> psycopg.Connection
     trail: --trail-dsn when the trail is kept in a database of its own."""
     dsn = (trail and getattr(args, "trail_dsn", None)) or args.dsn or os.environ.get("DATABASE_URL", "")
     return psycopg.connect(dsn, autocommit=True, row_factory=dict_row, application_name="bemi-pg")
+
+
+def connect_trail(args: argparse.Namespace) -> AbstractContextManager[psycopg.Connection[dict[str, Any]] | None]:
+    """The database of --trail-dsn, for time travel and revert; None where the trail is in the source."""
+    return connect(args, trail=True) if args.trail_dsn else nullcontext()
 
 
 def say(args: argparse.Namespace, message: str) -> None:
@@ -238,12 +244,10 @@ def time_bound(value: str) -> tuple[str, str]:
 
 
 def changes(args: argparse.Namespace) -> int:
-    if args.at and args.trail_dsn:
-        raise Failure("--at reads the trail in the source database; with --trail-dsn, use --since/--until")
     if args.at:  # time travel: the row or the table as of then
-        with connect(args) as conn:
+        with connect(args) as conn, connect_trail(args) as trail:
             try:
-                found = cli_history.changes_at(args, conn, time_bound)
+                found = cli_history.changes_at(args, conn, time_bound, trail)
             except cli_history.UsageError as error:
                 raise Failure(str(error)) from error
         if found is None:
@@ -291,9 +295,9 @@ def changes(args: argparse.Namespace) -> int:
 
 
 def revert(args: argparse.Namespace) -> int:
-    with connect(args) as conn:
+    with connect(args) as conn, connect_trail(args) as trail:
         try:
-            done = cli_history.revert(args, conn, time_bound)
+            done = cli_history.revert(args, conn, time_bound, trail)
         except cli_history.UsageError as error:
             raise Failure(str(error)) from error
     print_trail(done, as_json=args.json, columns=cli_history.REVERT_COLUMNS)

@@ -48,22 +48,27 @@ def add_revert_command(sub: Any) -> argparse.ArgumentParser:
                    help="a row changed since: fail and change nothing (default), leave it alone, or revert it anyway")
     r.add_argument("--dry-run", action="store_true", help="show what would be done, then roll back")
     r.add_argument("--json", action="store_true", help="one JSON object per row")
+    r.add_argument("--trail-dsn", help="read the changes from this database (where bemi-pg worker --trail-dsn keeps the trail)")
     return r
 
 
-def changes_at(args: argparse.Namespace, conn: psycopg.Connection[Any], time_bound: TimeBound) -> list[dict[str, Any]] | None:
-    """``changes --at``: the row with --key (None when it did not exist then), else the table."""
+def changes_at(args: argparse.Namespace, conn: psycopg.Connection[Any], time_bound: TimeBound,
+               trail: psycopg.Connection[Any] | None) -> list[dict[str, Any]] | None:
+    """``changes --at``: the row with --key (None when it did not exist then), else the table;
+    trail: the trail database's connection (--trail-dsn), None where the trail is in conn's."""
     if not args.table:
         raise UsageError("--at needs --table")
     at = moment(conn, args.at, time_bound)
     if args.key is not None:
-        row = row_at(conn, args.table, args.key, at)
+        row = row_at(conn, args.table, args.key, at, trail=trail)
         return None if row is None else [row]
-    return table_at(conn, args.table, at)
+    return table_at(conn, args.table, at, trail=trail)
 
 
-def revert(args: argparse.Namespace, conn: psycopg.Connection[Any], time_bound: TimeBound) -> list[dict[str, Any]]:
-    """Runs the revert in one transaction, committed unless --dry-run; returns its rows."""
+def revert(args: argparse.Namespace, conn: psycopg.Connection[Any], time_bound: TimeBound,
+           trail: psycopg.Connection[Any] | None) -> list[dict[str, Any]]:
+    """Runs the revert in one transaction, committed unless --dry-run; returns its rows
+    (trail: as for changes_at)."""
     context = None
     if args.context is not None:
         try:
@@ -77,5 +82,5 @@ def revert(args: argparse.Namespace, conn: psycopg.Connection[Any], time_bound: 
     since = moment(conn, args.since, time_bound) if args.since else None
     with conn.transaction(force_rollback=args.dry_run):
         done = revert_changes(conn, change_ids=args.change, transaction_id=args.transaction, context=context,
-                              since=since, on_conflict=args.on_conflict)
+                              since=since, on_conflict=args.on_conflict, trail=trail)
     return [{c: getattr(r, c) for c in REVERT_COLUMNS} for r in done]

@@ -7,7 +7,9 @@
 Thin wrappers over ``bemi.revert``, ``bemi.revert_transaction`` and ``bemi.revert_context``
 (docs/time-travel.md). The writes run as the connection's role, carry the current context plus
 ``{"bemi_revert": {"change_ids": [...]}}``, and commit or roll back with the caller's
-transaction (on an autocommit connection the revert is its own transaction).
+transaction (on an autocommit connection the revert is its own transaction). With ``trail=``,
+a connection to the database that holds the trail (bemi-pg worker --trail-dsn), the changes
+are read there, only those of ``conn``'s database (bemi_pg.trail).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
+
+from bemi_pg.trail import revert_steps, run, run_async
 
 OnConflict = Literal["error", "skip", "overwrite"]
 
@@ -37,17 +41,23 @@ class Reverted:
     action: str
 
 
-def revert_query(
-    change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
-    since: datetime | str | None, on_conflict: OnConflict,
-) -> tuple[sql.SQL | sql.Composed, list[Any]]:
-    """The revert call for exactly one of change_ids, transaction_id or context."""
+def check_choice(change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
+                 since: datetime | str | None) -> None:
+    """Exactly one of change_ids, transaction_id or context; since only with context."""
     chosen = [name for name, value in (("change_ids", change_ids), ("transaction_id", transaction_id),
                                        ("context", context)) if value is not None]
     if len(chosen) != 1:
         raise TypeError(f"bemi: revert needs exactly one of change_ids, transaction_id or context, not {chosen or 'none'}")
     if since is not None and context is None:
         raise TypeError("bemi: since goes with context")
+
+
+def revert_query(
+    change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
+    since: datetime | str | None, on_conflict: OnConflict,
+) -> tuple[sql.SQL | sql.Composed, list[Any]]:
+    """The revert call for exactly one of change_ids, transaction_id or context."""
+    check_choice(change_ids, transaction_id, context, since)
     if change_ids is not None:
         return sql.SQL("SELECT * FROM bemi.revert(%s::bigint[], %s)"), [list(change_ids), on_conflict]
     if transaction_id is not None:
@@ -55,15 +65,27 @@ def revert_query(
     return sql.SQL("SELECT * FROM bemi.revert_context(%s, %s::timestamptz, %s)"), [Jsonb(dict(context or {})), since, on_conflict]
 
 
+def trail_steps(
+    change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
+    since: datetime | str | None, on_conflict: OnConflict,
+) -> Any:
+    check_choice(change_ids, transaction_id, context, since)
+    return revert_steps(None if change_ids is None else list(change_ids), transaction_id,
+                        None if context is None else dict(context), since, on_conflict, class_row(Reverted))
+
+
 def revert(
     conn: psycopg.Connection[Any], *, change_ids: Iterable[int] | None = None, transaction_id: int | None = None,
     context: Mapping[str, Any] | None = None, since: datetime | str | None = None, on_conflict: OnConflict = "error",
+    trail: psycopg.Connection[Any] | None = None,
 ) -> list[Reverted]:
     """Undoes the net effect of the chosen changes on each row; returns what it did per row.
 
     A row changed since raises ``psycopg.errors.ObjectNotInPrerequisiteState`` naming it
     (``on_conflict="error"``), or is left alone (``"skip"``) or reverted anyway (``"overwrite"``).
     """
+    if trail is not None:
+        return run(trail_steps(change_ids, transaction_id, context, since, on_conflict), conn, trail)
     query, params = revert_query(change_ids, transaction_id, context, since, on_conflict)
     with conn.cursor(row_factory=class_row(Reverted)) as cur:
         return cur.execute(query, params).fetchall()
@@ -72,8 +94,11 @@ def revert(
 async def revert_async(
     conn: psycopg.AsyncConnection[Any], *, change_ids: Iterable[int] | None = None, transaction_id: int | None = None,
     context: Mapping[str, Any] | None = None, since: datetime | str | None = None, on_conflict: OnConflict = "error",
+    trail: psycopg.AsyncConnection[Any] | None = None,
 ) -> list[Reverted]:
     """``revert`` for an ``AsyncConnection``."""
+    if trail is not None:
+        return await run_async(trail_steps(change_ids, transaction_id, context, since, on_conflict), conn, trail)
     query, params = revert_query(change_ids, transaction_id, context, since, on_conflict)
     async with conn.cursor(row_factory=class_row(Reverted)) as cur:
         return await (await cur.execute(query, params)).fetchall()

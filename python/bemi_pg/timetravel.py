@@ -5,6 +5,8 @@
 
 Thin wrappers over ``bemi.row_at`` and ``bemi.table_at`` (docs/time-travel.md): a moment
 before tracking began, or past what has been ingested, raises ``psycopg.errors.InvalidParameterValue``.
+With ``trail=``, a connection to the database that holds the trail (bemi-pg worker
+--trail-dsn), the trail is read there and the table in ``conn`` (bemi_pg.trail).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
+
+from bemi_pg.trail import row_steps, run, run_async, table_steps
 
 Table = str | tuple[str, str]
 """A table: a name as SQL reads it ("todo", "public.todo", '"User"'), or (schema, table)."""
@@ -45,6 +49,11 @@ def row_query(table: Table, primary_key: Key, at: Moment) -> tuple[sql.SQL | sql
     return sql.SQL("SELECT bemi.row_at({}, {}, %s::timestamptz)").format(relation(table), key), [value, at]
 
 
+def row_trail_steps(table: Table, primary_key: Key, at: Moment) -> Any:
+    key, value = key_sql(primary_key)
+    return row_steps(relation(table), key, value, at)
+
+
 def table_query(row_type: str, at: Moment) -> tuple[sql.SQL | sql.Composed, list[Any]]:
     return sql.SQL("SELECT * FROM bemi.table_at(NULL::{}, %s::timestamptz)").format(sql.SQL(row_type)), [at]
 
@@ -52,33 +61,45 @@ def table_query(row_type: str, at: Moment) -> tuple[sql.SQL | sql.Composed, list
 ROW_TYPE = "SELECT {}::text AS name"
 
 
-def row_at(conn: psycopg.Connection[Any], table: Table, primary_key: Key, at: Moment) -> dict[str, Any] | None:
+def row_at(conn: psycopg.Connection[Any], table: Table, primary_key: Key, at: Moment, *,
+           trail: psycopg.Connection[Any] | None = None) -> dict[str, Any] | None:
     """The row as it was after every transaction committed at or before ``at`` (JSON values,
     like ``bemi.changes.after``), or None when it did not exist then."""
+    if trail is not None:
+        return run(row_trail_steps(table, primary_key, at), conn, trail)  # type: ignore[no-any-return]
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(*row_query(table, primary_key, at)).fetchone()
     return row[0] if row else None
 
 
 async def row_at_async(
-    conn: psycopg.AsyncConnection[Any], table: Table, primary_key: Key, at: Moment
+    conn: psycopg.AsyncConnection[Any], table: Table, primary_key: Key, at: Moment, *,
+    trail: psycopg.AsyncConnection[Any] | None = None,
 ) -> dict[str, Any] | None:
     """``row_at`` for an ``AsyncConnection``."""
+    if trail is not None:
+        return await run_async(row_trail_steps(table, primary_key, at), conn, trail)  # type: ignore[no-any-return]
     async with conn.cursor(row_factory=tuple_row) as cur:
         row = await (await cur.execute(*row_query(table, primary_key, at))).fetchone()
     return row[0] if row else None
 
 
-def table_at(conn: psycopg.Connection[Any], table: Table, at: Moment) -> list[dict[str, Any]]:
+def table_at(conn: psycopg.Connection[Any], table: Table, at: Moment, *,
+             trail: psycopg.Connection[Any] | None = None) -> list[dict[str, Any]]:
     """Every row of the table as of ``at``, as dicts of typed values."""
+    if trail is not None:
+        return run(table_steps(relation(table), at, dict_row), conn, trail)
     with conn.cursor(row_factory=dict_row) as cur:
         name = cur.execute(sql.SQL(ROW_TYPE).format(relation(table))).fetchone()
         assert name is not None
         return cur.execute(*table_query(name["name"], at)).fetchall()
 
 
-async def table_at_async(conn: psycopg.AsyncConnection[Any], table: Table, at: Moment) -> list[dict[str, Any]]:
+async def table_at_async(conn: psycopg.AsyncConnection[Any], table: Table, at: Moment, *,
+                         trail: psycopg.AsyncConnection[Any] | None = None) -> list[dict[str, Any]]:
     """``table_at`` for an ``AsyncConnection``."""
+    if trail is not None:
+        return await run_async(table_steps(relation(table), at, dict_row), conn, trail)
     async with conn.cursor(row_factory=dict_row) as cur:
         name = await (await cur.execute(sql.SQL(ROW_TYPE).format(relation(table)))).fetchone()
         assert name is not None

@@ -14,6 +14,7 @@ the slot still held by a worker just killed). Totals survive reconnects.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bemi_pg import pgoutput
-from bemi_pg.store import Source, Stager, Stored, Writer, describe
+from bemi_pg.store import WAL_MARK, Source, Stager, Stored, Writer, describe
 from bemi_pg.stream import Keepalive, ReplicationStream, XLogData, format_lsn, now_us, parse_lsn
 
 
@@ -48,6 +49,7 @@ class Totals:
     changes: int = 0
     started: float = field(default_factory=time.monotonic)
     drain_target: int | None = None  # the server's WAL position when --drain started
+    drain_at: datetime.datetime | None = None  # and its time: every commit before it is stored when drained
 
 
 Say = Callable[[str], None]
@@ -199,9 +201,9 @@ class Session:
 
     def drain_target(self, conn: psycopg.Connection[Any]) -> int | None:
         if self.options.drain and self.totals.drain_target is None:
-            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            row = conn.execute(WAL_MARK).fetchone()
             assert row is not None
-            self.totals.drain_target = parse_lsn(row[0])
+            self.totals.drain_at, self.totals.drain_target = row[0], parse_lsn(row[1])
         return self.totals.drain_target
 
     def report(self, pending_bytes: int | None, newest_commit_age: float | None, force: bool = False) -> None:
@@ -273,6 +275,8 @@ class StreamSession(Session):
             start, part_of, part_stored = (parse_lsn(row[0]), row[1] and parse_lsn(row[1]), row[2]) if row else (0, None, 0)
             source = Source(origin, self.plan.slot, self.plan.database) if options.trail_dsn else None
             writer = Writer([conn, second], start, source)
+            if target is not None:  # drained, the trail is complete up to the drain's start
+                writer.mark = (self.totals.drain_at, target)  # type: ignore[assignment]
             stager = Stager(start, part_of, part_stored,
                             None if source is None else lambda relation, position: describe(origin, relation, position))
             with ReplicationStream(options.dsn, self.plan.slot, start) as stream:
@@ -294,7 +298,7 @@ class StreamSession(Session):
         parse, add, limit = pgoutput.parse, stager.add, self.options.batch
         interval = 0.0 if target is not None else self.options.interval
         now = time.monotonic()
-        ping_due, pinged_at, feedback_at, count = now + interval, None, now, 0
+        ping_due, pinged_at, feedback_at, count, marked = now + interval, None, now, 0, False
         while not self.stop.is_set():
             message = stream.read(self.READ_TIMEOUT)
             if type(message) is XLogData:  # the hot path
@@ -330,7 +334,10 @@ class StreamSession(Session):
                 stream.confirm(writer.stored)
                 feedback_at = now
             if target is not None and writer.stored >= target and writer.idle:
-                return True
+                if marked or stager.in_transaction or stager.batch.rows:
+                    return True
+                self.hand(stream, writer, stager, idle=True)  # records caught_up_at: the drain's start
+                marked = True
         return False
 
     def hand(self, stream: ReplicationStream, writer: Writer, stager: Stager, idle: bool = False) -> None:

@@ -1,0 +1,161 @@
+"""Time travel and revert where the trail is kept in a database of its own (bemi-pg worker
+--trail-dsn, docs/trail-database.md): the parts of bemi.row_at, table_at and revert that read
+the trail run on the trail's connection, the parts that read and write the tables on the
+source's, and their answers pass between them.
+
+    bemi_pg.row_at(conn, "todo", 26, at, trail=trail_conn)
+    bemi_pg.table_at(conn, "todo", at, trail=trail_conn)
+    bemi_pg.revert(conn, transaction_id=1234, trail=trail_conn)
+
+Each is written once, as steps: a generator of queries, each for one of the two connections,
+that is sent back each query's rows. ``run`` and ``run_async`` carry the steps out on
+``Connection`` or ``AsyncConnection`` pairs. The trail's rows that table_from and revert_from
+read are copied (binary COPY, streamed) into a temporary table of the source's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import RowFactory, tuple_row
+from psycopg.types.json import Jsonb
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query for the source's connection (on_trail: the trail's); its rows are sent back."""
+
+    query: sql.Composable
+    params: list[Any]
+    on_trail: bool = False
+    rows: RowFactory[Any] = tuple_row
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Copies the trail's rows a query selects (the columns of ROWS) into the source's ROWS table."""
+
+    query: sql.Composable
+    params: list[Any]
+
+
+Steps = Generator[Query | Copy, Any, T]
+
+# The columns of bemi.changes that table_from and revert_from read, and their types.
+COLUMNS = {"id": "bigint", "committed_at": "timestamptz", "schema": "text", "table": "text", "operation": "text",
+           "primary_key": "text", "previous_key": "text", "before": "jsonb", "after": "jsonb", "problem": "text",
+           "partial": "boolean"}
+ROWS = "pg_temp.bemi_trail_rows"
+COLUMN_LIST = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+CREATE_ROWS = sql.SQL("CREATE TEMPORARY TABLE bemi_trail_rows ({}) ON COMMIT DROP").format(
+    sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind in COLUMNS.items()))
+DROP_ROWS = sql.SQL("DROP TABLE " + ROWS)
+COPY_OUT = "COPY ({}) TO STDOUT (FORMAT binary)"
+COPY_IN = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(sql.SQL(ROWS), COLUMN_LIST)
+
+# Where the table is: what the trail needs to know of it (bemi.history_of, plus the source
+# database's name: a trail database may hold the trails of several), the moment as the source
+# reads it (so that "now" is one time), and the table's row type.
+HISTORY = """SELECT bemi.history_of(r.relation, m.at) || jsonb_build_object('database', current_database()),
+  m.at, r.relation::text FROM (SELECT {} AS relation) AS r, (SELECT %s::timestamptz AS at) AS m"""
+
+
+def history(relation: sql.Composable, at: datetime | str) -> Steps[tuple[Any, datetime, str]]:
+    """The table's history_of (with the source database), the moment, and the row type's name."""
+    (found, moment, row_type), = yield Query(sql.SQL(HISTORY).format(relation), [at])
+    return Jsonb(found), moment, row_type
+
+
+def row_steps(relation: sql.Composable, key: sql.Composable, value: Any, at: datetime | str) -> Steps[Any]:
+    """bemi.row_at: row_history on the trail, row_from on the source."""
+    found, moment, _ = yield from history(relation, at)
+    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s, {}, %s)").format(key), [found, value, moment],
+                            on_trail=True)
+    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, {}, %s, %s)").format(relation, key), [value, moment, Jsonb(event)])
+    return row
+
+
+def table_steps(relation: sql.Composable, at: datetime | str, rows: RowFactory[Any]) -> Steps[list[Any]]:
+    """bemi.table_at: table_history's rows copied from the trail, table_from on the source."""
+    found, moment, row_type = yield from history(relation, at)
+    yield Query(CREATE_ROWS, [])
+    yield Copy(sql.SQL("SELECT {} FROM bemi.table_history(%s, %s)").format(COLUMN_LIST), [found, moment])
+    table: list[Any] = yield Query(sql.SQL("SELECT * FROM bemi.table_from(NULL::{}, %s, {})").format(
+        sql.SQL(row_type), sql.Literal(ROWS)), [moment], rows=rows)
+    yield Query(DROP_ROWS, [])
+    return table
+
+
+def revert_steps(change_ids: list[int] | None, transaction_id: int | None, context: dict[str, Any] | None,
+                 since: datetime | str | None, on_conflict: str, rows: RowFactory[Any]) -> Steps[list[Any]]:
+    """bemi.revert (and revert_transaction, revert_context): the changes chosen on the trail (of
+    the source database only), copied to the source, reverted there by revert_from."""
+    (database, since), = yield Query(sql.SQL("SELECT current_database(), %s::timestamptz"), [since])
+    if change_ids is None:
+        chosen = (Query(sql.SQL("SELECT bemi.transaction_changes(%s, %s)"), [transaction_id, database], on_trail=True)
+                  if transaction_id is not None else
+                  Query(sql.SQL("SELECT bemi.context_changes(%s, %s, %s)"), [Jsonb(context), since, database], on_trail=True))
+        (change_ids,), = yield chosen
+    yield Query(CREATE_ROWS, [])
+    yield Copy(sql.SQL("SELECT {} FROM bemi.changes WHERE id = ANY (%s::bigint[]) AND database = %s").format(COLUMN_LIST),
+               [change_ids, database])
+    done: list[Any] = yield Query(sql.SQL("SELECT * FROM bemi.revert_from({}, %s::bigint[], %s)").format(sql.Literal(ROWS)),
+                                  [change_ids, on_conflict], rows=rows)
+    yield Query(DROP_ROWS, [])
+    return done
+
+
+def run(steps: Steps[T], source: psycopg.Connection[Any], trail: psycopg.Connection[Any]) -> T:
+    """Carries out steps on a source and a trail connection. On an autocommit source they are
+    one transaction; else they are part of the source's transaction, as the one-database
+    functions are."""
+    with ExitStack() as scope:
+        if source.autocommit:
+            scope.enter_context(source.transaction())
+        answer = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Copy):
+                with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
+                        source.cursor().copy(COPY_IN) as into:
+                    for data in out:
+                        into.write(data)
+                answer = None
+            else:
+                with (trail if step.on_trail else source).cursor(row_factory=step.rows) as cur:
+                    cur.execute(step.query, step.params)
+                    answer = cur.fetchall() if cur.description else None
+
+
+async def run_async(steps: Steps[T], source: psycopg.AsyncConnection[Any], trail: psycopg.AsyncConnection[Any]) -> T:
+    """``run`` for ``AsyncConnection``s."""
+    async with AsyncExitStack() as scope:
+        if source.autocommit:
+            await scope.enter_async_context(source.transaction())
+        answer = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if isinstance(step, Copy):
+                async with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
+                        source.cursor().copy(COPY_IN) as into:
+                    async for data in out:
+                        await into.write(data)
+                answer = None
+            else:
+                async with (trail if step.on_trail else source).cursor(row_factory=step.rows) as cur:
+                    await cur.execute(step.query, step.params)
+                    answer = await cur.fetchall() if cur.description else None
