@@ -1,6 +1,7 @@
 """Time travel: bemi.row_at on a row with a long history, and bemi.table_at of a table of which
 a tenth changed since the moment asked for, each next to a plain SELECT of the same rows; and
-bemi.revert of that tenth (rolled back).
+bemi.revert of that tenth (rolled back). Then the same through bemi_pg's helpers, with the
+trail in this database and with the trail copied into a database of its own (trail=).
 
 The trail is generated straight into bemi.changes (INSERT ... SELECT), not ingested: one row
 ("history", id 1) with HISTORY[mode] UPDATEs a second apart, and TABLE_ROWS[mode] rows of
@@ -21,12 +22,14 @@ from typing import Any
 
 import psycopg
 
+import bemi_pg
 from bench import server
 from bench.report import Cell, Results
 
 HISTORY = {"latest": 1_000_000, "quick": 100_000}  # by bench mode (run.py's Sizes.name)
 TABLE_ROWS = {"latest": 100_000, "quick": 10_000}
 DATABASE = "timetravel"
+TRAIL_DATABASE = "timetravel_trail"  # the same trail, in a database of its own
 START = "2026-01-01 00:00+00"  # the first generated change; tracking "began" a day before
 ROUNDS = 200  # row_at calls timed (the median is reported)
 TABLE_ROUNDS = 5
@@ -65,31 +68,47 @@ def timetravel(dsn: str, results: Results, mode: str, log: Callable[[str], None]
     """Times row_at and table_at next to plain SELECTs; adds two rows and a target to results."""
     with server.connect(dsn) as admin:
         admin.execute(f"CREATE DATABASE {DATABASE}")
+        admin.execute(f"CREATE DATABASE {TRAIL_DATABASE}")
     try:
-        measured = measure(psycopg.conninfo.make_conninfo(dsn, dbname=DATABASE), HISTORY[mode], TABLE_ROWS[mode], log)
+        measured = measure(psycopg.conninfo.make_conninfo(dsn, dbname=DATABASE),
+                           psycopg.conninfo.make_conninfo(dsn, dbname=TRAIL_DATABASE), HISTORY[mode], TABLE_ROWS[mode], log)
     finally:
         with server.connect(dsn) as admin:
             admin.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")
+            admin.execute(f"DROP DATABASE {TRAIL_DATABASE} WITH (FORCE)")
     row = results.row("row_at", f"Time travel: row_at, a row with {measured['history']:,} changes", "ms",
                       better="lower", ratio_to="plain SELECT")
     row.cells["bemi.row_at"] = Cell(measured["row_at"], {"plain SELECT": measured["row_at"] / measured["row_select"]})
     row.cells["plain SELECT"] = Cell(measured["row_select"])
+    helpers(row, measured, "row_at")
     row = results.row("table_at", f"Time travel: table_at, {measured['rows']:,} rows, a tenth changed since", "ms",
                       better="lower", ratio_to="plain SELECT")
     row.cells["bemi.table_at"] = Cell(measured["table_at"], {"plain SELECT": measured["table_at"] / measured["table_select"]})
     row.cells["plain SELECT"] = Cell(measured["table_select"])
+    helpers(row, measured, "table_at")
     row = results.row("revert", f"Revert: {measured['rows'] // 10:,} rows updated since, one bemi.revert", "ms", better="lower")
     row.cells["bemi.revert"] = Cell(measured["revert"])
+    helpers(row, measured, "revert")
     results.target("Time travel row_at", "< 5 ms, on the (schema, table, primary_key) index",
                    f"{measured['row_at']:.2f} ms, index {'used' if measured['row_at_index'] else 'NOT used'}",
                    measured["row_at"] < 5 and measured["row_at_index"])
     log(f"  row_at {measured['row_at']:.3f} ms (plain SELECT {measured['row_select']:.3f} ms); "
         f"table_at {measured['table_at']:.1f} ms (plain SELECT {measured['table_select']:.1f} ms); "
         f"revert of {measured['rows'] // 10:,} rows {measured['revert']:.0f} ms")
+    log("  bemi_pg, trail here / trail database: " + "; ".join(
+        f"{name} {measured['here'][name]:.1f} / {measured['trail'][name]:.1f} ms" for name in ("row_at", "table_at", "revert")))
     return measured
 
 
-def measure(dsn: str, history: int, rows: int, log: Callable[[str], None]) -> dict[str, Any]:
+def helpers(row: Any, measured: dict[str, Any], name: str) -> None:
+    """The bemi_pg helper's cells of a row: the trail here, and in a database of its own (its
+    ratio is to the trail here)."""
+    here, there = measured["here"][name], measured["trail"][name]
+    row.cells[f"bemi_pg.{name}"] = Cell(here)
+    row.cells[f"bemi_pg.{name}, trail database"] = Cell(there, {f"bemi_pg.{name}": there / here})
+
+
+def measure(dsn: str, trail_dsn: str, history: int, rows: int, log: Callable[[str], None]) -> dict[str, Any]:
     with server.connect(dsn) as conn:
         conn.execute("CREATE EXTENSION bemi")
         conn.execute("SELECT bemi.create_slot()")
@@ -106,15 +125,15 @@ def measure(dsn: str, history: int, rows: int, log: Callable[[str], None]) -> di
         conn.execute("SELECT bemi.ingest()")  # nothing to store: the trail is current up to now
         conn.execute("VACUUM ANALYZE")
 
-        row_at = median_ms(conn, "SELECT bemi.row_at('history', '1', %s)", [at], ROUNDS)
-        row_select = median_ms(conn, "SELECT to_jsonb(h) FROM history h WHERE id = 1", None, ROUNDS)
+        row_at = median_ms(query(conn, "SELECT bemi.row_at('history', '1', %s)", [at]), ROUNDS)
+        row_select = median_ms(query(conn, "SELECT to_jsonb(h) FROM history h WHERE id = 1", None), ROUNDS)
         plan = conn.execute("EXPLAIN (FORMAT JSON) SELECT * FROM bemi.row_event(NULL, 'public', 'history', '1', %s, true)",
                             [at]).fetchone()[0]  # type: ignore[index]
         expected = conn.execute("SELECT bemi.row_at('history', '1', %s) ->> 'n'", [at]).fetchone()[0]  # type: ignore[index]
         if int(expected) != history // 2:
             raise AssertionError(f"row_at gave n = {expected}, expected {history // 2}")
-        table_at = median_ms(conn, "SELECT count(*) FROM bemi.table_at(NULL::todo, %s) WHERE NOT done", [at], TABLE_ROUNDS)
-        table_select = median_ms(conn, "SELECT count(*) FROM todo WHERE NOT done", None, TABLE_ROUNDS)
+        table_at = median_ms(query(conn, "SELECT count(*) FROM bemi.table_at(NULL::todo, %s) WHERE NOT done", [at]), TABLE_ROUNDS)
+        table_select = median_ms(query(conn, "SELECT count(*) FROM todo WHERE NOT done", None), TABLE_ROUNDS)
         done_then = conn.execute("SELECT count(*) FILTER (WHERE done) FROM bemi.table_at(NULL::todo, %s)", [at]).fetchone()[0]  # type: ignore[index]
         if done_then != 0:
             raise AssertionError(f"table_at found {done_then} rows done at the moment, expected none")
@@ -126,18 +145,56 @@ def measure(dsn: str, history: int, rows: int, log: Callable[[str], None]) -> di
             revert_ms = (time.perf_counter() - started) * 1000
         if reverted != rows // 10:
             raise AssertionError(f"revert dealt with {reverted} rows, expected {rows // 10}")
+        with server.connect(trail_dsn) as trail:
+            copy_trail(conn, trail)
+            here, there = (through_helpers(conn, at, other) for other in (None, trail))
+    if here["answers"] != there["answers"]:
+        raise AssertionError(f"the trail database answered {there['answers']}, the trail here {here['answers']}")
     return {"history": history, "rows": rows, "row_at": row_at, "row_select": row_select,
             "row_at_index": "Index" in str(plan) and "Seq Scan" not in str(plan),
-            "table_at": table_at, "table_select": table_select, "revert": revert_ms}
+            "table_at": table_at, "table_select": table_select, "revert": revert_ms, "here": here, "trail": there}
 
 
-def median_ms(conn: psycopg.Connection[Any], query: str, params: Any, rounds: int) -> float:
-    """The median time of a query in milliseconds, after one warm-up run."""
-    conn.execute(query, params).fetchall()
+def copy_trail(conn: psycopg.Connection[Any], trail: psycopg.Connection[Any]) -> None:
+    """The trail and its progress, copied into the trail database (as docs/trail-database.md moves one)."""
+    trail.execute("CREATE EXTENSION bemi")
+    trail.execute("SELECT bemi.create_partitions(%s, now())", [START])
+    for table in ("bemi.changes", "bemi.progress"):
+        with conn.cursor().copy(f"COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)") as out, \
+                trail.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as into:
+            for data in out:
+                into.write(data)
+    trail.execute("VACUUM ANALYZE bemi.changes")
+
+
+def through_helpers(conn: psycopg.Connection[Any], at: Any, trail: psycopg.Connection[Any] | None) -> dict[str, Any]:
+    """row_at, table_at and revert (rolled back) through bemi_pg's helpers: times in ms, and
+    what they answered."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM bemi.changes WHERE \"table\" = 'todo'")]
+
+    def revert() -> Any:
+        with conn.transaction(force_rollback=True):
+            return len(bemi_pg.revert(conn, change_ids=ids, trail=trail))
+
+    calls = {"row_at": lambda: bemi_pg.row_at(conn, "history", 1, at, trail=trail)["n"],
+             "table_at": lambda: sum(not r["done"] for r in bemi_pg.table_at(conn, "todo", at, trail=trail)),
+             "revert": revert}
+    rounds = {"row_at": ROUNDS, "table_at": TABLE_ROUNDS, "revert": 1}
+    return {**{name: median_ms(call, rounds[name]) for name, call in calls.items()},
+            "answers": {name: call() for name, call in calls.items()}}
+
+
+def query(conn: psycopg.Connection[Any], sql: str, params: Any) -> Callable[[], Any]:
+    return lambda: conn.execute(sql, params).fetchall()
+
+
+def median_ms(call: Callable[[], Any], rounds: int) -> float:
+    """The median time of a call in milliseconds, after one warm-up run."""
+    call()
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
-        conn.execute(query, params).fetchall()
+        call()
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 

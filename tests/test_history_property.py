@@ -8,6 +8,9 @@ the server's clock and a snapshot of the table. Then, once ingested:
 - ``bemi.table_at`` at every recorded moment equals the snapshot taken then;
 - reverting every transaction after one of the moments, newest first, restores that
   moment's snapshot exactly.
+
+The same trail, copied into a trail database of its own, must give bemi_pg's helpers with
+``trail=`` the same tables; half of the reverts are made through it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,34 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+import bemi_pg
 from conftest import ingest
+from databases import new_database, trail  # noqa: F401 (fixtures)
 from history import moment
 from test_replay import ENUM_LABELS, differences, run_statement, tables, workloads
 
 
-def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Connection[Any]) -> None:
+def copy_trail(admin: psycopg.Connection[Any], trail: psycopg.Connection[Any], table_name: str) -> None:
+    """Copies a table's changes, and how far the trail is stored, into the trail database."""
+    span = admin.execute('SELECT min(committed_at) AS first, max(committed_at) AS last FROM bemi.changes '
+                         'WHERE "table" = %s', [table_name]).fetchone()
+    assert span is not None
+    trail.execute("SELECT bemi.create_partitions(%s, %s)", [span["first"], span["last"]])  # type: ignore[call-overload]
+    trail.execute("DELETE FROM bemi.progress")
+    for query, target in ((sql.SQL('SELECT * FROM bemi.changes WHERE "table" = {}').format(sql.Literal(table_name)),
+                           "bemi.changes"), (sql.SQL("SELECT * FROM bemi.progress"), "bemi.progress")):
+        with admin.cursor().copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)) as out, \
+                trail.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(sql.SQL(target))) as into:
+            for data in out:
+                into.write(data)
+
+
+def as_text(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted(map(repr, rows))
+
+
+def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Connection[Any], trail: str) -> None:
+    trail_conn = psycopg.connect(trail, autocommit=True)
     admin.execute("CREATE TYPE colour AS ENUM ({})".format(", ".join("'" + x.replace("'", "''") + "'" for x in ENUM_LABELS)))
     counter = itertools.count()
 
@@ -81,10 +106,13 @@ def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Conne
             conn.commit()
             snapshot()
         ingest(admin)
+        copy_trail(admin, trail_conn, table_name)
 
+        name = table.as_string(admin)
         for at, copy in snapshots:
             travelled = sql.SQL("bemi.table_at(NULL::{}, {})").format(table, sql.Literal(at))
             assert differences(admin, travelled, copy) == [], at
+            assert as_text(bemi_pg.table_at(admin, name, at, trail=trail_conn)) == as_text(bemi_pg.table_at(admin, name, at))
 
         # Often the first moment: then every transaction since tracking began is reverted.
         at, copy = snapshots[data.draw(st.just(0) | st.integers(0, len(snapshots) - 1))]
@@ -92,8 +120,13 @@ def test_table_at_and_revert_agree_with_snapshots(dsn: str, admin: psycopg.Conne
             "SELECT transaction_id FROM bemi.changes WHERE schema = 'public' AND \"table\" = %s AND committed_at > %s "
             "GROUP BY transaction_id ORDER BY max(committed_at) DESC, max(id) DESC",
             [table_name, at]).fetchall()
+        through_trail = data.draw(st.booleans())
         for row in later:
-            admin.execute("SELECT * FROM bemi.revert_transaction(%s)", [row["transaction_id"]])
+            if through_trail:
+                bemi_pg.revert(admin, transaction_id=row["transaction_id"], trail=trail_conn)
+            else:
+                admin.execute("SELECT * FROM bemi.revert_transaction(%s)", [row["transaction_id"]])
         assert differences(admin, table, copy) == []
 
-    check()
+    with trail_conn:
+        check()
