@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from bemi_pg.trail import revert_steps, run, run_async
+from bemi_pg.trail import Steps, revert_steps, run, run_async
 
 OnConflict = Literal["error", "skip", "overwrite"]
 
@@ -68,7 +68,7 @@ def revert_query(
 def trail_steps(
     change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
     since: datetime | str | None, on_conflict: OnConflict,
-) -> Any:
+) -> Steps[list[Reverted]]:
     check_choice(change_ids, transaction_id, context, since)
     return revert_steps(None if change_ids is None else list(change_ids), transaction_id,
                         None if context is None else dict(context), since, on_conflict, class_row(Reverted))

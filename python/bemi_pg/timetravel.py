@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
-from bemi_pg.trail import row_steps, run, run_async, table_steps
+from bemi_pg.trail import Steps, row_steps, run, run_async, table_steps
 
 Table = str | tuple[str, str]
 """A table: a name as SQL reads it ("todo", "public.todo", '"User"'), or (schema, table)."""
@@ -49,7 +49,7 @@ def row_query(table: Table, primary_key: Key, at: Moment) -> tuple[sql.SQL | sql
     return sql.SQL("SELECT bemi.row_at({}, {}, %s::timestamptz)").format(relation(table), key), [value, at]
 
 
-def row_trail_steps(table: Table, primary_key: Key, at: Moment) -> Any:
+def row_trail_steps(table: Table, primary_key: Key, at: Moment) -> Steps[dict[str, Any] | None]:
     key, value = key_sql(primary_key)
     return row_steps(relation(table), key, value, at)
 
@@ -66,7 +66,7 @@ def row_at(conn: psycopg.Connection[Any], table: Table, primary_key: Key, at: Mo
     """The row as it was after every transaction committed at or before ``at`` (JSON values,
     like ``bemi.changes.after``), or None when it did not exist then."""
     if trail is not None:
-        return run(row_trail_steps(table, primary_key, at), conn, trail)  # type: ignore[no-any-return]
+        return run(row_trail_steps(table, primary_key, at), conn, trail)
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(*row_query(table, primary_key, at)).fetchone()
     return row[0] if row else None
@@ -78,7 +78,7 @@ async def row_at_async(
 ) -> dict[str, Any] | None:
     """``row_at`` for an ``AsyncConnection``."""
     if trail is not None:
-        return await run_async(row_trail_steps(table, primary_key, at), conn, trail)  # type: ignore[no-any-return]
+        return await run_async(row_trail_steps(table, primary_key, at), conn, trail)
     async with conn.cursor(row_factory=tuple_row) as cur:
         row = await (await cur.execute(*row_query(table, primary_key, at))).fetchone()
     return row[0] if row else None

@@ -15,8 +15,8 @@ read are copied (binary COPY, streamed) into a temporary table of the source's t
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from contextlib import AsyncExitStack, ExitStack
+from collections.abc import Generator, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ T = TypeVar("T")
 class Query:
     """A query for the source's connection (on_trail: the trail's); its rows are sent back."""
 
-    query: sql.Composable
+    query: sql.SQL | sql.Composed
     params: list[Any]
     on_trail: bool = False
     rows: RowFactory[Any] = tuple_row
@@ -113,49 +113,56 @@ def revert_steps(change_ids: list[int] | None, transaction_id: int | None, conte
     return done
 
 
+class Drive:
+    """Goes through steps: iterate for each step, set ``answer`` to what it gave; ``result`` is
+    what the steps returned."""
+
+    def __init__(self, steps: Steps[Any]) -> None:
+        self.steps = steps
+        self.answer: Any = None
+        self.result: Any = None
+
+    def __iter__(self) -> Iterator[Query | Copy]:
+        try:
+            step = next(self.steps)
+            while True:
+                yield step
+                step = self.steps.send(self.answer)
+        except StopIteration as done:
+            self.result = done.value
+
+
 def run(steps: Steps[T], source: psycopg.Connection[Any], trail: psycopg.Connection[Any]) -> T:
     """Carries out steps on a source and a trail connection. On an autocommit source they are
     one transaction; else they are part of the source's transaction, as the one-database
     functions are."""
-    with ExitStack() as scope:
-        if source.autocommit:
-            scope.enter_context(source.transaction())
-        answer = None
-        while True:
-            try:
-                step = steps.send(answer)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            if isinstance(step, Copy):
-                with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
-                        source.cursor().copy(COPY_IN) as into:
-                    for data in out:
-                        into.write(data)
-                answer = None
-            else:
+    drive = Drive(steps)
+    with source.transaction() if source.autocommit else nullcontext():
+        for step in drive:
+            if isinstance(step, Query):
                 with (trail if step.on_trail else source).cursor(row_factory=step.rows) as cur:
                     cur.execute(step.query, step.params)
-                    answer = cur.fetchall() if cur.description else None
+                    drive.answer = cur.fetchall() if cur.description else None
+                continue
+            with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
+                    source.cursor().copy(COPY_IN) as into:
+                for data in out:
+                    into.write(data)
+    return drive.result  # type: ignore[no-any-return]
 
 
 async def run_async(steps: Steps[T], source: psycopg.AsyncConnection[Any], trail: psycopg.AsyncConnection[Any]) -> T:
     """``run`` for ``AsyncConnection``s."""
-    async with AsyncExitStack() as scope:
-        if source.autocommit:
-            await scope.enter_async_context(source.transaction())
-        answer = None
-        while True:
-            try:
-                step = steps.send(answer)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            if isinstance(step, Copy):
-                async with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
-                        source.cursor().copy(COPY_IN) as into:
-                    async for data in out:
-                        await into.write(data)
-                answer = None
-            else:
+    drive = Drive(steps)
+    async with source.transaction() if source.autocommit else nullcontext():
+        for step in drive:
+            if isinstance(step, Query):
                 async with (trail if step.on_trail else source).cursor(row_factory=step.rows) as cur:
                     await cur.execute(step.query, step.params)
-                    answer = await cur.fetchall() if cur.description else None
+                    drive.answer = await cur.fetchall() if cur.description else None
+                continue
+            async with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
+                    source.cursor().copy(COPY_IN) as into:
+                async for data in out:
+                    await into.write(data)
+    return drive.result  # type: ignore[no-any-return]
