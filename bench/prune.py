@@ -25,16 +25,18 @@ CHANGES = {"latest": 5_000_000, "quick": 100_000}  # by bench mode (run.py's Siz
 DATABASE = "prune"
 MONTH = ("2020-01-01 00:00+00", "2020-02-01 00:00+00")
 
-# Changes shaped like the trail's: an UPDATE of a todo row with its context.
+# Changes shaped like the trail's: an UPDATE of a todo row (id g, or g modulo keys: a row
+# changed again every keys changes) with its context, made by one of 1,000 users.
 GENERATE = """
 INSERT INTO bemi.changes (schema, "table", primary_key, operation, before, after, context, committed_at,
                           transaction_id, position, ordinal)
-SELECT 'public', 'todo', g::text, 'UPDATE',
-       jsonb_build_object('id', g, 'task', 'task of ' || g, 'owner', 'user ' || g %% 1000, 'is_completed', false, 'priority', g %% 5),
-       jsonb_build_object('id', g, 'task', 'task of ' || g, 'owner', 'user ' || g %% 1000, 'is_completed', true, 'priority', g %% 5),
-       jsonb_build_object('user_id', g %% 1000, 'endpoint', '/todo/' || g, 'method', 'PUT'),
+SELECT 'public', 'todo', r.k::text, 'UPDATE',
+       jsonb_build_object('id', r.k, 'task', 'task of ' || r.k, 'owner', 'user ' || r.k %% 1000, 'is_completed', false, 'priority', g %% 5),
+       jsonb_build_object('id', r.k, 'task', 'task of ' || r.k, 'owner', 'user ' || r.k %% 1000, 'is_completed', true, 'priority', g %% 5),
+       jsonb_build_object('user_id', g %% 1000, 'endpoint', '/todo/' || r.k, 'method', 'PUT'),
        %(start)s::timestamptz + (g - %(first)s) * (%(span)s::interval / %(rows)s), g, ('0/' || to_hex(g))::pg_lsn, 1
-FROM generate_series(%(first)s::bigint, %(first)s::bigint + %(rows)s - 1) AS g
+FROM generate_series(%(first)s::bigint, %(first)s::bigint + %(rows)s - 1) AS g,
+     LATERAL (SELECT CASE WHEN %(keys)s::bigint > 0 THEN g %% %(keys)s::bigint ELSE g END AS k) AS r
 """
 
 
@@ -64,9 +66,9 @@ def measure(dsn: str, changes: int, log: Callable[[str], None]) -> dict[str, flo
         log(f"  generating {changes:,} changes of {MONTH[0][:7]} and {changes // 5:,} of this month")
         conn.execute("SELECT bemi.create_partitions(%s, %s)", [MONTH[0], MONTH[0]])
         conn.execute("SELECT bemi.create_partitions(now(), now())")
-        conn.execute(GENERATE, {"start": MONTH[0], "span": "31 days", "first": 1, "rows": changes})
+        conn.execute(GENERATE, {"start": MONTH[0], "span": "31 days", "first": 1, "rows": changes, "keys": 0})
         this_month = conn.execute("SELECT date_trunc('month', now())").fetchone()[0]  # type: ignore[index]
-        conn.execute(GENERATE, {"start": this_month, "span": "1 hour", "first": changes + 1, "rows": changes // 5})
+        conn.execute(GENERATE, {"start": this_month, "span": "1 hour", "first": changes + 1, "rows": changes // 5, "keys": 0})
         conn.execute("CREATE TABLE flat (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
         conn.execute("INSERT INTO flat SELECT * FROM bemi.changes")
         conn.execute("VACUUM (FREEZE, ANALYZE) flat")

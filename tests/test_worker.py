@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 import bemi_pg
-from bemi_pg.stream import ReplicationStream
+from bemi_pg.stream import ReplicationStream, parse_lsn
+from bemi_pg.worker import _connect as worker_connect
 from conftest import changes
 from test_seed import SEED
 
@@ -170,6 +171,36 @@ def test_idle_worker_keeps_the_trail_current(dsn: str, admin: psycopg.Connection
         out, err = worker.communicate()
     assert worker.returncode == 0, err
     assert re.search(r"^caught up: total 1, pending WAL \d+", out, re.M), out
+
+
+def test_a_drain_records_the_trail_complete_up_to_its_start(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    """After worker --drain, time travel can ask for any moment before the drain began."""
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY); SELECT bemi.track('t'); INSERT INTO t VALUES (1)")
+    before = admin.execute("SELECT clock_timestamp() AS t").fetchone()["t"]  # type: ignore[index]
+    drain(dsn)
+    assert slot(admin)["caught_up_at"] >= before > slot(admin)["committed_at"]
+    assert admin.execute("SELECT bemi.row_at('t', '1', %s) AS r", [before]).fetchone()["r"] == {"id": 1}  # type: ignore[index]
+
+
+def test_connections_carry_tcp_keepalives_unless_the_dsn_sets_them(dsn: str) -> None:
+    """A server that vanishes without closing the connection is noticed in about a minute."""
+    def settings(conn: psycopg.Connection[Any]) -> dict[str, str]:
+        return {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info if o.keyword.startswith(b"keepalives")}
+
+    expected = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+    with worker_connect(dsn) as conn:
+        assert settings(conn) == expected
+    with worker_connect(psycopg.conninfo.make_conninfo(dsn, keepalives_idle=5)) as conn:
+        assert settings(conn) == {**expected, "keepalives_idle": "5"}
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        name = admin.execute("SELECT bemi.slot_name()").fetchone()[0]  # type: ignore[index]
+        lsn = admin.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                            [name]).fetchone()[0]  # type: ignore[index]
+    stream = ReplicationStream(dsn, name, parse_lsn(lsn))
+    try:
+        assert settings(stream.conn) == expected
+    finally:
+        stream.close()
 
 
 def test_sigterm_stops_cleanly_and_confirms_what_is_stored(dsn: str, admin: psycopg.Connection[Any]) -> None:

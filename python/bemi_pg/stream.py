@@ -69,6 +69,17 @@ def decoding_options(dsn: str) -> str:
     return f"{own} {DECODING_OPTIONS}".strip()
 
 
+# TCP keepalives: a server that vanishes without closing the connection (a failover, a
+# network partition) is noticed within about a minute, not after the system's two hours.
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+
+
+def keepalives(dsn: str) -> dict[str, str]:
+    """KEEPALIVES, except what the DSN sets itself."""
+    own = psycopg.conninfo.conninfo_to_dict(dsn)
+    return {name: value for name, value in KEEPALIVES.items() if name not in own}
+
+
 def parse_copy_data(data: bytes) -> Received:
     """One CopyData message of a logical replication stream."""
     kind = data[0]
@@ -92,7 +103,7 @@ class ReplicationStream:
     def __init__(self, dsn: str, slot: str, start: int, *, connect_timeout: int = 10) -> None:
         self.conn = psycopg.connect(
             dsn, replication="database", autocommit=True, options=decoding_options(dsn),
-            client_encoding="UTF8", application_name="bemi-pg stream", connect_timeout=connect_timeout)
+            client_encoding="UTF8", application_name="bemi-pg stream", connect_timeout=connect_timeout, **keepalives(dsn))
         self.pgconn = self.conn.pgconn
         self.confirmed = start
         quoted = pq.Escaping(self.pgconn).escape_identifier(slot.encode()).decode()

@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 
 from bemi_pg import pgoutput
 from bemi_pg.store import WAL_MARK, Source, Stager, Stored, Writer, describe
-from bemi_pg.stream import Keepalive, ReplicationStream, XLogData, format_lsn, now_us, parse_lsn
+from bemi_pg.stream import Keepalive, ReplicationStream, XLogData, format_lsn, keepalives, now_us, parse_lsn
 
 
 class Failure(Exception):
@@ -76,7 +76,7 @@ def _connect(dsn: str, application_name: str = "bemi-pg", **kwargs: Any) -> psyc
     """A normal connection whose queries resolve names in pg_catalog only, whatever the
     search_path the DSN or the role brings (names of bemi are schema-qualified)."""
     conn = psycopg.connect(dsn, client_encoding="UTF8", application_name=application_name, connect_timeout=10,
-                           **kwargs)
+                           **keepalives(dsn), **kwargs)
     conn.execute("SET search_path = pg_catalog, pg_temp")
     if not conn.autocommit:
         conn.commit()
