@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from bemi_pg.worker import Options
+from bemi_pg.worker import run as run_worker
 from conftest import conninfo
 
 NewDatabase = Callable[..., str]
@@ -74,3 +77,9 @@ def trail(new_database: NewDatabase) -> str:
     assert done.returncode == 0, done.stderr
     assert "to hold a trail" in done.stdout
     return url
+
+
+def drain(dsn: str, trail: str) -> None:
+    """Stores everything written to dsn so far into the trail database (bemi-pg worker
+    --drain --trail-dsn, in this process)."""
+    run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event(), lambda _: None)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from test_django import database, project  # noqa: F401, I001  (fixtures; sets Django up first)
-from django.db import transaction
+from django.db import connections, transaction
 from django.test import Client
 
 from bemi_pg.django import as_of
 from bemi_pg.django.models import BemiChange
 from conftest import ingest
+from databases import drain, new_database, trail  # noqa: F401 (fixtures)
 from django_project.todos.models import Todo
 from history import moment
 
@@ -61,3 +63,36 @@ def test_change_revert_and_queryset_revert(project: dict[str, Any], admin: psyco
     ingest(admin)
     reverts = BemiChange.objects.filter(context__has_key="bemi_revert")
     assert reverts.count() == 2
+
+
+@pytest.fixture
+def trail_alias(project: dict[str, Any], trail: str) -> Iterator[str]:
+    """The database alias "trail": a trail database of its own."""
+    connections.settings["trail"] = {**connections.settings["default"],
+                                     "NAME": psycopg.conninfo.conninfo_to_dict(trail)["dbname"]}
+    yield "trail"
+    connections["trail"].close()
+    del connections["trail"]
+    del connections.settings["trail"]
+
+
+def test_as_of_and_revert_with_a_trail_database(trail_alias: str, dsn: str, trail: str,
+                                                admin: psycopg.Connection[Any]) -> None:
+    Todo.objects.create(id=1, task="Sleep")
+    Todo.objects.create(id=2, task="Eat")
+    at = moment(admin)
+    Todo.objects.filter(id=1).update(task="Nap", is_completed=True)
+    Todo.objects.filter(id=2).delete()
+    drain(dsn, trail)
+    assert BemiChange.objects.count() == 0  # the source keeps no trail
+
+    then = as_of(Todo.objects.get(id=1), at, trail=trail_alias)
+    assert (then.pk, then.task, then.is_completed, then._state.adding) == (1, "Sleep", False, True)
+    assert sorted((t.pk, t.task) for t in as_of(Todo, at, trail=trail_alias)) == [(1, "Sleep"), (2, "Eat")]
+    with pytest.raises(Todo.DoesNotExist):
+        as_of(Todo(id=3), at, trail=trail_alias)
+
+    later = BemiChange.objects.using(trail_alias).filter(committed_at__gt=at)
+    done = later.revert(source="default")
+    assert sorted((r["primary_key"], r["action"]) for r in done) == [("1", "updated"), ("2", "inserted")]
+    assert sorted(Todo.objects.values_list("id", "task", "is_completed")) == [(1, "Sleep", False), (2, "Eat", False)]

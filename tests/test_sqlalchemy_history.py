@@ -7,13 +7,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
 import bemi_pg
 import sqlalchemy_app
 from bemi_pg.sqlalchemy import Change, as_of
 from conftest import ingest
+from databases import drain, new_database, trail  # noqa: F401 (fixtures)
 from history import moment
 from sqlalchemy_app import Todo
 
@@ -47,3 +48,21 @@ def test_change_and_as_of(engine: Engine, admin: psycopg.Connection[Any]) -> Non
         assert then not in session
         assert as_of(session, Todo, 1, before) is None
         assert as_of(session, Todo, 2, at) is None
+
+
+def test_as_of_with_a_trail_database(engine: Engine, dsn: str, trail: str, admin: psycopg.Connection[Any]) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(Todo(id=1, task="Sleep"))
+    at = moment(admin)
+    with Session(engine) as session, session.begin():
+        session.get_one(Todo, 1).task = "Nap"
+    drain(dsn, trail)
+    trail_engine = create_engine(sqlalchemy_app.url(trail))
+    try:
+        with Session(engine) as session, Session(trail_engine) as trail_session:
+            then = as_of(session, Todo, 1, at, trail=trail_session)
+            assert then is not None and (then.id, then.task, then.is_completed) == (1, "Sleep", False)
+            assert as_of(session, Todo, 2, at, trail=trail_session) is None
+            assert session.get_one(Todo, 1).task == "Nap"  # transient: the session's row is as it is
+    finally:
+        trail_engine.dispose()

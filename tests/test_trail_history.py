@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import threading
 from typing import Any
 
 import psycopg
@@ -15,15 +14,8 @@ import pytest
 from psycopg.rows import dict_row
 
 import bemi_pg
-from bemi_pg.worker import Options
-from bemi_pg.worker import run as run_worker
-from databases import cli, new_database, trail  # noqa: F401 (fixtures)
+from databases import cli, drain, new_database, trail  # noqa: F401 (fixtures)
 from history import fails, moment
-
-
-def drain(dsn: str, trail: str) -> None:
-    """Stores everything written so far into the trail database."""
-    run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event(), lambda _: None)
 
 
 @pytest.fixture

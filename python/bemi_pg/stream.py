@@ -74,7 +74,7 @@ def decoding_options(dsn: str) -> str:
 KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
 
 
-def keepalives(dsn: str) -> dict[str, str]:
+def keepalives(dsn: str) -> dict[str, Any]:
     """KEEPALIVES, except what the DSN sets itself."""
     own = psycopg.conninfo.conninfo_to_dict(dsn)
     return {name: value for name, value in KEEPALIVES.items() if name not in own}

@@ -15,6 +15,7 @@ read are copied (binary COPY, streamed) into a temporary table of the source's t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,33 +64,46 @@ COPY_IN = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(sql.SQL(ROWS
 
 # Where the table is: what the trail needs to know of it (bemi.history_of, plus the source
 # database's name: a trail database may hold the trails of several), the moment as the source
-# reads it (so that "now" is one time), and the table's row type.
-HISTORY = """SELECT bemi.history_of(r.relation, m.at) || jsonb_build_object('database', current_database()),
+# reads it (so that "now" is one time), and the table's row type. JSON crosses as text, read
+# by json here: the connections may load jsonb their own way (Django's loads it as text).
+HISTORY = """SELECT (bemi.history_of(r.relation, m.at) || jsonb_build_object('database', current_database()))::text,
   m.at, r.relation::text FROM (SELECT {} AS relation) AS r, (SELECT %s::timestamptz AS at) AS m"""
 
 
-def history(relation: sql.Composable, at: datetime | str) -> Steps[tuple[Any, datetime, str]]:
+def history(relation: sql.Composable, at: datetime | str) -> Steps[tuple[str, datetime, str]]:
     """The table's history_of (with the source database), the moment, and the row type's name."""
     (found, moment, row_type), = yield Query(sql.SQL(HISTORY).format(relation), [at])
-    return Jsonb(found), moment, row_type
+    return found, moment, row_type
 
 
 def row_steps(relation: sql.Composable, key: sql.Composable, value: Any, at: datetime | str) -> Steps[Any]:
     """bemi.row_at: row_history on the trail, row_from on the source."""
     found, moment, _ = yield from history(relation, at)
-    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s, {}, %s)").format(key), [found, value, moment],
-                            on_trail=True)
-    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, {}, %s, %s)").format(relation, key), [value, moment, Jsonb(event)])
-    return row
+    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s::jsonb, {}, %s)::text").format(key),
+                            [found, value, moment], on_trail=True)
+    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, {}, %s, %s::jsonb)::text").format(relation, key),
+                          [value, moment, event])
+    return None if row is None else json.loads(row)
+
+
+def copy_table_history(relation: sql.Composable, at: datetime | str) -> Steps[tuple[datetime, str]]:
+    """table_history's rows copied from the trail into ROWS, in the source's transaction, for
+    table_from (TABLE_FROM); returns the moment and the table's row type."""
+    found, moment, row_type = yield from history(relation, at)
+    yield Query(CREATE_ROWS, [])
+    yield Copy(sql.SQL("SELECT {} FROM bemi.table_history(%s::jsonb, %s)").format(COLUMN_LIST), [found, moment])
+    return moment, row_type
+
+
+# The table as of the moment, once copy_table_history has run: formatted with the row type,
+# and given the moment. Then DROP_ROWS.
+TABLE_FROM = "SELECT * FROM bemi.table_from(NULL::{}, %s, '" + ROWS + "')"
 
 
 def table_steps(relation: sql.Composable, at: datetime | str, rows: RowFactory[Any]) -> Steps[list[Any]]:
     """bemi.table_at: table_history's rows copied from the trail, table_from on the source."""
-    found, moment, row_type = yield from history(relation, at)
-    yield Query(CREATE_ROWS, [])
-    yield Copy(sql.SQL("SELECT {} FROM bemi.table_history(%s, %s)").format(COLUMN_LIST), [found, moment])
-    table: list[Any] = yield Query(sql.SQL("SELECT * FROM bemi.table_from(NULL::{}, %s, {})").format(
-        sql.SQL(row_type), sql.Literal(ROWS)), [moment], rows=rows)
+    moment, row_type = yield from copy_table_history(relation, at)
+    table: list[Any] = yield Query(sql.SQL(TABLE_FROM.format(row_type)), [moment], rows=rows)
     yield Query(DROP_ROWS, [])
     return table
 

@@ -49,10 +49,12 @@ class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
         """Changes whose row after held all these column values."""
         return self.filter(after__contains=values)
 
-    def revert(self, on_conflict: str = "error") -> list[dict[str, Any]]:
+    def revert(self, on_conflict: str = "error", source: str | None = None) -> list[dict[str, Any]]:
         """Undoes the net effect of these changes on each row (bemi.revert), in the current
-        transaction; what it did per row: change_id, schema, table, primary_key, action."""
-        return revert(list(self.values_list("id", flat=True)), on_conflict, self.db)
+        transaction; what it did per row: change_id, schema, table, primary_key, action.
+        source: the alias of the tables' database, when these changes are read from a trail
+        database (``BemiChange.objects.using("trail")``)."""
+        return revert(list(self.values_list("id", flat=True)), on_conflict, self.db, source)
 
 
 class BemiChange(models.Model):
@@ -99,6 +101,7 @@ class BemiChange(models.Model):
             if self.before.get(key) != self.after.get(key)
         }
 
-    def revert(self, on_conflict: str = "error") -> list[dict[str, Any]]:
-        """Undoes this change (bemi.revert), in the current transaction."""
-        return revert([self.id], on_conflict, self._state.db or "default")
+    def revert(self, on_conflict: str = "error", source: str | None = None) -> list[dict[str, Any]]:
+        """Undoes this change (bemi.revert), in the current transaction (source: as for the
+        queryset's revert)."""
+        return revert([self.id], on_conflict, self._state.db or "default", source)
