@@ -50,11 +50,13 @@ def scale(dsn: str, results: Results, mode: str, log: Callable[[str], None]) -> 
             admin.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")
     total = measured["partitions"]
     for key, label in (("row history", f"History of one row ({measured['row history']['rows']} changes)"),
-                       ("context @>", f"Context containment ({measured['context @>']['rows']:,} changes)")):
-        row = results.row(f"scale {key}", f"{label}, a {measured['changes']:,}-change trail in {total} partitions", "ms",
-                          better="lower")
-        for variant in (key, f"{key}, one month"):
-            row.cells[f"{variant} ({measured[variant]['scanned']} of {total} partitions)"] = Cell(measured[variant]["ms"])
+                       ("context @>", f"Context containment count ({measured['context @>']['rows']:,} changes)")):
+        month = f"{key}, one month"
+        row = results.row(f"scale {key}", f"{label}, a {measured['changes']:,}-change trail in {total} partitions; "
+                          f"partitions scanned: {measured[key]['scanned']} (all months), {measured[month]['scanned']} "
+                          "(one month)", "ms", better="lower")
+        row.cells["all months"] = Cell(measured[key]["ms"])
+        row.cells["one month"] = Cell(measured[month]["ms"])
     pruned = all(measured[f"{key}, one month"]["scanned"] == 1 for key in ("row history", "context @>"))
     results.target("Trail at scale: one month of history", "partition pruning: one partition scanned",
                    ", ".join(f"{key}: {measured[key]['scanned']} of {total}" for key in QUERIES), pruned)

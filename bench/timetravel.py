@@ -102,10 +102,10 @@ def timetravel(dsn: str, results: Results, mode: str, log: Callable[[str], None]
 
 def helpers(row: Any, measured: dict[str, Any], name: str) -> None:
     """The bemi_pg helper's cells of a row: the trail here, and in a database of its own (its
-    ratio is to the trail here)."""
+    ratio is to the trail here; the row's ratio_to names the SQL function's)."""
     here, there = measured["here"][name], measured["trail"][name]
-    row.cells[f"bemi_pg.{name}"] = Cell(here)
-    row.cells[f"bemi_pg.{name}, trail database"] = Cell(there, {f"bemi_pg.{name}": there / here})
+    row.cells["bemi_pg, trail here"] = Cell(here)
+    row.cells["bemi_pg, trail database"] = Cell(there, {"bemi_pg, trail here": there / here})
 
 
 def measure(dsn: str, trail_dsn: str, history: int, rows: int, log: Callable[[str], None]) -> dict[str, Any]:
