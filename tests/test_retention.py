@@ -288,9 +288,8 @@ def test_time_travel_before_the_retained_horizon_is_an_error(admin: psycopg.Conn
     cut = horizon(admin)
     assert cut is not None and early < cut <= keep_from
     assert admin.execute("SELECT bemi.row_at('todo', '1', %s) AS r", [late]).fetchone() == {"r": {"id": 1, "task": "new"}}
-    # Engineer T's bemi.check_moment must refuse moments before bemi.retained_from()
-    # (requested in notes/REQUESTS-S.md): until it does, row_at answers from a trail that no
-    # longer holds the row's history, and this fails.
+    # Moments before bemi.retained_from() are refused (bemi.check_trail): else row_at would
+    # answer from a trail that no longer holds the row's history.
     for query in ("SELECT bemi.row_at('todo', '1', %s)", "SELECT * FROM bemi.table_at(NULL::todo, %s)"):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"(?i)retain|horizon|prun"):
             admin.execute(query, [early])
