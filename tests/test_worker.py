@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,11 @@ import psycopg
 import pytest
 
 import bemi_pg
+from bemi_pg import store
 from bemi_pg.stream import ReplicationStream, parse_lsn
+from bemi_pg.worker import Options
 from bemi_pg.worker import _connect as worker_connect
+from bemi_pg.worker import run as run_worker
 from conftest import changes
 from test_seed import SEED
 
@@ -180,6 +184,20 @@ def test_a_drain_records_the_trail_complete_up_to_its_start(dsn: str, admin: psy
     drain(dsn)
     assert slot(admin)["caught_up_at"] >= before > slot(admin)["committed_at"]
     assert admin.execute("SELECT bemi.row_at('t', '1', %s) AS r", [before]).fetchone()["r"] == {"id": 1}  # type: ignore[index]
+
+
+def test_the_worker_vacuums_its_stage(dsn: str, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store leaves its staged rows dead: a worker that may (here, as the stage's owner)
+    vacuums the stage every VACUUM_EVERY rows, without waiting for autovacuum."""
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY); SELECT bemi.track('t')")
+    for n in range(30):
+        admin.execute("INSERT INTO t SELECT g FROM generate_series(%s::int, %s::int) g", [n * 100, n * 100 + 99])
+    monkeypatch.setattr(store, "VACUUM_EVERY", 500)
+    run_worker(Options(dsn, drain=True, batch=100, interval=0.05), threading.Event(), lambda _: None)
+    assert admin.execute("SELECT count(*) AS n FROM bemi.changes").fetchone()["n"] == 3000  # type: ignore[index]
+    vacuumed = admin.execute("SELECT vacuum_count AS n FROM pg_stat_user_tables "
+                             "WHERE relid = 'bemi.staged'::regclass").fetchone()["n"]  # type: ignore[index]
+    assert vacuumed >= 3  # 3,000 rows stored, one vacuum every 500 (the two connections' last batches wait)
 
 
 def test_connections_carry_tcp_keepalives_unless_the_dsn_sets_them(dsn: str) -> None:
