@@ -1414,10 +1414,12 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  named text := pg_catalog.format('%I.%I', history ->> 'schema', history ->> 'table');
+  named text := pg_catalog.quote_ident(history ->> 'schema') || '.' || pg_catalog.quote_ident(history ->> 'table');
   until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
 BEGIN
-  IF at < bemi.retained_from() THEN
+  IF history IS NULL OR at IS NULL THEN
+    RAISE EXCEPTION 'bemi: the history and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF at < bemi.retained_from() THEN
     RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';

@@ -156,3 +156,12 @@ def test_the_command_line_reads_the_trail_database(dsn: str, trail: str, story: 
     assert dry.stdout.splitlines()[-1] == "revert: dry run, rolled back: nothing was changed"
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM todo").fetchone() == (2,)  # a dry run rolls back
+
+
+def test_the_trail_parts_refuse_null(dsn: str, trail: str, story: dict[str, Any]) -> None:
+    with psycopg.connect(trail) as trail_conn:
+        for query in ("SELECT bemi.row_history(NULL, '1', now())", "SELECT * FROM bemi.table_history(NULL, now())",
+                      "SELECT bemi.check_trail('{}', NULL)"):
+            with fails("22023", "must not be NULL"):
+                trail_conn.execute(query)
+            trail_conn.rollback()
