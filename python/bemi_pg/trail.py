@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.rows import RowFactory, tuple_row
-from psycopg.types.json import Jsonb
 
 T = TypeVar("T")
 
@@ -116,7 +115,8 @@ def revert_steps(change_ids: list[int] | None, transaction_id: int | None, conte
     if change_ids is None:
         chosen = (Query(sql.SQL("SELECT bemi.transaction_changes(%s, %s)"), [transaction_id, database], on_trail=True)
                   if transaction_id is not None else
-                  Query(sql.SQL("SELECT bemi.context_changes(%s, %s, %s)"), [Jsonb(context), since, database], on_trail=True))
+                  Query(sql.SQL("SELECT bemi.context_changes(%s::jsonb, %s, %s)"), [json.dumps(context), since, database],
+                        on_trail=True))
         (change_ids,), = yield chosen
     yield Query(CREATE_ROWS, [])
     yield Copy(sql.SQL("SELECT {} FROM bemi.changes WHERE id = ANY (%s::bigint[]) AND database = %s").format(COLUMN_LIST),
