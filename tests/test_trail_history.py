@@ -165,3 +165,27 @@ def test_the_trail_parts_refuse_null(dsn: str, trail: str, story: dict[str, Any]
             with fails("22023", "must not be NULL"):
                 trail_conn.execute(query)
             trail_conn.rollback()
+
+
+def test_a_role_with_the_documented_privileges_only(dsn: str, trail: str, story: dict[str, Any]) -> None:
+    """docs/trail-database.md: SELECT on bemi.changes in the trail database; in the source,
+    what the SQL functions need (here SELECT on the table) and TEMP, which everyone has."""
+    role = "trail_reader_" + psycopg.conninfo.conninfo_to_dict(trail)["dbname"][-8:]  # type: ignore[index]
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(trail, autocommit=True) as trail_admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        try:
+            admin.execute(f"GRANT SELECT ON todo TO {role}")
+            trail_admin.execute(f"GRANT SELECT ON bemi.changes TO {role}")
+            with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, user=role)) as conn, \
+                    psycopg.connect(psycopg.conninfo.make_conninfo(trail, user=role)) as trail_conn:
+                assert bemi_pg.row_at(conn, "todo", 2, story["first"], trail=trail_conn) == {
+                    "id": 2, "task": "write", "done": False}
+                assert len(bemi_pg.table_at(conn, "todo", story["first"], trail=trail_conn)) == 3
+                conn.rollback()
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table todo"):
+                    # a revert writes as its caller, who may only read todo
+                    bemi_pg.revert(conn, context={"request": "c"}, trail=trail_conn)
+        finally:
+            trail_admin.execute(f"REVOKE ALL ON bemi.changes FROM {role}")
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
