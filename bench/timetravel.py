@@ -21,8 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 import bemi_pg
+from bemi_pg.trail import pipe
 from bench import server
 from bench.report import Cell, Results
 
@@ -159,11 +161,8 @@ def copy_trail(conn: psycopg.Connection[Any], trail: psycopg.Connection[Any]) ->
     """The trail and its progress, copied into the trail database (as docs/trail-database.md moves one)."""
     trail.execute("CREATE EXTENSION bemi")
     trail.execute("SELECT bemi.create_partitions(%s, now())", [START])
-    for table in ("bemi.changes", "bemi.progress"):
-        with conn.cursor().copy(f"COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)") as out, \
-                trail.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as into:
-            for data in out:
-                into.write(data)
+    for table in (sql.SQL("bemi.changes"), sql.SQL("bemi.progress")):
+        pipe(conn, sql.SQL("SELECT * FROM {}").format(table), None, trail, table)
     trail.execute("VACUUM ANALYZE bemi.changes")
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 import bemi_pg
+from bemi_pg.trail import pipe
 from conftest import ingest
 from databases import new_database, trail  # noqa: F401 (fixtures)
 from history import moment
@@ -37,12 +38,8 @@ def copy_trail(admin: psycopg.Connection[Any], trail: psycopg.Connection[Any], t
     assert span is not None
     trail.execute("SELECT bemi.create_partitions(%s, %s)", [span["first"], span["last"]])  # type: ignore[call-overload]
     trail.execute("DELETE FROM bemi.progress")
-    for query, target in ((sql.SQL('SELECT * FROM bemi.changes WHERE "table" = {}').format(sql.Literal(table_name)),
-                           "bemi.changes"), (sql.SQL("SELECT * FROM bemi.progress"), "bemi.progress")):
-        with admin.cursor().copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)) as out, \
-                trail.cursor().copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(sql.SQL(target))) as into:
-            for data in out:
-                into.write(data)
+    pipe(admin, sql.SQL('SELECT * FROM bemi.changes WHERE "table" = %s'), [table_name], trail, sql.SQL("bemi.changes"))
+    pipe(admin, sql.SQL("SELECT * FROM bemi.progress"), None, trail, sql.SQL("bemi.progress"))
 
 
 def as_text(rows: list[dict[str, Any]]) -> list[str]:

@@ -246,10 +246,7 @@ def time_bound(value: str) -> tuple[str, str]:
 def changes(args: argparse.Namespace) -> int:
     if args.at:  # time travel: the row or the table as of then
         with connect(args) as conn, connect_trail(args) as trail:
-            try:
-                found = cli_history.changes_at(args, conn, time_bound, trail)
-            except cli_history.UsageError as error:
-                raise Failure(str(error)) from error
+            found = cli_history.changes_at(args, conn, time_bound, trail)
         if found is None:
             print(f"(no row with primary key {args.key} at {args.at})" if not args.json else "null")
         elif found:
@@ -266,14 +263,8 @@ def changes(args: argparse.Namespace) -> int:
         where.append("primary_key = %s")
         params.append(args.key)
     if args.context:
-        try:
-            context = json.loads(args.context)
-        except json.JSONDecodeError as error:
-            raise Failure(f"--context is not JSON: {error}") from error
-        if not isinstance(context, dict):
-            raise Failure(f"--context must be a JSON object such as '{{\"user_id\": 7}}', not {args.context}")
         where.append("context @> %s::jsonb")
-        params.append(json.dumps(context))
+        params.append(json.dumps(cli_history.context_option(args.context)))
     for bound, op in ((args.since, ">="), (args.until, "<")):
         if bound:
             expression, value = time_bound(bound)
@@ -296,10 +287,7 @@ def changes(args: argparse.Namespace) -> int:
 
 def revert(args: argparse.Namespace) -> int:
     with connect(args) as conn, connect_trail(args) as trail:
-        try:
-            done = cli_history.revert(args, conn, time_bound, trail)
-        except cli_history.UsageError as error:
-            raise Failure(str(error)) from error
+        done = cli_history.revert(args, conn, time_bound, trail)
     print_trail(done, as_json=args.json, columns=cli_history.REVERT_COLUMNS)
     say(args, "revert: dry run, rolled back: nothing was changed" if args.dry_run else
         f"revert: committed ({sum(r['action'] in ('inserted', 'updated', 'deleted') for r in done)} rows written)")
@@ -530,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except Failure as error:
+    except (Failure, cli_history.UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except psycopg.Error as error:

@@ -25,7 +25,18 @@ TimeBound = Callable[[str], tuple[str, str]]
 
 
 class UsageError(ValueError):
-    """Arguments that do not fit together (bemi_pg.cli prints it as "error: ...")."""
+    """Arguments that do not fit together, or a bad value (bemi_pg.cli prints it as "error: ...")."""
+
+
+def context_option(text: str) -> dict[str, Any]:
+    """A --context value: a JSON object."""
+    try:
+        context = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--context is not JSON: {error}") from error
+    if not isinstance(context, dict):
+        raise UsageError(f"--context must be a JSON object such as '{{\"user_id\": 7}}', not {text}")
+    return context
 
 
 def moment(conn: psycopg.Connection[Any], value: str, time_bound: TimeBound) -> Any:
@@ -69,15 +80,8 @@ def revert(args: argparse.Namespace, conn: psycopg.Connection[Any], time_bound: 
            trail: psycopg.Connection[Any] | None) -> list[dict[str, Any]]:
     """Runs the revert in one transaction, committed unless --dry-run; returns its rows
     (trail: as for changes_at)."""
-    context = None
-    if args.context is not None:
-        try:
-            context = json.loads(args.context)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--context is not JSON: {error}") from error
-        if not isinstance(context, dict):
-            raise UsageError(f"--context must be a JSON object such as '{{\"request_id\": \"r-42\"}}', not {args.context}")
-    elif args.since:
+    context = None if args.context is None else context_option(args.context)
+    if context is None and args.since:
         raise UsageError("--since goes with --context")
     since = moment(conn, args.since, time_bound) if args.since else None
     with conn.transaction(force_rollback=args.dry_run):

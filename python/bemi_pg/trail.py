@@ -59,7 +59,8 @@ CREATE_ROWS = sql.SQL("CREATE TEMPORARY TABLE bemi_trail_rows ({}) ON COMMIT DRO
     sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind in COLUMNS.items()))
 DROP_ROWS = sql.SQL("DROP TABLE " + ROWS)
 COPY_OUT = "COPY ({}) TO STDOUT (FORMAT binary)"
-COPY_IN = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(sql.SQL(ROWS), COLUMN_LIST)
+COPY_IN = "COPY {} FROM STDIN (FORMAT binary)"
+ROWS_COLUMNS = sql.SQL("{} ({})").format(sql.SQL(ROWS), COLUMN_LIST)
 
 # Where the table is: what the trail needs to know of it (bemi.history_of, plus the source
 # database's name: a trail database may hold the trails of several), the moment as the source
@@ -127,6 +128,15 @@ def revert_steps(change_ids: list[int] | None, transaction_id: int | None, conte
     return done
 
 
+def pipe(out: psycopg.Connection[Any], query: sql.Composable, params: list[Any] | None,
+         into: psycopg.Connection[Any], target: sql.Composable) -> None:
+    """Streams the rows of a query on one connection (binary COPY) into a table of another."""
+    with out.cursor().copy(sql.SQL(COPY_OUT).format(query), params) as rows, \
+            into.cursor().copy(sql.SQL(COPY_IN).format(target)) as copy:
+        for data in rows:
+            copy.write(data)
+
+
 class Drive:
     """Goes through steps: iterate for each step, set ``answer`` to what it gave; ``result`` is
     what the steps returned."""
@@ -158,10 +168,7 @@ def run(steps: Steps[T], source: psycopg.Connection[Any], trail: psycopg.Connect
                     cur.execute(step.query, step.params)
                     drive.answer = cur.fetchall() if cur.description else None
                 continue
-            with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
-                    source.cursor().copy(COPY_IN) as into:
-                for data in out:
-                    into.write(data)
+            pipe(trail, step.query, step.params, source, ROWS_COLUMNS)
     return drive.result  # type: ignore[no-any-return]
 
 
@@ -176,7 +183,7 @@ async def run_async(steps: Steps[T], source: psycopg.AsyncConnection[Any], trail
                     drive.answer = await cur.fetchall() if cur.description else None
                 continue
             async with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
-                    source.cursor().copy(COPY_IN) as into:
+                    source.cursor().copy(sql.SQL(COPY_IN).format(ROWS_COLUMNS)) as into:
                 async for data in out:
                     await into.write(data)
     return drive.result  # type: ignore[no-any-return]
