@@ -7,11 +7,17 @@
 EXTENSION = bemi
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 DATA = $(wildcard sql/*--*.sql)
+# sql/src/ is the one current definition of the extension: its files, in order, make the
+# standalone script of the current version (committed, so that PGXS and bemi-pg install ship it;
+# tests/test_definition.py fails when it differs from what sql/src/ builds).
+SQL_SRC = $(sort $(wildcard sql/src/*.sql))
+SQL_BUILT = sql/$(EXTENSION)--$(EXTVERSION).sql
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+all: $(SQL_BUILT)
 else
 install: deps
 	$(MAKE) install
@@ -22,6 +28,10 @@ VENV := .venv
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 # PostgreSQL refuses to run as root: as root, servers (and the tests that start them) run as postgres.
 AS_USER := $(if $(filter 0,$(shell id -u)),runuser -u postgres -- env HOME=/tmp,)
+
+# The files of sql/src/ one after another, a blank line between two.
+$(SQL_BUILT): $(SQL_SRC) $(EXTENSION).control
+	awk 'FNR == 1 && NR != 1 { print "" } { print }' $(SQL_SRC) > $@
 
 .PHONY: deps venv test demo bench bench-quick node-deps lint stress stress-quick
 

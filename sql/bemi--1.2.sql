@@ -1,0 +1,2654 @@
+\echo Use "CREATE EXTENSION bemi" to load this file. \quit
+
+-- bemi: automatic, context-aware change tracking.
+--
+-- This file is built from sql/src/ by the Makefile (make sql/bemi--<version>.sql): the files
+-- there, read in order, are the one current definition of the extension. Edit them, not this.
+-- Sections follow a change on its way: context, trigger, tracking, new tables, slot, decoding,
+-- storing; then what reads the trail (time travel, revert), retention and uninstalling.
+--
+-- 00_header: the install-time check of wal_level, and the schema's privileges.
+
+DO $$
+BEGIN
+  IF pg_catalog.current_setting('wal_level') <> 'logical' THEN
+    RAISE WARNING 'bemi: wal_level is "%", changes cannot be decoded until it is "logical"',
+      pg_catalog.current_setting('wal_level')
+      USING HINT = 'ALTER SYSTEM SET wal_level = logical; then restart the server.';
+  END IF;
+END
+$$;
+
+-- Everyone may see what is in the schema; each object's own privileges say who may use it.
+GRANT USAGE ON SCHEMA bemi TO PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 1. Context: the application says who, where and how, once per transaction.
+--    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
+--    Holds: bemi.set_context(jsonb), bemi.context().
+------------------------------------------------------------------------------------------
+
+-- set_context runs once per transaction in the request path. Its cost is the statement, the
+-- PL/pgSQL call and the JSON input (docs/benchmarks.md, counted by bench/server_cost.py): it
+-- has no SET clause (which cost a sixth of each call, saving and restoring search_path) and
+-- qualifies every name, operator and type instead, like the trigger.
+CREATE FUNCTION bemi.set_context(context jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  body pg_catalog.text := context::pg_catalog.text;
+  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+BEGIN
+  IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
+  END IF;
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+  END IF;
+  -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
+  -- evaluates it as a simple expression, without running a query.
+  body := pg_catalog.set_config('bemi.context',
+    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.set_context(jsonb) IS
+  'Sets the application context of the current transaction (a JSON object; NULL clears).';
+
+CREATE FUNCTION bemi.context() RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN nullif(pg_catalog.current_setting('bemi.context', true), '')::jsonb;
+
+COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or NULL.';
+
+------------------------------------------------------------------------------------------
+-- 2. The context trigger: before each statement on a tracked table, put the context into
+--    the WAL, once, and only when it differs from the last one this transaction emitted.
+--    Holds: bemi.comment_context(text, text), bemi.context_trigger().
+------------------------------------------------------------------------------------------
+
+-- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, read before each write
+-- statement that has one (the Django and SQLAlchemy integrations put one on every write).
+-- emitted is what this transaction last emitted ('' for nothing or no context): a comment
+-- written exactly like it, the usual case for the second and later writes of a transaction,
+-- is returned as it is, without parsing it again (the JSON check's subtransaction is most of
+-- the cost). Otherwise the comment is checked (a WARNING, never an error, when it is
+-- malformed or over the limit) and returned as written; '' when there is none.
+-- No SET clause: every name, operator and type is qualified (docs/security.md), so each
+-- write does not save and restore search_path.
+CREATE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+  tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
+  opening pg_catalog.int4;
+  body pg_catalog.text;
+  parsed pg_catalog.jsonb;
+BEGIN
+  IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
+    RETURN '';
+  END IF;
+  tail := pg_catalog.right(tail, limit_bytes OPERATOR(pg_catalog.+) 64);
+  -- The last /*Bemi of the tail: found from its end, as "imeB*/" in the reversed tail.
+  opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
+  body := CASE WHEN opening OPERATOR(pg_catalog.>=) 7 THEN pg_catalog.btrim(pg_catalog.substr(tail,
+      pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.+) 2,
+      opening OPERATOR(pg_catalog.-) 7), E' \t\r\n') ELSE '' END;
+  IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
+    RETURN body;
+  END IF;
+  IF opening OPERATOR(pg_catalog.=) 0 OR pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+    RETURN '';
+  END IF;
+  BEGIN
+    parsed := body::pg_catalog.jsonb;
+  EXCEPTION WHEN invalid_text_representation THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: %', pg_catalog.left(body, 200)
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END;
+  IF pg_catalog.jsonb_typeof(parsed) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is a JSON %, not an object', pg_catalog.jsonb_typeof(parsed)
+      USING ERRCODE = 'invalid_parameter_value';
+    RETURN '';
+  END IF;
+  -- The same context written differently (spacing, key order) is the same context.
+  RETURN CASE WHEN parsed OPERATOR(pg_catalog.=) '{}' THEN ''
+    WHEN emitted OPERATOR(pg_catalog.<>) '' AND parsed OPERATOR(pg_catalog.=) emitted::pg_catalog.jsonb THEN emitted
+    ELSE body END;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.comment_context(text, text) IS
+  'The context of a statement''s trailing /*Bemi {...} Bemi*/ comment as written, or '''' (WARNING when malformed).';
+
+-- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment
+-- is the context: one current_query() read and one strpos per statement, never per row.
+-- Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions instead of running
+-- a query for each. Remembering what was emitted (one transaction-local set_config, only
+-- when emitting) is what keeps emissions to the changes of context.
+CREATE FUNCTION bemi.context_trigger() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  pending pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
+  emitted pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.emitted', true), '');
+  query pg_catalog.text;
+  written pg_catalog.pg_lsn;
+BEGIN
+  IF pending OPERATOR(pg_catalog.=) '' THEN
+    query := pg_catalog.current_query();
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
+      pending := bemi.comment_context(query, emitted);
+    END IF;
+  END IF;
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pending OPERATOR(pg_catalog.<>) emitted THEN
+    written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
+    pending := pg_catalog.set_config('bemi.emitted', pending, true);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+------------------------------------------------------------------------------------------
+-- 3. Tracking: a tracked table carries the context trigger, logs whole rows (REPLICA
+--    IDENTITY FULL) and is a member of the publication the slot decodes.
+--    Holds: bemi.tracked, bemi.tracking, bemi.keys and the functions that keep them
+--    (primary_key, key_columns, remember_key, key_columns_at, the event trigger
+--    bemi_remember_keys), bemi.members, bemi.replica_identity, bemi.create_publication,
+--    bemi.track, bemi.untrack.
+------------------------------------------------------------------------------------------
+
+CREATE VIEW bemi.tracked AS
+SELECT c.oid::pg_catalog.regclass AS relation, n.nspname::text AS schema, c.relname::text AS "table"
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgname = 'bemi_context' AND t.tgfoid = 'bemi.context_trigger()'::pg_catalog.regprocedure
+  AND NOT c.relispartition;
+
+COMMENT ON VIEW bemi.tracked IS 'The tracked tables (partitions are covered by their tracked parent).';
+
+-- The primary key columns of a table, in key order, as wal2json "pk": [{name, type}].
+CREATE FUNCTION bemi.primary_key(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.jsonb_agg(
+    pg_catalog.jsonb_build_object('name', a.attname, 'type', pg_catalog.format_type(a.atttypid, NULL))
+    ORDER BY k.ord)
+  FROM pg_catalog.pg_index i
+  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::smallint[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+  WHERE i.indrelid = relation AND i.indisprimary;
+END;
+
+
+-- What each tracked table (and each partition or inheritance child under it) was like before
+-- track: its replica identity, given back by untrack; and when tracking began, for time travel.
+CREATE TABLE bemi.tracking (
+  relation oid PRIMARY KEY,
+  root oid NOT NULL,
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  tracked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  replica_identity text NOT NULL,
+  ignore_columns text[] NOT NULL DEFAULT '{}',
+  mask_columns text[] NOT NULL DEFAULT '{}'
+);
+
+COMMENT ON TABLE bemi.tracking IS
+  'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, and the column rules.';
+COMMENT ON COLUMN bemi.tracking.ignore_columns IS 'An UPDATE that changes only these columns is not stored.';
+COMMENT ON COLUMN bemi.tracking.mask_columns IS 'These columns never reach the trail: their values are stored as "[masked]".';
+
+-- The primary key columns of a table, in key order (1.0's bemi.primary_key, names only).
+CREATE FUNCTION bemi.key_columns(relation oid) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.array_agg(k.col ->> 'name' ORDER BY k.ord)
+  FROM pg_catalog.jsonb_array_elements(bemi.primary_key(relation::pg_catalog.regclass)) WITH ORDINALITY AS k(col, ord);
+END;
+
+SELECT pg_catalog.pg_extension_config_dump('bemi.tracking', '');
+
+-- The primary key of each tracked table over time, so that a change's primary_key follows the
+-- key its table had when the change was made: written by track and, where bemi may have an
+-- event trigger, after every ALTER TABLE of a tracked table.
+CREATE TABLE bemi.keys (
+  relation oid NOT NULL,
+  since pg_lsn NOT NULL,
+  columns text[],
+  PRIMARY KEY (relation, since)
+);
+
+COMMENT ON TABLE bemi.keys IS 'The primary key columns of tracked tables, from a WAL position on (NULL: no primary key).';
+SELECT pg_catalog.pg_extension_config_dump('bemi.keys', '');
+
+-- Records a table's primary key from now on, when it differs from the one recorded last.
+CREATE FUNCTION bemi.remember_key(relation oid) RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+  INSERT INTO bemi.keys (relation, since, columns)
+  SELECT relation, pg_catalog.pg_current_wal_insert_lsn(), bemi.key_columns(relation)
+  WHERE NOT EXISTS (
+    SELECT FROM (SELECT k.columns FROM bemi.keys k WHERE k.relation = remember_key.relation ORDER BY k.since DESC LIMIT 1) AS l
+    WHERE l.columns IS NOT DISTINCT FROM bemi.key_columns(remember_key.relation))
+  ON CONFLICT (relation, since) DO UPDATE SET columns = excluded.columns;
+END;
+
+-- The primary key a table had at a WAL position: as recorded, else as the catalog has it now.
+CREATE FUNCTION bemi.key_columns_at(relation oid, at pg_lsn) RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  recorded record;
+BEGIN
+  SELECT k.columns INTO recorded FROM bemi.keys k
+  WHERE k.relation = key_columns_at.relation AND k.since <= at ORDER BY k.since DESC LIMIT 1;
+  IF FOUND THEN
+    RETURN recorded.columns;
+  END IF;
+  RETURN bemi.key_columns(relation);
+END
+$$;
+
+-- After ALTER TABLE of a tracked table, its key as it is now (whoever altered it).
+CREATE FUNCTION bemi.remember_keys() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.remember_key(c.objid) FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+  WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    AND c.objid IN (SELECT t.relation FROM bemi.tracking t);
+END
+$$;
+
+-- Event triggers need a superuser: elsewhere the key at ingest stands for a key changed since.
+DO $$
+BEGIN
+  IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    CREATE EVENT TRIGGER bemi_remember_keys ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+      EXECUTE FUNCTION bemi.remember_keys();
+  END IF;
+END
+$$;
+
+-- A table and every table under it: partitions, and inheritance children, at any depth.
+CREATE FUNCTION bemi.members(relation regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE tree(member) AS (
+    SELECT relation::pg_catalog.oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.member
+  )
+  SELECT tree.member::pg_catalog.regclass FROM tree;
+END;
+
+-- A table's replica identity as the ALTER TABLE clause that sets it.
+CREATE FUNCTION bemi.replica_identity(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE c.relreplident
+    WHEN 'f' THEN 'FULL' WHEN 'n' THEN 'NOTHING'
+    WHEN 'i' THEN (SELECT pg_catalog.format('USING INDEX %I', x.relname)
+                   FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid
+                   WHERE i.indrelid = c.oid AND i.indisreplident)
+    ELSE 'DEFAULT' END
+  FROM pg_catalog.pg_class c WHERE c.oid = relation;
+END;
+
+-- The publication is the set of tables the slot decodes; partitions report as their root.
+-- Publications never belong to an extension: pg_dump keeps it, with its tables, like any
+-- publication. So the install makes it (below) except in a restore, where the dump brings its
+-- own (docs/backup.md), and bemi.track and bemi.create_slot make it when it is missing. One
+-- left by an earlier install is used as it is.
+CREATE FUNCTION bemi.create_publication() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    CREATE PUBLICATION bemi WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);
+  END IF;
+END
+$$;
+
+-- Column rules: ignore_columns (an UPDATE that changes only these is not stored) and
+-- mask_columns (never stored: "[masked]" instead); NULL keeps the rules a table has.
+CREATE FUNCTION bemi.track(relation regclass, ignore_columns text[] DEFAULT NULL, mask_columns text[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  kind "char";
+  persistence "char";
+  is_partition boolean;
+  unknown text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO unknown
+  FROM pg_catalog.unnest(coalesce(ignore_columns, '{}') || coalesce(mask_columns, '{}')) AS c
+  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = relation AND a.attname = c
+                    AND a.attnum > 0 AND NOT a.attisdropped);
+  IF unknown IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % has no column %', relation, unknown USING ERRCODE = 'undefined_column';
+  END IF;
+  IF mask_columns && bemi.key_columns(relation) THEN
+    RAISE EXCEPTION 'bemi: the primary key of % cannot be masked', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'The key identifies the row in the trail; mask other columns.';
+  END IF;
+  SELECT c.relkind, c.relpersistence, c.relispartition INTO kind, persistence, is_partition
+  FROM pg_catalog.pg_class c WHERE c.oid = relation;
+  IF kind NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION 'bemi: % is not a table', relation
+      USING ERRCODE = 'wrong_object_type', HINT = 'Only ordinary and partitioned tables can be tracked.';
+  END IF;
+  IF is_partition THEN
+    RAISE EXCEPTION 'bemi: % is a partition', relation
+      USING ERRCODE = 'wrong_object_type', HINT = 'Track its partitioned parent, which covers every partition.';
+  END IF;
+  PERFORM bemi.create_publication();
+  FOR member IN SELECT bemi.members(relation) LOOP
+    SELECT c.relpersistence INTO persistence FROM pg_catalog.pg_class c WHERE c.oid = member;
+    IF persistence = 't' THEN
+      RAISE EXCEPTION 'bemi: % is a temporary table, which cannot be tracked', member
+        USING ERRCODE = 'wrong_object_type', HINT = 'Temporary tables are not decoded from the WAL.';
+    ELSIF persistence = 'u' THEN
+      RAISE EXCEPTION 'bemi: % is unlogged, so its changes never reach the WAL', member
+        USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
+    END IF;
+    -- The replica identity it had before bemi, recorded once, for untrack.
+    INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, ignore_columns, mask_columns)
+    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member),
+      coalesce(ignore_columns, '{}'), coalesce(mask_columns, '{}')
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = member
+    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET
+      ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
+    PERFORM bemi.remember_key(member);
+    IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
+      EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
+    END IF;
+    -- Statement triggers of a parent do not fire for statements on a partition or child.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') THEN
+      EXECUTE pg_catalog.format(
+        'CREATE TRIGGER bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
+    END IF;
+    -- Partitions are published through their root; inheritance children by themselves.
+    IF NOT (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = member) AND NOT EXISTS (
+      SELECT FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+      WHERE p.pubname = 'bemi' AND r.prrelid = member)
+    THEN
+      EXECUTE pg_catalog.format('ALTER PUBLICATION bemi ADD TABLE ONLY %s', member);
+    END IF;
+  END LOOP;
+END
+$$;
+
+CREATE FUNCTION bemi.untrack(relation regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  identity text;
+BEGIN
+  FOR member IN SELECT bemi.members(relation) LOOP
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS bemi_context ON %s', member);
+    IF EXISTS (SELECT FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+               WHERE p.pubname = 'bemi' AND r.prrelid = member) THEN
+      EXECUTE pg_catalog.format('ALTER PUBLICATION bemi DROP TABLE ONLY %s', member);
+    END IF;
+    DELETE FROM bemi.tracking t WHERE t.relation = member RETURNING t.replica_identity INTO identity;
+    IF identity IS NOT NULL AND identity <> bemi.replica_identity(member) THEN
+      BEGIN
+        EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY %s', member, identity);
+      EXCEPTION WHEN undefined_object THEN -- its index is gone since
+        EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY DEFAULT', member);
+      END;
+    END IF;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.untrack(regclass) IS
+  'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
+
+REVOKE ALL ON bemi.tracking, bemi.keys FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys() FROM PUBLIC;
+COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
+  'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
+
+-- bemi.key_columns only reads the catalog: time travel and revert call it as their caller.
+REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass),
+  bemi.track(regclass, text[], text[]), bemi.create_publication() FROM PUBLIC;
+
+-- What is tracked is the administrator's choice, not the application's (docs/security.md).
+REVOKE ALL ON FUNCTION bemi.untrack(regclass) FROM PUBLIC;
+GRANT SELECT ON bemi.tracked TO PUBLIC;
+
+-- The publication, at install. Not in a restore: pg_dump's script turns check_function_bodies
+-- off, and brings the publication with its tables itself.
+DO $$
+BEGIN
+  IF pg_catalog.current_setting('check_function_bodies') = 'on' THEN
+    PERFORM bemi.create_publication();
+  END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------
+-- 4. Tracking new tables: an event trigger tracks tables and partitions created later.
+--    Holds: bemi.auto_tracked, bemi.track_new_tables() and its event trigger
+--    bemi_track_new_tables, bemi.track_all(name, boolean).
+------------------------------------------------------------------------------------------
+
+-- Schemas whose tables created later are tracked in their creating transaction
+-- (bemi.track_all(schema, auto => true)); the event trigger below reads it.
+CREATE TABLE bemi.auto_tracked (
+  schema name PRIMARY KEY,
+  since timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE bemi.auto_tracked IS
+  'Schemas whose new tables are tracked when they are created (bemi.track_all(schema, auto => true)).';
+
+SELECT pg_catalog.pg_extension_config_dump('bemi.auto_tracked', '');
+
+-- At the end of CREATE TABLE (AS), SELECT INTO and ALTER TABLE: tracks a new table of an
+-- auto-tracked schema, and a tracked table again when it gained a partition or child (CREATE
+-- TABLE ... PARTITION OF, ATTACH PARTITION, INHERIT). SECURITY DEFINER: whoever runs the DDL
+-- need not be allowed to track. Unlogged tables are skipped: their changes never reach the WAL.
+CREATE FUNCTION bemi.track_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  created record;
+  top regclass;
+BEGIN
+  -- The ALTER TABLE commands bemi.track runs itself.
+  IF pg_catalog.current_setting('bemi.tracking_new', true) = 'on' THEN
+    RETURN;
+  END IF;
+  FOR created IN
+    SELECT DISTINCT d.objid, d.command_tag, c.relpersistence, n.nspname
+    FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    JOIN pg_catalog.pg_class c ON c.oid = d.objid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE d.object_type = 'table' AND NOT d.in_extension AND c.relkind IN ('r', 'p')
+      AND c.relpersistence <> 't' AND n.nspname NOT IN ('bemi', 'bemi_trail')
+  LOOP
+    -- The table it is a partition or child of, at the top.
+    WITH RECURSIVE up(relation, depth) AS (
+      SELECT created.objid, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up u JOIN pg_catalog.pg_inherits i ON i.inhrelid = u.relation
+    )
+    SELECT u.relation::pg_catalog.regclass INTO top FROM up u ORDER BY u.depth DESC LIMIT 1;
+    IF EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      IF NOT EXISTS (SELECT FROM bemi.members(top) AS m(member)
+                     WHERE NOT EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = m.member)) THEN
+        CONTINUE; -- every member is tracked already
+      END IF;
+    ELSIF top <> created.objid::pg_catalog.regclass
+       OR created.command_tag NOT IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+       OR NOT EXISTS (SELECT FROM bemi.auto_tracked a WHERE a.schema = created.nspname) THEN
+      CONTINUE;
+    ELSIF created.relpersistence = 'u' THEN
+      RAISE WARNING 'bemi: not tracking %, which is unlogged: its changes never reach the WAL', top;
+      CONTINUE;
+    END IF;
+    PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
+    PERFORM bemi.track(top);
+    PERFORM pg_catalog.set_config('bemi.tracking_new', '', true);
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_new_tables() IS
+  'Event trigger: tracks new tables of auto-tracked schemas and new partitions or children of tracked tables.';
+
+-- Only a superuser (or a role a managed platform allows) may create an event trigger; without
+-- it, bemi.track_all(schema, auto => true) says so.
+DO $$
+BEGIN
+  CREATE EVENT TRIGGER bemi_track_new_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    EXECUTE FUNCTION bemi.track_new_tables();
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'bemi: new tables cannot be tracked automatically: role % may not create event triggers', current_user
+    USING HINT = 'Call bemi.track() after each CREATE TABLE, or install bemi as a superuser.';
+END
+$$;
+
+-- Tracks every table of a schema. auto: true tracks tables created there later too, false
+-- stops that, NULL (the default) leaves it as it is.
+CREATE FUNCTION bemi.track_all(schema_name name DEFAULT 'public', auto boolean DEFAULT NULL) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass;
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
+    RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
+  END IF;
+  IF schema_name IN ('bemi', 'bemi_trail', 'pg_catalog', 'information_schema') THEN
+    RAISE EXCEPTION 'bemi: the tables of schema "%" cannot be tracked', schema_name
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track the schemas that hold your application''s tables.';
+  END IF;
+  IF auto AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
+                          WHERE e.evtname = 'bemi_track_new_tables' AND e.evtenabled <> 'D') THEN
+    RAISE EXCEPTION 'bemi: tables created later in schema "%" cannot be tracked automatically: the event trigger bemi_track_new_tables is missing', schema_name
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Only a superuser may create event triggers, and bemi was installed by a role that may not. Call bemi.track() after each CREATE TABLE instead, or reinstall bemi as a superuser.';
+  END IF;
+  IF auto THEN
+    INSERT INTO bemi.auto_tracked (schema) VALUES (schema_name) ON CONFLICT (schema) DO NOTHING;
+  ELSIF NOT auto THEN
+    DELETE FROM bemi.auto_tracked a WHERE a.schema = schema_name;
+  END IF;
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+    ORDER BY c.relname
+  LOOP
+    PERFORM bemi.track(relation);
+    RETURN NEXT relation;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
+  'Tracks every ordinary and partitioned table of a schema; auto => true also tracks tables created there later (false stops that).';
+
+REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
+REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 5. The slot: one logical slot per database (pgoutput, over the publication "bemi"),
+--    keeping the WAL until it is stored.
+--    Holds: bemi.slot_name(), bemi.progress, bemi.create_slot(), bemi.drop_slot().
+------------------------------------------------------------------------------------------
+
+-- The slot of this database: slot names are cluster-wide, so each database has its own.
+CREATE FUNCTION bemi.slot_name() RETURNS name
+LANGUAGE sql STABLE
+RETURN ('bemi_' || (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()))::name;
+
+COMMENT ON FUNCTION bemi.slot_name() IS 'The name of this database''s logical slot: bemi_<database oid>.';
+
+CREATE TABLE bemi.progress (
+  slot_name name PRIMARY KEY,
+  lsn pg_lsn NOT NULL,
+  ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  stored bigint NOT NULL DEFAULT 0,
+  committed_at timestamptz,
+  caught_up_at timestamptz,
+  part_of pg_lsn,
+  part_stored bigint NOT NULL DEFAULT 0
+);
+
+COMMENT ON TABLE bemi.progress IS
+  'Per slot: the end of the last transaction whose changes are all stored (the slot may be confirmed up to here), a transaction stored in parts so far, and how current the trail is.';
+COMMENT ON COLUMN bemi.progress.part_of IS 'The commit LSN of a transaction stored in parts; part_stored of its changes are stored.';
+COMMENT ON COLUMN bemi.progress.caught_up_at IS 'Every transaction committed up to this time is stored.';
+
+-- A slot left by an earlier install (DROP EXTENSION keeps slots) keeps WAL and is never read.
+DO $$
+DECLARE
+  leftover name;
+BEGIN
+  SELECT s.slot_name INTO leftover FROM pg_catalog.pg_replication_slots s
+  WHERE s.slot_name = bemi.slot_name() AND NOT EXISTS (SELECT FROM bemi.progress p WHERE p.slot_name = s.slot_name);
+  IF FOUND THEN
+    RAISE WARNING 'bemi: the slot "%" of an earlier install exists and keeps WAL that nothing reads', leftover
+      USING HINT = pg_catalog.format('Drop it with SELECT pg_drop_replication_slot(%L); then SELECT bemi.create_slot();', leftover);
+  END IF;
+END
+$$;
+
+CREATE FUNCTION bemi.create_slot() RETURNS pg_lsn
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  start pg_lsn;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) THEN
+    RAISE EXCEPTION 'bemi: the slot "%" already exists', slot
+      USING ERRCODE = 'duplicate_object',
+            HINT = 'Changes are being captured already. To start over: SELECT bemi.drop_slot(); SELECT bemi.create_slot();';
+  END IF;
+  -- First, before this transaction writes anything (a slot cannot be created after writes).
+  SELECT s.lsn INTO start FROM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput') AS s;
+  INSERT INTO bemi.progress (slot_name, lsn) VALUES (slot, start)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, ingested_at = excluded.ingested_at,
+    committed_at = NULL, caught_up_at = NULL, part_of = NULL, part_stored = 0;
+  PERFORM bemi.create_publication();
+  -- Moving from 1.0: an install updated from 1.0 whose test_decoding slot "bemi" was not yet
+  -- drained has bemi.drain_1_0() (bemi--1.1--1.2.sql). It stores what that slot holds, up to
+  -- and past the new slot's start (a change stored by both is stored once: same position and
+  -- ordinal), and drops itself with what only it used; then the old slot goes.
+  IF pg_catalog.to_regprocedure('bemi.drain_1_0()') IS NOT NULL AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s
+    WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database() AND s.plugin = 'test_decoding') THEN
+    PERFORM bemi.drain_1_0();
+    PERFORM pg_catalog.pg_drop_replication_slot('bemi');
+    DELETE FROM bemi.progress p WHERE p.slot_name = 'bemi';
+  END IF;
+  RETURN start;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.create_slot() IS
+  'Creates this database''s logical slot (pgoutput over the publication bemi); changes are captured from here on. Drains a 1.0 slot first.';
+
+CREATE FUNCTION bemi.drop_slot() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM pg_catalog.pg_drop_replication_slot(bemi.slot_name());
+  DELETE FROM bemi.progress p WHERE p.slot_name = bemi.slot_name();
+END
+$$;
+
+COMMENT ON FUNCTION bemi.drop_slot() IS 'Drops this database''s logical slot; WAL not yet stored is no longer kept.';
+
+REVOKE ALL ON FUNCTION bemi.create_slot(), bemi.drop_slot() FROM PUBLIC;
+REVOKE ALL ON bemi.progress FROM PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
+--    The streaming worker reads the same messages in Python (python/bemi_pg/pgoutput.py).
+--    Holds: bemi.int_at(), bemi.time_at(), bemi.stage_from_slot().
+------------------------------------------------------------------------------------------
+
+-- A big-endian integer of width bytes at a zero-based offset of a pgoutput message.
+CREATE FUNCTION bemi.int_at(message bytea, at integer, width integer) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ('x' || pg_catalog.lpad(pg_catalog.encode(pg_catalog.substr(message, at + 1, width), 'hex'), 16, '0'))::bit(64)::bigint;
+
+-- A pgoutput timestamp (microseconds since 2000-01-01 UTC).
+CREATE FUNCTION bemi.time_at(message bytea, at integer) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN '2000-01-01 00:00:00+00'::timestamptz + (bemi.int_at(message, at, 8) || ' microseconds')::interval;
+
+-- The stage the SQL path shares with the streaming worker (python/bemi_pg/pgoutput.py and
+-- store.py do the same in Python): each change of a tracked table becomes a row of
+-- bemi.staged with its values as text, stitched to the context message before it, and each
+-- relation as described at the change a row of bemi.staged_relations. The slot is peeked, not
+-- consumed. Returns the other entries (B, C, M), wal2json-shaped, for bemi.wal and ingest.
+CREATE FUNCTION bemi.stage_from_slot(max_changes integer)
+RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  encoding name := pg_catalog.pg_client_encoding();
+  message record;
+  m bytea;
+  kind "char";
+  at integer;
+  len integer;
+  ends integer;
+  relations jsonb := '{}';
+  shapes integer := 0;
+  relation integer;
+  columns text[];
+  types oid[];
+  typmods integer[];
+  identity boolean[];
+  relation_name text[];
+  ncolumns integer;
+  tuple_kind "char";
+  old_values text[];
+  new_values text[];
+  missing integer[];
+  key_only boolean;
+  xact_id bigint;
+  commit_time timestamptz;
+  context text;
+  last_position pg_lsn;
+  ordinal integer := 0;
+  i integer;
+  relids integer;
+BEGIN
+  seq := 0;
+  FOR message IN
+    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), NULL, max_changes,
+      'proto_version', '1', 'publication_names', 'bemi', 'messages', 'true') AS w
+  LOOP
+    m := message.data;
+    kind := pg_catalog.chr(pg_catalog.get_byte(m, 0));
+    seq := seq + 1;
+    IF kind = 'B' THEN
+      commit_time := bemi.time_at(m, 9);
+      xact_id := bemi.int_at(m, 17, 4);
+      context := NULL;
+      lsn := message.lsn; xid := message.xid;
+      data := pg_catalog.jsonb_build_object('action', 'B', 'xid', xact_id);
+      RETURN NEXT;
+    ELSIF kind = 'C' THEN
+      lsn := message.lsn; xid := message.xid;
+      data := pg_catalog.jsonb_build_object('action', 'C', 'xid', xact_id, 'timestamp', bemi.time_at(m, 18));
+      RETURN NEXT;
+    ELSIF kind = 'M' THEN
+      -- flags (1 = transactional), lsn, prefix, content: only transactional bemi messages count.
+      ends := pg_catalog.position(pg_catalog.substr(m, 11), '\x00'::bytea) + 10;
+      IF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d69'::bytea THEN
+        context := pg_catalog.convert_from(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer), encoding);
+        lsn := message.lsn; xid := message.xid;
+        data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
+        RETURN NEXT;
+      END IF;
+    ELSIF kind = 'R' THEN
+      -- relid, namespace, name, replica identity, then per column: flags, name, type, typmod.
+      at := 5;
+      relation_name := '{}';
+      FOR i IN 1..2 LOOP
+        ends := pg_catalog.position(pg_catalog.substr(m, at + 1), '\x00'::bytea) + at - 1;
+        relation_name := relation_name || pg_catalog.convert_from(pg_catalog.substr(m, at + 1, ends - at), encoding);
+        at := ends + 1;
+      END LOOP;
+      ncolumns := bemi.int_at(m, at + 1, 2)::integer;
+      at := at + 3;
+      columns := '{}'; types := '{}'; typmods := '{}'; identity := '{}';
+      FOR i IN 1..ncolumns LOOP
+        identity := identity || (pg_catalog.get_byte(m, at) & 1 = 1);
+        ends := pg_catalog.position(pg_catalog.substr(m, at + 2), '\x00'::bytea) + at;
+        columns := columns || pg_catalog.convert_from(pg_catalog.substr(m, at + 2, ends - at - 1), encoding);
+        types := types || bemi.int_at(m, ends + 1, 4)::oid;
+        typmods := typmods || bemi.int_at(m, ends + 5, 4)::bit(32)::integer;
+        at := ends + 9;
+      END LOOP;
+      shapes := shapes + 1;
+      INSERT INTO bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity)
+      VALUES (shapes, bemi.int_at(m, 1, 4)::oid, relation_name[1], relation_name[2], columns, types, typmods, identity);
+      relations := relations || pg_catalog.jsonb_build_object(bemi.int_at(m, 1, 4)::text, shapes);
+    ELSIF kind IN ('I', 'U', 'D') THEN
+      relation := (relations ->> bemi.int_at(m, 1, 4)::text)::integer;
+      at := 5;
+      old_values := NULL; new_values := NULL; missing := NULL; key_only := false;
+      LOOP
+        -- a tuple: its kind (K old key, O old row, N new row), then per column n, u or t + text.
+        tuple_kind := pg_catalog.chr(pg_catalog.get_byte(m, at));
+        ncolumns := bemi.int_at(m, at + 1, 2)::integer;
+        at := at + 3;
+        IF tuple_kind = 'N' THEN new_values := pg_catalog.array_fill(NULL::text, ARRAY[ncolumns]);
+        ELSE old_values := pg_catalog.array_fill(NULL::text, ARRAY[ncolumns]); key_only := tuple_kind = 'K';
+        END IF;
+        FOR i IN 1..ncolumns LOOP
+          CASE pg_catalog.get_byte(m, at)
+            WHEN 116 THEN -- 't'
+              len := (pg_catalog.get_byte(m, at + 1) << 24) + (pg_catalog.get_byte(m, at + 2) << 16)
+                   + (pg_catalog.get_byte(m, at + 3) << 8) + pg_catalog.get_byte(m, at + 4);
+              IF tuple_kind = 'N' THEN
+                new_values[i] := pg_catalog.convert_from(pg_catalog.substr(m, at + 6, len), encoding);
+              ELSE
+                old_values[i] := pg_catalog.convert_from(pg_catalog.substr(m, at + 6, len), encoding);
+              END IF;
+              at := at + 5 + len;
+            WHEN 117 THEN -- 'u': an unchanged TOASTed value, known only from a whole old row
+              IF old_values IS NOT NULL AND NOT key_only THEN
+                new_values[i] := old_values[i];
+              ELSIF tuple_kind = 'N' THEN
+                missing := coalesce(missing, '{}') || i;
+              END IF;
+              at := at + 1;
+            ELSE -- 'n'
+              at := at + 1;
+          END CASE;
+        END LOOP;
+        EXIT WHEN tuple_kind = 'N' OR kind = 'D';
+      END LOOP;
+      -- An UPDATE that did not change the key of a table without REPLICA IDENTITY FULL logs no
+      -- old row: its key, from the new row, is all that is known of it.
+      IF kind = 'U' AND old_values IS NULL THEN
+        old_values := new_values; key_only := true;
+      END IF;
+      IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+      ordinal := ordinal + 1;
+      INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context,
+                               old_values, old_key_only, new_values, new_missing)
+      VALUES (seq, relation, kind, message.lsn, ordinal, xact_id, commit_time, context,
+              old_values, key_only, new_values, missing);
+    ELSIF kind = 'T' THEN
+      -- number of relations, options, then their OIDs.
+      relids := bemi.int_at(m, 1, 4)::integer;
+      IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+      FOR i IN 0..relids - 1 LOOP
+        ordinal := ordinal + 1;
+        INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context)
+        VALUES (seq, (relations ->> bemi.int_at(m, 6 + 4 * i, 4)::text)::integer, 'T', message.lsn, ordinal,
+                xact_id, commit_time, context);
+        seq := seq + 1;
+      END LOOP;
+    END IF;
+    -- 'Y' (type) and 'O' (origin) messages carry nothing the trail needs.
+  END LOOP;
+END
+$$;
+
+------------------------------------------------------------------------------------------
+-- 7. Storing: both readers stage changes with their values as text; one converter turns
+--    them into typed JSON with the server's own input functions and stores them once.
+--    Holds: bemi.changes, bemi.partition_interval(), bemi.period_start(), bemi.partitions,
+--    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
+--    bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
+--    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
+--    bemi.store(), bemi.ingest(), bemi.peek(), bemi.ingested_until(), bemi.wal.
+------------------------------------------------------------------------------------------
+
+-- The trail, range-partitioned by commit time, so that old history goes as whole partitions
+-- (bemi.retain) and never by DELETE. The partition interval is the setting
+-- bemi.partition_interval (default 1 month); ingest creates partitions as it needs them and
+-- one ahead. Its keys and indexes are each partition's own (bemi.index_partition, below).
+CREATE TABLE bemi.changes (
+  id bigint GENERATED ALWAYS AS IDENTITY,
+  database text NOT NULL DEFAULT pg_catalog.current_database(),
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  primary_key text,
+  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+  before jsonb NOT NULL DEFAULT '{}',
+  after jsonb NOT NULL DEFAULT '{}',
+  context jsonb NOT NULL DEFAULT '{}',
+  committed_at timestamptz NOT NULL,
+  queued_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  transaction_id bigint NOT NULL,
+  position pg_lsn NOT NULL,
+  ordinal integer NOT NULL,
+  problem text,
+  partial boolean NOT NULL DEFAULT false,
+  previous_key text
+) PARTITION BY RANGE (committed_at);
+
+COMMENT ON TABLE bemi.changes IS 'The audit trail: one row per captured change, in commit order (partitioned by committed_at).';
+COMMENT ON COLUMN bemi.changes.ordinal IS 'Which of the changes decoded from one WAL record (COPY, TRUNCATE) this is.';
+COMMENT ON COLUMN bemi.changes.problem IS
+  'Why the values could not be converted (they are stored as JSON strings), or NULL.';
+COMMENT ON COLUMN bemi.changes.partial IS
+  'The WAL held only part of the old row (its key): before has just what was known.';
+COMMENT ON COLUMN bemi.changes.previous_key IS
+  'The primary key before an UPDATE that changed it (primary_key holds the new one), else NULL.';
+
+-- The rows are in the partitions, which belong to no extension (ingest makes them, after
+-- CREATE EXTENSION): pg_dump keeps them as it keeps any table (docs/backup.md).
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
+
+-- The partition interval: the setting bemi.partition_interval, by default a month.
+CREATE FUNCTION bemi.partition_interval() RETURNS interval
+LANGUAGE sql STABLE
+RETURN coalesce(nullif(pg_catalog.current_setting('bemi.partition_interval', true), ''), '1 month')::interval;
+
+-- Where the period of a commit time begins: whole months counted from 2000-01 (UTC) for an
+-- interval of months or years, else whole intervals counted from 2000-01-01 UTC.
+CREATE FUNCTION bemi.period_start(at timestamptz, step interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+  WHEN pg_catalog.date_part('day', step) = 0 AND pg_catalog.date_part('hour', step) = 0
+   AND pg_catalog.date_part('minute', step) = 0 AND pg_catalog.date_part('second', step) = 0
+  THEN (SELECT pg_catalog.make_timestamptz(2000, 1, 1, 0, 0, 0, 'UTC')
+          + pg_catalog.make_interval(months => (m.n - pg_catalog.mod(pg_catalog.mod(m.n, m.per) + m.per, m.per))::integer)
+        FROM (SELECT ((pg_catalog.date_part('year', at AT TIME ZONE 'UTC') - 2000) * 12
+                      + pg_catalog.date_part('month', at AT TIME ZONE 'UTC') - 1)::bigint AS n,
+                     (pg_catalog.date_part('year', step) * 12 + pg_catalog.date_part('month', step))::bigint AS per) AS m)
+  ELSE pg_catalog.to_timestamp(pg_catalog.floor((pg_catalog.date_part('epoch', at) - 946684800) / pg_catalog.date_part('epoch', step))
+         * pg_catalog.date_part('epoch', step) + 946684800)
+END;
+
+-- The partitions of the trail with their bounds (whoever created them: ingest or pg_partman).
+CREATE VIEW bemi.partitions AS
+SELECT c.oid::pg_catalog.regclass AS partition,
+  pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)')::timestamptz AS from_at,
+  pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)')::timestamptz AS to_at
+FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'bemi.changes'::pg_catalog.regclass
+  AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM%';
+
+COMMENT ON VIEW bemi.partitions IS 'The partitions of bemi.changes and the commit times each holds (from_at inclusive, to_at exclusive).';
+
+-- The keys and indexes of a partition of the trail, made when it has none: for each partition
+-- ingest makes, and for one made by someone else (pg_partman). They are the partition's own,
+-- not partitioned indexes of bemi.changes: those would be cloned onto each partition pg_restore
+-- attaches, before it creates the partition's own from the dump, which would then fail.
+CREATE FUNCTION bemi.index_partition(partition regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = partition AND i.indisunique) THEN
+    RETURN;
+  END IF;
+  -- A change is stored once: its WAL position and ordinal, with its one commit time (the
+  -- partition key), are unique. Ingest inserts with ON CONFLICT DO NOTHING against it.
+  EXECUTE pg_catalog.format('ALTER TABLE %s ADD PRIMARY KEY (id, committed_at), ADD UNIQUE (position, ordinal, committed_at)',
+    partition);
+  -- Commit times grow with insertion order: a BRIN index serves time ranges at almost no cost to ingest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s USING brin (committed_at)', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s USING gin (context jsonb_path_ops)', partition);
+  -- Time travel (section 8): the history of one row, in time order; an UPDATE that moved its key
+  -- away; a TRUNCATE.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", primary_key, committed_at, id)', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", previous_key, committed_at, id) '
+    'WHERE previous_key IS NOT NULL', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", committed_at, id) '
+    'WHERE operation = ''TRUNCATE''', partition);
+  -- Revert (section 9): the changes of one transaction.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+END
+$$;
+
+-- Creates the partitions of the periods from one commit time to another that no partition
+-- holds yet: tables attached to the trail (ATTACH does not block readers of the trail), each
+-- with its keys and indexes. Returns them.
+CREATE FUNCTION bemi.create_partitions(from_at timestamptz, to_at timestamptz) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  step interval := bemi.partition_interval();
+  cursor timestamptz := from_at;
+  covered_to timestamptz;
+  lower timestamptz;
+  upper timestamptz;
+  name text;
+  created regclass;
+  covering regclass;
+BEGIN
+  -- Walk from one time to the other: over partitions that exist (whatever their bounds, as
+  -- pg_partman's may be), else a new one for the rest of the period, up to the next one.
+  WHILE cursor <= to_at LOOP
+    SELECT p.partition, p.to_at INTO covering, covered_to FROM bemi.partitions p
+    WHERE cursor >= p.from_at AND cursor < p.to_at;
+    IF FOUND THEN
+      PERFORM bemi.index_partition(covering);
+      cursor := covered_to;
+      CONTINUE;
+    END IF;
+    lower := greatest(bemi.period_start(cursor, step),
+                      (SELECT pg_catalog.max(p.to_at) FROM bemi.partitions p WHERE p.to_at <= cursor));
+    upper := least(bemi.period_start(cursor, step) + step,
+                   (SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > cursor));
+    name := 'changes_' || pg_catalog.to_char(lower AT TIME ZONE 'UTC',
+      CASE WHEN step < interval '1 day' OR lower <> bemi.period_start(lower, step) THEN 'YYYYMMDD"_"HH24MISS' ELSE 'YYYYMMDD' END);
+    EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)',
+      name, lower, upper);
+    created := pg_catalog.format('bemi.%I', name)::regclass;
+    PERFORM bemi.index_partition(created);
+    RETURN NEXT created;
+    cursor := upper;
+  END LOOP;
+END
+$$;
+
+
+-- Changes read from the slot, values as text, waiting to be converted and stored in the same
+-- transaction (the contract: docs/ingest.md). Unlogged: nothing here outlives its transaction.
+CREATE UNLOGGED TABLE bemi.staged_relations (
+  relation integer NOT NULL,
+  relid oid NOT NULL,
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  columns text[] NOT NULL,
+  types oid[] NOT NULL,
+  typmods integer[] NOT NULL,
+  identity boolean[] NOT NULL,
+  -- Set only by a reader that stores into a trail in another database (bemi-pg worker
+  -- --trail-dsn), from bemi.describe_relation in the source: NULL means "look it up here".
+  type_names text[],
+  key_columns text[],
+  ignore_columns text[],
+  mask_columns text[]
+);
+
+-- Every store leaves its staged rows dead: autovacuum clears them early, whatever the table's size.
+CREATE UNLOGGED TABLE bemi.staged (
+  seq bigint NOT NULL,
+  relation integer NOT NULL,
+  operation "char" NOT NULL,
+  position pg_lsn NOT NULL,
+  ordinal integer NOT NULL,
+  transaction_id bigint NOT NULL,
+  committed_at timestamptz NOT NULL,
+  context text,
+  old_values text[],
+  old_key_only boolean NOT NULL DEFAULT false,
+  new_values text[],
+  new_missing integer[]
+);
+
+ALTER TABLE bemi.staged SET (autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_scale_factor = 0,
+  autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE bemi.staged_relations SET (autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0);
+
+-- The type a column is read as: its type with its modifier (character(3)[] keeps its length);
+-- text when the type is gone since. In a trail database, the type the source named, when this
+-- database has a type of that name, else text.
+CREATE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE
+  WHEN source_name IS NOT NULL THEN CASE WHEN pg_catalog.to_regtype(source_name) IS NOT NULL THEN source_name
+    WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
+  WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type) THEN pg_catalog.format_type(type, typmod)
+  ELSE 'text' END;
+
+-- A column's type as a trail in another database can read it: domains as their base type
+-- (arrays of them too), other types by their schema-qualified name.
+CREATE FUNCTION bemi.portable_type(type oid, typmod integer) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE chain(oid, typmod, array_of) AS (
+    SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END, typmod,
+      t.typcategory = 'A' AND t.typelem <> 0
+    FROM pg_catalog.pg_type t WHERE t.oid = type
+    UNION ALL
+    SELECT t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE c.typmod END, c.array_of
+    FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
+  )
+  SELECT pg_catalog.format_type(c.oid, c.typmod) || CASE WHEN c.array_of THEN '[]' ELSE '' END
+  FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype <> 'd';
+END;
+
+-- What a reader storing into a trail in another database needs to know of a relation, from
+-- this (the source) database: portable type names, primary key and column rules.
+CREATE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
+  OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
+               FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
+               ORDER BY x.n),
+    bemi.key_columns_at(relid, at),
+    coalesce((SELECT t.ignore_columns FROM bemi.tracking t WHERE t.relation = relid), '{}'),
+    coalesce((SELECT t.mask_columns FROM bemi.tracking t WHERE t.relation = relid), '{}');
+END;
+
+-- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
+-- each value read by its type's input function, and to_jsonb's rules make the JSON. Chunks
+-- of 50 columns, as a function takes at most 100 arguments. Masked columns are "[masked]".
+CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], type_names text[], vals text, masked text[])
+RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(pg_catalog.string_agg(chunk.sql, ' || ' ORDER BY chunk.n), '''{}''::jsonb')
+  FROM (
+    SELECT (c.i - 1) / 50 AS n,
+      'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
+        CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
+          ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i,
+            bemi.column_type(types[c.i], typmods[c.i], type_names[c.i])) END,
+        ', ' ORDER BY c.i) || ')' AS sql
+    FROM pg_catalog.generate_subscripts(columns, 1) AS c(i)
+    GROUP BY 1
+  ) AS chunk;
+END;
+
+-- The trail's primary_key of a relation's changes, from the key columns it had then: the value
+-- as text for one column, a JSON array text for several, NULL without one.
+CREATE FUNCTION bemi.primary_key_sql(key_columns text[], image text) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE coalesce(pg_catalog.cardinality(k.columns), 0)
+    WHEN 0 THEN 'NULL::text'
+    WHEN 1 THEN pg_catalog.format('(%s) ->> %L', image, k.columns[1])
+    ELSE 'pg_catalog.jsonb_build_array(' || (SELECT pg_catalog.string_agg(pg_catalog.format('(%s) -> %L', image, c), ', ' ORDER BY o)
+      FROM pg_catalog.unnest(k.columns) WITH ORDINALITY AS u(c, o)) || ')::text'
+  END
+  FROM (SELECT key_columns AS columns) AS k;
+END;
+
+-- The context carried by a message; text that is not a JSON object is kept, not lost.
+CREATE FUNCTION bemi.context_json(content text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  parsed jsonb;
+BEGIN
+  parsed := content::jsonb;
+  RETURN CASE WHEN pg_catalog.jsonb_typeof(parsed) = 'object' THEN parsed
+    ELSE pg_catalog.jsonb_build_object('invalid_context', content) END;
+EXCEPTION WHEN data_exception THEN
+  RETURN pg_catalog.jsonb_build_object('invalid_context', content);
+END
+$$;
+
+-- The context of each message content staged, parsed once: {"content": context, ...}. The
+-- converter's queries take it as their parameter $1. All in one statement; only when some
+-- content is not JSON (a message no bemi trigger wrote), one by one.
+CREATE FUNCTION bemi.staged_contexts() RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  careful boolean;
+BEGIN
+  FOREACH careful IN ARRAY ARRAY[false, true] LOOP
+    BEGIN
+      RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(c.content, CASE WHEN careful THEN bemi.context_json(c.content)
+                WHEN pg_catalog.jsonb_typeof(c.content::jsonb) = 'object' THEN c.content::jsonb
+                ELSE pg_catalog.jsonb_build_object('invalid_context', c.content) END), '{}')
+              FROM (SELECT DISTINCT s.context FROM bemi.staged s WHERE s.context IS NOT NULL) AS c(content));
+    EXCEPTION WHEN data_exception THEN
+      IF careful THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
+END
+$$;
+
+-- The query that converts the staged changes of one relation into rows of bemi.changes (in
+-- seq order, with seq). When converting fails, row_filter picks single changes, and as_text
+-- keeps the values as JSON strings, so a change that cannot be converted is still stored.
+CREATE FUNCTION bemi.convert_sql(r bemi.staged_relations, row_filter text DEFAULT 'true', as_text boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  rules bemi.tracking := CASE WHEN r.mask_columns IS NULL THEN (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid)
+    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.ignore_columns, r.mask_columns)::bemi.tracking END;
+  -- The key as of the relation's first staged change: a new key comes with a new Relation message.
+  keys text[] := CASE WHEN r.mask_columns IS NULL
+    THEN bemi.key_columns_at(r.relid, (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation))
+    ELSE r.key_columns END;
+  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
+    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
+  old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', rules.mask_columns) END;
+  new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', rules.mask_columns) END;
+  -- An UPDATE that changed only ignored columns is not stored.
+  ignored text := CASE WHEN rules.ignore_columns <> '{}' THEN pg_catalog.format(
+    'NOT (s.operation = ''U'' AND i.before - %1$L::text[] = i.after - %1$L::text[])', rules.ignore_columns) ELSE 'true' END;
+BEGIN
+  RETURN pg_catalog.format($q$
+    SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
+      CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
+      coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
+      coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
+      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
+      CASE WHEN s.operation = 'U' AND %5$s IS DISTINCT FROM %6$s THEN %5$s END AS previous_key
+    FROM bemi.staged s JOIN bemi.staged_relations r ON r.relation = s.relation
+    CROSS JOIN LATERAL (SELECT
+      CASE WHEN s.old_values IS NULL THEN NULL WHEN s.old_key_only
+        THEN (%1$s) - (SELECT pg_catalog.array_agg(c) FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.identity)) AS k(c, key) WHERE NOT k.key)
+        ELSE %1$s END AS before,
+      CASE WHEN s.new_values IS NULL AND s.new_missing IS NULL THEN NULL WHEN s.new_missing IS NOT NULL
+        THEN (%2$s) - (SELECT pg_catalog.array_agg(r.columns[m]) FROM pg_catalog.unnest(s.new_missing) AS m)
+        ELSE %2$s END AS after
+      OFFSET 0 -- kept a subquery: each image is built once, not at every use
+    ) AS i
+    WHERE s.relation = %4$s AND %7$s AND %8$s
+    $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
+    bemi.primary_key_sql(keys, 'i.before'), bemi.primary_key_sql(keys, 'i.after'),
+    row_filter, ignored);
+END
+$$;
+
+-- Stores every staged change in bemi.changes, in seq order, exactly once (a change already
+-- stored keeps its row), empties the stage, and records how far the trail is complete.
+-- The one converter of both readers: bemi.ingest() and the streaming worker (docs/ingest.md).
+CREATE FUNCTION bemi.store(through pg_lsn, part_of pg_lsn DEFAULT NULL, part_stored bigint DEFAULT 0,
+  caught_up_at timestamptz DEFAULT NULL, source_slot name DEFAULT NULL, source_database text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
+AS $$
+DECLARE
+  queries text;
+  inserted bigint := 0;
+  contexts jsonb;
+  n bigint;
+  oldest timestamptz;
+  newest timestamptz;
+  change record;
+  r bemi.staged_relations;
+  columns text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
+                  'transaction_id, position, ordinal, problem, partial, previous_key';
+BEGIN
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  IF source_database IS NOT NULL THEN  -- a trail database: the changes are another database's
+    columns := 'database, ' || columns;
+  END IF;
+  SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
+  FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
+  contexts := bemi.staged_contexts();
+  -- Partitions for these commit times, and for the next period ahead of them.
+  SELECT pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) INTO oldest, newest FROM bemi.staged s;
+  IF oldest IS NOT NULL THEN
+    PERFORM bemi.create_partitions(oldest, newest + bemi.partition_interval());
+  END IF;
+  IF queries IS NOT NULL THEN
+    BEGIN
+      EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
+        'ON CONFLICT DO NOTHING', columns, columns, queries)
+        USING contexts, NULL, NULL, source_database;
+      GET DIAGNOSTICS inserted = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+      -- Some value cannot be converted: store change by change, each that fails as text.
+      FOR change IN SELECT s.seq, s.relation FROM bemi.staged s ORDER BY s.seq LOOP
+        SELECT * INTO r FROM bemi.staged_relations x WHERE x.relation = change.relation;
+        BEGIN
+          EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
+            'ON CONFLICT DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
+            USING contexts, change.seq, NULL, source_database;
+        EXCEPTION WHEN OTHERS THEN
+          EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
+            'ON CONFLICT DO NOTHING', columns,
+            pg_catalog.replace(columns, 'problem', '$3'), bemi.convert_sql(r, 's.seq = $2', true))
+            USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM, source_database;
+        END;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        inserted := inserted + n;
+      END LOOP;
+    END;
+  END IF;
+  DELETE FROM bemi.staged;
+  DELETE FROM bemi.staged_relations;
+  -- (A trail database gets its source's progress row with the first batch it stores.)
+  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
+  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(p.lsn, excluded.lsn), part_of = excluded.part_of,
+    part_stored = excluded.part_stored, committed_at = greatest(p.committed_at, excluded.committed_at),
+    caught_up_at = coalesce(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
+  -- The slot is confirmed up to these rows once this commits: they must be on disk first.
+  PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+  RETURN inserted;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text) IS
+  'Converts the staged changes and stores them in bemi.changes exactly once; records progress up to through.';
+
+CREATE FUNCTION bemi.ingest(max_changes integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  slot_at pg_lsn;
+  done pg_lsn;
+  through pg_lsn;
+  started timestamptz := pg_catalog.clock_timestamp();
+  flushed pg_lsn := pg_catalog.pg_current_wal_flush_lsn();
+  read bigint;
+  newest_id bigint;
+  moved bigint := 0;
+BEGIN
+  IF max_changes IS NULL OR max_changes < 1 THEN
+    RAISE EXCEPTION 'bemi: max_changes must be a positive number, not %', coalesce(max_changes::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- One ingest at a time; a second one waits here, then carries on after the first.
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  IF NOT FOUND AND EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
+                           WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
+    -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).
+    SELECT pg_catalog.max(c.id) INTO newest_id FROM bemi.changes c;
+    PERFORM bemi.create_slot();
+    SELECT pg_catalog.count(*) INTO moved FROM bemi.changes c WHERE c.id > coalesce(newest_id, 0);
+    SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  END IF;
+  IF slot_at IS NULL THEN
+    RAISE EXCEPTION 'bemi: the replication slot "%" does not exist in database "%"', slot, pg_catalog.current_database()
+      USING ERRCODE = 'undefined_object', HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured.';
+  END IF;
+  -- The slot moves only up to what an earlier, committed ingest stored. Moving it is not
+  -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
+  SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = slot;
+  IF done > slot_at AND coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' THEN
+    PERFORM pg_catalog.pg_replication_slot_advance(slot, done);
+  END IF;
+  SELECT pg_catalog.max(e.lsn) FILTER (WHERE e.data ->> 'action' = 'C'), pg_catalog.max(e.seq)
+  INTO through, read FROM bemi.stage_from_slot(max_changes) AS e;
+  PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
+  -- A peek brings whole transactions, and only those with changes of tracked tables. When it
+  -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
+  -- slot may then move that far, past the WAL of other tables, and the trail is current.
+  IF coalesce(read, 0) < max_changes THEN
+    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, started);
+  END IF;
+  RETURN moved + bemi.store(greatest(through, done));
+END
+$$;
+
+COMMENT ON FUNCTION bemi.ingest(integer) IS
+  'Moves pending changes from the slot into bemi.changes, exactly once; returns how many.';
+
+-- The pending entries, wal2json format-version 2 shaped, without consuming them: the staged
+-- changes converted as bemi.store would, between their B, M and C entries.
+CREATE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
+RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  queries text;
+  entries jsonb;
+  result jsonb;
+  as_text boolean;
+BEGIN
+  SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(e)) INTO entries FROM bemi.stage_from_slot(max_changes) AS e;
+  -- Values that cannot be converted are shown as text, as bemi.store would store them.
+  FOREACH as_text IN ARRAY ARRAY[false, true] LOOP
+    SELECT pg_catalog.string_agg(bemi.convert_sql(x, 'true', as_text), ' UNION ALL ') INTO queries FROM bemi.staged_relations x;
+    BEGIN
+      EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('lsn', e.lsn, 'xid', e.xid, 'data', e.data) ORDER BY e.seq, e.sub) FROM (
+      SELECT e.seq, 0 AS sub, e.lsn, e.xid, e.data
+      FROM pg_catalog.jsonb_to_recordset($2) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
+      UNION ALL
+      SELECT c.seq, c.ordinal, c.position, c.transaction_id::text::xid,
+        pg_catalog.jsonb_build_object('action', s.operation, 'schema', c.schema, 'table', c."table")
+        || CASE WHEN c.operation IN ('CREATE', 'UPDATE') THEN pg_catalog.jsonb_build_object('columns',
+             (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
+                'value', c.after -> k.name) ORDER BY k.n)
+              FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
+              WHERE c.after ? k.name)) ELSE '{}' END
+        || CASE WHEN c.before <> '{}' THEN pg_catalog.jsonb_build_object('identity',
+             (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
+                'value', c.before -> k.name) ORDER BY k.n)
+              FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
+              WHERE c.before ? k.name)) ELSE '{}' END
+        || coalesce((SELECT pg_catalog.jsonb_build_object('pk', p.pk) FROM bemi.primary_key(r.relid::pg_catalog.regclass) AS p(pk)
+             WHERE p.pk IS NOT NULL), '{}')
+      FROM (%s) AS c JOIN bemi.staged s ON s.seq = c.seq AND s.ordinal = c.ordinal
+      JOIN bemi.staged_relations r ON r.relation = s.relation
+    ) AS e
+    $q$, coalesce(queries, 'SELECT NULL::bigint AS seq, NULL::text AS schema, NULL::text AS "table", NULL::text AS operation, '
+      'NULL::jsonb AS before, NULL::jsonb AS after, NULL::bigint AS transaction_id, NULL::pg_lsn AS position, '
+      'NULL::integer AS ordinal WHERE false')) INTO result USING bemi.staged_contexts(), entries, NULL::text, NULL::text;
+      EXIT;
+    EXCEPTION WHEN OTHERS THEN
+      IF as_text THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
+  DELETE FROM bemi.staged;
+  DELETE FROM bemi.staged_relations;
+  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
+END
+$$;
+
+-- Every transaction committed at or before this time is in the trail: when an ingest last
+-- read to the end of the slot, else the newest stored commit. Time travel stops here.
+-- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
+CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS timestamptz
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
+END;
+
+COMMENT ON FUNCTION bemi.ingested_until(name) IS
+  'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
+
+REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
+  bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
+  bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
+CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
+
+COMMENT ON VIEW bemi.wal IS
+  'Pending WAL entries of tracked tables, wal2json format-version 2 shaped, without consuming them.';
+
+-- The trail (bemi.changes, no grants) is read-only to everyone but the extension's owner.
+REVOKE ALL ON bemi.wal FROM PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
+--    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
+--    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
+--    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
+--    bemi.table_from(), bemi.table_at(), bemi.diff().
+------------------------------------------------------------------------------------------
+
+-- Time is commit time (committed_at, ties broken by id). A row's history, an UPDATE that
+-- moved its key away and a TRUNCATE are each found with an index of every partition
+-- (bemi.index_partition, section 7). SQLSTATEs (docs/time-travel.md):
+-- 22023 bad argument or moment, 22000 an image the answer needs is incomplete (problem,
+-- partial), 0A000 a TRUNCATE the answer would have to see through.
+
+-- The primary key of a row image in the text form of bemi.changes.primary_key: the value as
+-- text for one column, a JSON array for several; NULL for {} or a table without a key.
+CREATE FUNCTION bemi.image_key(image jsonb, key_columns text[]) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+  WHEN image = '{}' OR key_columns IS NULL THEN NULL
+  WHEN pg_catalog.cardinality(key_columns) = 1 THEN image ->> key_columns[1]
+  ELSE (SELECT pg_catalog.jsonb_agg(image -> k.name ORDER BY k.ord)
+        FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS k(name, ord))::text END;
+
+-- Time travel and revert read the trail and the tables. Where the trail is kept in a database
+-- of its own (docs/trail-database.md) those are two databases, so each is built of parts that
+-- run where the tables are (history_of, row_from, table_from, revert_from) and parts that run
+-- where the trail is (check_trail, row_history, table_history), passing JSON or a copy of the
+-- trail's rows (a relation shaped like bemi.changes) between them. Here both are one database:
+-- row_at, table_at and revert are those parts put together; bemi_pg's helpers put them
+-- together across two connections.
+
+-- Where the table is: checks that it was tracked at the moment, and tells the trail where its
+-- changes are: under which names (now, and when tracking began), from which slot.
+-- SECURITY DEFINER: it reads bemi.tracking for callers that may not, and tells them only the
+-- names and when tracking began.
+CREATE FUNCTION bemi.history_of(relation regclass, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  began timestamptz;
+  first_schema text;
+  first_table text;
+  now_schema text;
+  now_table text;
+BEGIN
+  IF at IS NULL OR relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: the table and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT t.tracked_at, t.schema, t."table" INTO began, first_schema, first_table
+  FROM bemi.tracking AS t WHERE t.relation = history_of.relation;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'bemi: % is not tracked, so it has no history', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track it with SELECT bemi.track(''table'').';
+  ELSIF at < began THEN
+    RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
+  END IF;
+  SELECT n.nspname, c.relname INTO now_schema, now_table
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
+    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name());
+END
+$$;
+
+-- Where the trail is: checks that it can answer for the table of a history_of at the moment:
+-- nothing before it was pruned, the table was not renamed since its changes began (the trail
+-- names a table as it was at each change: history under a former name is not found), and every
+-- commit up to the moment is stored. SECURITY DEFINER: it reads bemi.retention,
+-- bemi.progress and the trail for callers that may read none of them, and tells them only
+-- the horizon, how far the trail is stored, and whether there are changes under a former name.
+CREATE FUNCTION bemi.check_trail(history jsonb, at timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named text := pg_catalog.quote_ident(history ->> 'schema') || '.' || pg_catalog.quote_ident(history ->> 'table');
+  until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
+BEGIN
+  IF history IS NULL OR at IS NULL THEN
+    RAISE EXCEPTION 'bemi: the history and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF at < bemi.retained_from() THEN
+    RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
+  END IF;
+  IF (history ->> 'first_schema', history ->> 'first_table') <> (history ->> 'schema', history ->> 'table')
+     AND EXISTS (SELECT FROM bemi.changes AS x WHERE x.schema = history ->> 'first_schema' AND x."table" = history ->> 'first_table'
+                 AND (NOT history ? 'database' OR x.database = history ->> 'database')) THEN
+    RAISE EXCEPTION 'bemi: % was renamed since tracking began: its changes before are under %.%', named,
+        pg_catalog.quote_ident(history ->> 'first_schema'), pg_catalog.quote_ident(history ->> 'first_table')
+      USING ERRCODE = 'feature_not_supported', HINT = 'Time travel does not follow renames; query bemi.changes under both names.';
+  END IF;
+  IF until IS NULL OR at > until THEN
+    RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- Refuses an answer that would rest on an incomplete image: a change whose values could not
+-- be converted (problem), or whose before or after lacks columns the WAL did not have
+-- (partial). Given the ids of such changes (NULL: none), raises; else true.
+CREATE FUNCTION bemi.refuse_incomplete(ids bigint[]) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF ids IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % have incomplete row images, so the answer would not be exact',
+        (SELECT pg_catalog.array_agg(DISTINCT i ORDER BY i) FROM pg_catalog.unnest(ids) AS i)
+      USING ERRCODE = 'data_exception',
+            DETAIL = 'bemi.changes.problem says what could not be converted; partial = true means an image holds only what the WAL had.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- An image without the values the trail does not know: "[masked]" by a column rule of
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+
+-- The WHERE condition matching a table's row t by its primary key to the key of the record r.
+CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r, k), ' AND ')
+        FROM pg_catalog.unnest(key_columns) AS k);
+
+-- The latest (latest = true: at or before at) or the first (after at) change of the row with a
+-- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
+-- branch reads one entry of its index; the other direction's branches are not run.
+-- database_name: only changes from this database (NULL: any).
+CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+  ) AS e
+  ORDER BY CASE WHEN latest THEN e.committed_at END DESC, CASE WHEN latest THEN e.id END DESC,
+    CASE WHEN NOT latest THEN e.committed_at END, CASE WHEN NOT latest THEN e.id END
+  LIMIT 1;
+END;
+
+-- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
+-- of the row at or before the moment, else the first after it ("later": true), else {}.
+-- Generic plans: planning the six index lookups for every partition of the trail on each
+-- call would cost more than running them (partitions are pruned when the plan starts).
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  event jsonb;
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  SELECT pg_catalog.to_jsonb(e.*) INTO event
+  FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, true) AS e;
+  IF event IS NULL THEN
+    SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO event
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, false) AS e;
+  END IF;
+  RETURN coalesce(event, '{}');
+END
+$$;
+
+-- Where the table is: the row with a primary key at a moment, from what row_history found.
+CREATE FUNCTION bemi.row_from(relation regclass, primary_key text, at timestamptz, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  result jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF event ? 'id' AND NOT event ? 'later' THEN
+    -- The row as the latest change at or before the moment left it.
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'after';
+  ELSIF event ->> 'operation' = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
+      primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
+  ELSIF event ? 'id' THEN
+    -- Unchanged since tracking began, up to the moment: as the first change after it found it.
+    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'before';
+  END IF;
+  -- Unchanged to this day.
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+      relation, relation, bemi.key_match(keys, 't', 'k'))
+    INTO result
+    USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
+      ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
+            FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)) END;
+  RETURN result;
+END
+$$;
+
+CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN bemi.row_from(relation, primary_key, at, bemi.row_history(bemi.history_of(relation, at), primary_key, at));
+
+COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
+  'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
+
+-- A count of copies of a row, checked: below zero the trail and the table disagree.
+CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n < 0 THEN
+    RAISE EXCEPTION 'bemi: the table holds fewer copies of a row than its trail says: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n > 0;
+END
+$$;
+
+-- The table of a row type (the typed NULL table_at and table_from are given), or an error.
+CREATE FUNCTION bemi.table_of(row_type regtype) RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := (SELECT nullif(t.typrelid, 0) FROM pg_catalog.pg_type AS t WHERE t.oid = row_type);
+BEGIN
+  IF table_oid IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = table_oid) NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION 'bemi: table_at needs the row type of a table, not %', row_type
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a typed NULL: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+  END IF;
+  RETURN table_oid;
+END
+$$;
+
+-- Where the trail is: the changes of a history_of's table after a moment, for table_from
+-- where the table is (bemi_pg copies them into a temporary table there).
+CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  RETURN QUERY SELECT c.* FROM bemi.changes AS c
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.committed_at > at
+      AND (NOT history ? 'database' OR c.database = history ->> 'database');
+END
+$$;
+
+-- Where the table is: the table as of a moment, from the table now and the changes after the
+-- moment, read from changes (bemi.changes, or a copy of table_history's rows).
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  schema_name text;
+  table_name text;
+  keys text[] := bemi.key_columns(table_oid);
+  truncated bigint[];
+BEGIN
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+
+  EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
+    INTO truncated USING schema_name, table_name, at;
+  IF truncated IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+  END IF;
+
+  IF keys IS NULL THEN
+    -- No key: the rows as a multiset, the table now, minus what later changes added, plus
+    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+      WITH later AS (
+        SELECT c.before, c.after FROM %3$s AS c
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      ), generated AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), counted AS (
+        SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        ) AS v GROUP BY v.image
+      )
+      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
+      USING schema_name, table_name, at;
+    RETURN;
+  END IF;
+
+  -- With a key: each row a later change touched as the first such change found it (its before
+  -- image; none when that change created the key), every other row as it is now. One query,
+  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH later AS (
+      SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+    ), sides AS (
+      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+      UNION ALL
+      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), firsts AS (
+      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+    ), used AS (
+      SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
+      FROM firsts AS f WHERE f.image IS NOT NULL
+    )
+    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    UNION ALL
+    SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
+    WHERE bemi.refuse_incomplete(u.incomplete)$q$,
+    table_oid,
+    (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I AS bemi_key_%s', k.name, k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s', k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    changes)
+    USING schema_name, table_name, at;
+END
+$$;
+
+CREATE FUNCTION bemi.table_at(relation anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), at), at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, at, 'bemi.changes');
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
+  'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+CREATE FUNCTION bemi.diff(before jsonb, after jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
+          pg_catalog.jsonb_build_array(before OPERATOR(pg_catalog.->) k.name, after OPERATOR(pg_catalog.->) k.name)), '{}')
+        FROM (SELECT pg_catalog.jsonb_object_keys(coalesce(before, '{}')) UNION SELECT pg_catalog.jsonb_object_keys(coalesce(after, '{}'))) AS k(name)
+        WHERE (before OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (after OPERATOR(pg_catalog.->) k.name));
+
+COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
+  'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
+
+REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
+------------------------------------------------------------------------------------------
+
+-- A revert runs as its caller (no SECURITY DEFINER, no SET search_path: user triggers fire
+-- with the caller's settings), so it can write only what the caller may write. SQLSTATEs as in
+-- section 8, plus 55000 for rows that changed since (on_conflict => 'error').
+
+-- The columns a revert writes: those of the table now, except generated ones.
+CREATE FUNCTION bemi.writable_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
+  WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+END;
+
+-- How far down the foreign keys a table is: the number of other tables it references,
+-- directly or not. Parents come before their children.
+CREATE FUNCTION bemi.foreign_key_depth(relation regclass) RETURNS integer
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE up(parent) AS (
+    SELECT relation::oid
+    UNION
+    SELECT f.confrelid FROM pg_catalog.pg_constraint AS f JOIN up ON f.conrelid = up.parent
+    WHERE f.contype = 'f' AND f.confrelid <> f.conrelid
+  )
+  SELECT pg_catalog.count(*)::integer - 1 FROM up;
+END;
+
+-- A row image typed by the table as it is now, back as JSON: values compare the way the
+-- table's own rows do (timestamps in this session's time zone, numbers by value).
+CREATE FUNCTION bemi.typed_image(relation regclass, image jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  typed jsonb;
+BEGIN
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
+    INTO typed USING image;
+  RETURN typed;
+END
+$$;
+
+-- The columns of an image a revert writes (of those given: the table's columns but generated
+-- ones) and compares (except some): those the trail knows a value of, not "[masked]" by a
+-- column rule of bemi.track nor "[erased]" by bemi.erase.
+CREATE FUNCTION bemi.known_columns(image jsonb, columns text[], except_columns text[] DEFAULT '{}') RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.array_agg(w.name), '{}') FROM pg_catalog.unnest(columns) AS w(name)
+        WHERE image OPERATOR(pg_catalog.?) w.name AND w.name OPERATOR(pg_catalog.<>) ALL (except_columns)
+          AND (image OPERATOR(pg_catalog.->) w.name) NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+
+-- The columns of a table whose updates alone are not stored (bemi.track's ignore_columns):
+-- the trail may hold stale values of them. SECURITY DEFINER: it reads bemi.tracking.
+CREATE FUNCTION bemi.ignored_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
+CREATE FUNCTION bemi.text_array(items jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN items OPERATOR(pg_catalog.<>) 'null' THEN
+  (SELECT coalesce(pg_catalog.array_agg(e.item), '{}') FROM pg_catalog.jsonb_array_elements_text(items) AS e(item)) END;
+
+-- The columns in which two typed rows differ, of those given.
+CREATE FUNCTION bemi.differing_columns(a jsonb, b jsonb, columns text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.array_agg(k.name), '{}') FROM pg_catalog.unnest(columns) AS k(name)
+        WHERE (a OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (b OPERATOR(pg_catalog.->) k.name));
+
+-- The row of a table that an image stands for, locked: the row with its primary key, or for
+-- a table without one, a row equal to it that is not one of those taken. NULLs when none.
+CREATE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, taken tid[],
+  OUT image_now jsonb, OUT row_id tid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF key_columns IS NOT NULL THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
+        relation, relation, bemi.key_match(key_columns, 't', 'k'))
+      INTO image_now, row_id USING image;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
+        relation)
+      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
+  END IF;
+END
+$$;
+
+-- The statement of one planned step of a revert: {"kind": insert | update | delete,
+-- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
+-- row (a table without a key), $3 an image with the key of the row to write over. Every name
+-- in it is qualified: bemi.revert runs it with its caller's search_path.
+CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := (step ->> 'relation')::oid::regclass;
+  keys text[] := bemi.text_array(step -> 'keys');
+  columns text[] := bemi.text_array(step -> 'columns');
+  located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
+    ELSE bemi.key_match(keys, 't', 'k') END;
+BEGIN
+  IF step ->> 'kind' = 'insert' THEN
+    RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation);
+  ELSIF step ->> 'kind' = 'update' THEN
+    RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located);
+  ELSE
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located);
+  END IF;
+END
+$$;
+
+-- What a revert needs to know of the table a change was made in (by the name in the trail):
+-- relation, keys, writable and ignored columns, foreign key depth, name.
+CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+BEGIN
+  IF relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', change_id, schema_name, table_name
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
+    'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
+    'depth', bemi.foreign_key_depth(relation), 'schema', schema_name, 'table', table_name);
+END
+$$;
+
+-- What a revert does, checked and the rows locked, without writing: the steps to write (in
+-- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
+-- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
+CREATE FUNCTION bemi.revert_plan(changes regclass, change_ids bigint[], on_conflict text,
+                                 OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  missing bigint[];
+  truncates bigint[];
+  incomplete bigint[];
+  by_change boolean;
+  c record;
+  relation regclass;
+  schema_name text;
+  table_name text;
+  tables jsonb := '{}';     -- "schema.table" (as in the trail) -> what the plan needs of it (bemi.revert_table)
+  info jsonb;
+  keys text[];
+  writable text[];
+  ignored text[];
+  old_key text;
+  new_key text;
+  found_key text;
+  open_chains jsonb := '{}'; -- "relation key" -> the chains of the rows that now have this key
+  candidate integer;
+  n integer;
+  -- Each row's net effect, a chain of its changes: the row before the first (NULL: created by
+  -- it), after the last (NULL: deleted), their ids. Arrays, so that each step is in place.
+  chains integer := 0;
+  chain_relation oid[] := '{}';
+  chain_table text[] := '{}';     -- the key of its table in tables
+  chain_key text[] := '{}';
+  chain_first jsonb[] := '{}';
+  chain_last jsonb[] := '{}';
+  chain_gone boolean[] := '{}';
+  chain_ids text[] := '{}';
+  chain_first_id bigint[] := '{}';
+  chain_last_id bigint[] := '{}';
+  target jsonb;
+  expected jsonb;
+  found_expected jsonb;
+  expected_id tid;
+  found_target jsonb;
+  target_id tid;
+  typed_target jsonb;
+  conflicts text[] := '{}';
+  planned jsonb[] := '{}';
+  result_rows jsonb[] := '{}';
+  taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
+  verdict text;
+  step jsonb;
+BEGIN
+  IF on_conflict IS NULL OR on_conflict NOT IN ('error', 'skip', 'overwrite') THEN
+    RAISE EXCEPTION 'bemi: on_conflict must be ''error'', ''skip'' or ''overwrite'', not %', coalesce(pg_catalog.quote_literal(on_conflict), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF change_ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: change_ids must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  ids := (SELECT coalesce(pg_catalog.array_agg(DISTINCT i ORDER BY i), '{}') FROM pg_catalog.unnest(change_ids) AS i WHERE i IS NOT NULL);
+  EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.id IS NULL),
+      pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.operation = 'TRUNCATE'),
+      pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.problem IS NOT NULL OR x.partial),
+      coalesce(pg_catalog.bool_or(x.previous_key IS NOT NULL OR x.primary_key IS NULL), false)
+    FROM pg_catalog.unnest($1) AS i LEFT JOIN %s AS x ON x.id = i$q$, changes)
+    INTO missing, truncates, incomplete, by_change USING ids;
+  IF missing IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with ids % in the trail', missing USING ERRCODE = 'invalid_parameter_value';
+  ELSIF truncates IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % are TRUNCATEs, which cannot be reverted', truncates
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
+  END IF;
+  PERFORM bemi.refuse_incomplete(incomplete);
+
+  -- Each row's changes, in commit order, chained through primary key changes: the row's net
+  -- effect is its first before and its last after. A table without a key chains by value.
+  -- Without key changes or tables without a key (the usual case) a row's changes are those
+  -- under its key, grouped in one query; else they are followed change by change.
+  IF NOT by_change THEN
+    FOR c IN EXECUTE pg_catalog.format($q$
+      SELECT f.schema, f."table", f.primary_key, f.first_id, f.ids, f.first, l.id AS last_id,
+        CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END AS last
+      FROM (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id AS first_id,
+              x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
+              pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
+                ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
+            FROM %1$s AS x WHERE x.id = ANY ($1)
+            ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
+      JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
+            FROM %1$s AS x WHERE x.id = ANY ($1)
+            ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
+        ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
+      ORDER BY f.committed_at, f.first_id$q$, changes) USING ids
+    LOOP
+      info := tables -> (c.schema || '.' || c."table");
+      IF info IS NULL THEN
+        info := bemi.revert_table(c.schema, c."table", c.first_id);
+        tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
+      END IF;
+      chains := chains + 1;
+      chain_relation[chains] := (info ->> 'relation')::oid;
+      chain_table[chains] := c.schema || '.' || c."table";
+      chain_key[chains] := c.primary_key;
+      chain_first[chains] := c.first;
+      chain_last[chains] := c.last;
+      chain_ids[chains] := c.ids;
+      chain_first_id[chains] := c.first_id;
+      chain_last_id[chains] := c.last_id;
+    END LOOP;
+  ELSE
+    FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
+                                       'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
+        info := tables -> (c.schema || '.' || c."table");
+        IF info IS NULL THEN
+          info := bemi.revert_table(c.schema, c."table", c.id);
+          tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
+        END IF;
+        relation := (info ->> 'relation')::oid;
+        keys := bemi.text_array(info -> 'keys');
+        old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
+        new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
+        -- The chain this change continues: one whose row has this key (for a CREATE: one whose
+        -- row was deleted under it). Equal rows of a table without a key share a key: a list.
+        found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
+        n := NULL;
+        FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
+          IF chain_gone[candidate] = (c.operation = 'CREATE') THEN
+            n := candidate;
+            EXIT;
+          END IF;
+        END LOOP;
+        IF n IS NULL THEN
+          chains := chains + 1;
+          n := chains;
+          chain_relation[n] := relation;
+          chain_table[n] := c.schema || '.' || c."table";
+          chain_first[n] := CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END;
+          chain_ids[n] := c.id::text;
+          chain_first_id[n] := c.id;
+        ELSE
+          chain_ids[n] := chain_ids[n] || ',' || c.id;
+          open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+            pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
+        END IF;
+        chain_last[n] := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
+        chain_gone[n] := c.operation = 'DELETE';
+        chain_key[n] := c.primary_key;
+        chain_last_id[n] := c.id;
+        found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
+        open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+          coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
+      END LOOP;
+  END IF;
+
+  -- What each row needs, checked against the row as it is now (locked until the caller's
+  -- transaction ends): a row must still be as the changes left it.
+  FOR n IN 1 .. chains LOOP
+    relation := chain_relation[n];
+    info := tables -> chain_table[n];
+    keys := bemi.text_array(info -> 'keys');
+    writable := bemi.text_array(info -> 'writable');
+    ignored := bemi.text_array(info -> 'ignored');
+    schema_name := info ->> 'schema';
+    table_name := info ->> 'table';
+    target := chain_first[n];
+    expected := chain_last[n];
+    found_expected := NULL; expected_id := NULL; found_target := NULL; target_id := NULL;
+    IF expected IS NOT NULL THEN
+      SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected, taken) AS l;
+      IF keys IS NULL AND expected_id IS NOT NULL THEN
+        taken[pg_catalog.cardinality(taken) + 1] := expected_id;
+      END IF;
+    END IF;
+    IF target IS NOT NULL AND keys IS NOT NULL THEN
+      SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target, taken) AS l;
+      typed_target := bemi.typed_image(relation, target);
+    END IF;
+    verdict := CASE
+      WHEN target IS NOT DISTINCT FROM expected THEN 'unchanged'
+      -- Already as the revert would leave it (a cascade, or someone else, got there first).
+      WHEN keys IS NOT NULL AND target IS NULL AND found_expected IS NULL THEN 'unchanged'
+      WHEN keys IS NOT NULL AND target IS NOT NULL AND found_target IS NOT NULL
+        AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.known_columns(target, writable, ignored))) = 0
+        AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
+      WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
+          found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
+      WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+      ELSE 'revert' END;
+    IF verdict = 'conflict' AND on_conflict = 'error' THEN
+      conflicts[pg_catalog.cardinality(conflicts) + 1] := pg_catalog.format('%I.%I %s (changes %s)', schema_name, table_name,
+        coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text), chain_ids[n]);
+    ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
+      verdict := 'skipped';
+    ELSIF verdict IN ('conflict', 'revert') THEN
+      -- The row to write over: the one the changes left, else (overwrite) the one with the key.
+      IF found_expected IS NULL AND keys IS NOT NULL THEN
+        found_expected := found_target;
+        expected_id := target_id;
+      END IF;
+      step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
+        'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain_first_id[n],
+        'last_id', chain_last_id[n], 'depth', info -> 'depth');
+      IF target IS NULL AND found_expected IS NULL THEN
+        verdict := 'unchanged';
+      ELSIF target IS NULL THEN
+        verdict := 'deleted';
+        planned[pg_catalog.cardinality(planned) + 1] := step || '{"kind": "delete", "phase": 3}';
+      ELSIF found_expected IS NULL THEN
+        verdict := 'inserted';
+        planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1,
+          'columns', bemi.known_columns(target, writable));
+      ELSE
+        verdict := 'updated';
+        step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
+          bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
+        IF step -> 'columns' = '[]' THEN
+          verdict := 'unchanged';
+        ELSE
+          -- Located by the key it has now (the changes may have moved it).
+          planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('at', found_expected);
+        END IF;
+      END IF;
+    END IF;
+    result_rows[n] := pg_catalog.jsonb_build_array(chain_last_id[n], schema_name, table_name,
+      coalesce(bemi.image_key(coalesce(target, expected), keys), chain_key[n]), verdict);
+  END LOOP;
+  IF pg_catalog.cardinality(conflicts) > 0 THEN
+    RAISE EXCEPTION 'bemi: % rows changed since, nothing was reverted: %', pg_catalog.cardinality(conflicts),
+        pg_catalog.array_to_string(conflicts[1:20], ', ') || CASE WHEN pg_catalog.cardinality(conflicts) > 20 THEN ', ...' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Pass on_conflict => ''skip'' to leave those rows alone, or ''overwrite'' to revert them anyway.';
+  END IF;
+
+  results := pg_catalog.to_jsonb(result_rows);
+  steps := (SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))
+                ORDER BY (s ->> 'phase')::integer,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'depth')::integer ELSE (s ->> 'depth')::integer END,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'last_id')::bigint ELSE (s ->> 'first_id')::bigint END), '[]')
+            FROM pg_catalog.unnest(planned) AS s);
+END
+$$;
+
+-- Sets the context of a revert's writes: the caller's plus the reverted ids (over any size
+-- limit: the ids are the point). Returns the caller's context, to be set again after.
+CREATE FUNCTION bemi.revert_context_begin(ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  caller_context jsonb := bemi.context();
+  context_limit text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  revert_context jsonb := coalesce(caller_context, '{}') || pg_catalog.jsonb_build_object('bemi_revert',
+    pg_catalog.jsonb_build_object('change_ids', pg_catalog.to_jsonb(ids)));
+BEGIN
+  PERFORM pg_catalog.set_config('bemi.max_context_bytes',
+    GREATEST(coalesce(nullif(context_limit, '')::bigint, 65536), pg_catalog.octet_length(revert_context::text))::text, true);
+  PERFORM bemi.set_context(revert_context);
+  PERFORM pg_catalog.set_config('bemi.max_context_bytes', coalesce(context_limit, ''), true);
+  RETURN caller_context;
+END
+$$;
+
+-- Writes as its caller, with the caller's search_path (so the caller's triggers and row
+-- security run as they always do); everything it runs is schema-qualified. Where the tables
+-- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
+CREATE FUNCTION bemi.revert_from(changes regclass, change_ids bigint[], on_conflict text)
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  plan record;
+  caller_context jsonb;
+  step jsonb;
+  pending jsonb;
+  failed jsonb;
+  progress boolean;
+  error_state text;
+  error_message text;
+  error_detail text;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
+  caller_context := bemi.revert_context_begin(plan.ids);
+  -- In order (parents inserted before children, children deleted before parents); rows of one
+  -- table that reference each other, and orders no table-level rule gets right, are retried
+  -- one by one until every step is written or a round writes nothing.
+  pending := plan.steps;
+  BEGIN
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
+      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+    END LOOP;
+    pending := '[]';
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    NULL; -- undone: written one by one below
+  END;
+  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+    failed := '[]';
+    progress := false;
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+      BEGIN
+        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+        progress := true;
+      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+      END;
+    END LOOP;
+    IF NOT progress THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END IF;
+    pending := failed;
+  END LOOP;
+  PERFORM bemi.set_context(caller_context);
+  RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
+      r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+END
+$$;
+
+CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action FROM bemi.revert_from('bemi.changes', revert.change_ids, revert.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert(bigint[], text) IS
+  'Undoes the net effect of changes on each row, in the caller''s transaction; on_conflict: error, skip or overwrite.';
+
+-- Where the trail is, the changes to revert: those of one transaction (bemi.changes.transaction_id),
+-- or those whose context contains a context. database_name: only changes from this database
+-- (NULL: any), for a trail database that holds the trails of several.
+CREATE FUNCTION bemi.transaction_changes(transaction_id bigint, database_name text DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  ids bigint[];
+  commits integer;
+BEGIN
+  SELECT pg_catalog.array_agg(x.id), pg_catalog.count(DISTINCT x.committed_at) INTO ids, commits
+  FROM bemi.changes AS x WHERE x.transaction_id = transaction_changes.transaction_id
+    AND (database_name IS NULL OR x.database = database_name);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes of transaction % in the trail', coalesce(transaction_id::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF commits > 1 THEN
+    RAISE EXCEPTION 'bemi: transaction id % names % transactions in the trail (transaction ids wrap around)', transaction_id, commits
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Revert by change ids with bemi.revert(ARRAY[...]).';
+  END IF;
+  RETURN ids;
+END
+$$;
+
+-- since: committed at or after (NULL: ever).
+CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  ids bigint[];
+BEGIN
+  IF pg_catalog.jsonb_typeof(context_changes.context) IS DISTINCT FROM 'object' THEN
+    RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(context_changes.context), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
+  WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since)
+    AND (database_name IS NULL OR x.database = database_name);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with context % in the trail%', context_changes.context,
+        CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN ids;
+END
+$$;
+
+CREATE FUNCTION bemi.revert_transaction(transaction_id bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.transaction_changes(revert_transaction.transaction_id), revert_transaction.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert_transaction(bigint, text) IS 'bemi.revert of every change of one transaction.';
+
+CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since), revert_context.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
+  'bemi.revert of every change whose context contains the given one, committed at or after since.';
+
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass) TO PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 10. Retention and erasure: old history goes as whole partitions, and one row's personal
+--     data can be erased from every stored change.
+--    Holds: bemi.retention, bemi.retained_from(), bemi.retainable(), bemi.retain(),
+--    bemi.erasures, bemi.erase().
+------------------------------------------------------------------------------------------
+
+-- Commit times before this are no longer in the trail (bemi.retain dropped them).
+CREATE TABLE bemi.retention (
+  single boolean PRIMARY KEY DEFAULT true CHECK (single),
+  retained_from timestamptz NOT NULL
+);
+
+COMMENT ON TABLE bemi.retention IS 'The retained horizon: the trail holds no change committed before retained_from.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.retention', '');
+
+CREATE FUNCTION bemi.retained_from() RETURNS timestamptz
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT r.retained_from FROM bemi.retention r;
+END;
+
+COMMENT ON FUNCTION bemi.retained_from() IS 'The trail holds no change committed before this time (NULL: nothing was pruned).';
+
+-- The partitions bemi.retain(keep) drops: all their changes are older than keep, and ingest
+-- has gone past their end, so no change not yet ingested can still belong in them.
+CREATE FUNCTION bemi.retainable(keep interval)
+RETURNS TABLE (partition regclass, from_at timestamptz, to_at timestamptz)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT p.partition, p.from_at, p.to_at FROM bemi.partitions p
+  WHERE p.to_at <= LEAST(pg_catalog.now() - keep, bemi.ingested_until()) ORDER BY p.from_at;
+END;
+
+COMMENT ON FUNCTION bemi.retainable(interval) IS
+  'The partitions bemi.retain(keep) would drop now: older than keep, and ingested past their end.';
+
+-- Drops the partitions whose changes are all older than keep (and ingested past their end):
+-- detached, then dropped, never a DELETE. Returns them.
+CREATE FUNCTION bemi.retain(keep interval)
+RETURNS TABLE (partition text, from_at timestamptz, to_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  old record;
+BEGIN
+  IF keep IS NULL OR keep < interval '0' THEN
+    RAISE EXCEPTION 'bemi: keep must be a positive interval, not %', coalesce(keep::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'For example SELECT * FROM bemi.retain(''90 days'');';
+  END IF;
+  FOR old IN SELECT p.partition, p.from_at, p.to_at FROM bemi.retainable(keep) p LOOP
+    partition := old.partition::text; from_at := old.from_at; to_at := old.to_at;  -- named while it exists
+    -- Partitions made by the install script belong to the extension; the rest do not.
+    IF EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+               AND d.objid = old.partition AND d.deptype = 'e') THEN
+      EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', old.partition);
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE bemi.changes DETACH PARTITION %s', old.partition);
+    EXECUTE pg_catalog.format('DROP TABLE %s', old.partition);
+    INSERT INTO bemi.retention AS r (retained_from) VALUES (old.to_at)
+    ON CONFLICT (single) DO UPDATE SET retained_from = greatest(r.retained_from, excluded.retained_from);
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.retain(interval) IS
+  'Drops whole partitions of the trail whose changes are all older than keep; returns them.';
+
+-- Who erased which row's columns, and when; never the values.
+CREATE TABLE bemi.erasures (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  primary_key text NOT NULL,
+  columns text[] NOT NULL,
+  erased_by name NOT NULL DEFAULT current_user,
+  erased_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+  changes bigint NOT NULL
+);
+
+COMMENT ON TABLE bemi.erasures IS 'Erasure requests carried out by bemi.erase: who, when, which row and columns.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.erasures', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.erasures_id_seq', '');
+
+-- For a data subject's erasure request: the given columns (every column but the key by
+-- default) become "[erased]" in every stored change of the row, and the request is recorded.
+-- Returns how many changes it rewrote. Changes not yet ingested are not touched: run it when
+-- the worker has caught up.
+CREATE FUNCTION bemi.erase(relation regclass, primary_key text, columns text[] DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  schema_name text;
+  table_name text;
+  erased bigint;
+BEGIN
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  columns := coalesce(columns, ARRAY(
+    SELECT a.attname::text FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attname <> ALL (coalesce(bemi.key_columns(relation), '{}')) ORDER BY a.attnum));
+  IF primary_key IS NULL OR columns && bemi.key_columns(relation) THEN
+    RAISE EXCEPTION 'bemi: erase needs a primary key and columns that are not part of it'
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'SELECT bemi.erase(''people'', ''42'');';
+  END IF;
+  UPDATE bemi.changes c SET
+    before = (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, CASE WHEN e.key = ANY (columns) THEN '"[erased]"' ELSE e.value END), '{}')
+              FROM pg_catalog.jsonb_each(c.before) AS e),
+    after = (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, CASE WHEN e.key = ANY (columns) THEN '"[erased]"' ELSE e.value END), '{}')
+             FROM pg_catalog.jsonb_each(c.after) AS e)
+  WHERE c.schema = schema_name AND c."table" = table_name
+    AND (c.primary_key = erase.primary_key OR c.previous_key = erase.primary_key);
+  GET DIAGNOSTICS erased = ROW_COUNT;
+  INSERT INTO bemi.erasures (schema, "table", primary_key, columns, changes)
+  VALUES (schema_name, table_name, erase.primary_key, columns, erased);
+  RETURN erased;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.erase(regclass, text, text[]) IS
+  'Erases columns (all but the key by default) of one row from every stored change, and records that it did.';
+
+REVOKE ALL ON bemi.retention, bemi.erasures FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.retain(interval), bemi.retainable(interval), bemi.erase(regclass, text, text[]) FROM PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- 11. Uninstall: what bemi-pg uninstall runs before the extension or plain install goes.
+--    Holds: bemi.uninstall().
+------------------------------------------------------------------------------------------
+
+-- Undoes what bemi did outside its own objects, so that DROP EXTENSION bemi; DROP SCHEMA bemi;
+-- (for a plain install, DROP SCHEMA bemi CASCADE) leaves nothing behind: no automatic tracking,
+-- every tracked table untracked (trigger off, out of the publication, its replica identity as
+-- it was before track), the publication and this database's slots dropped.
+-- The trail is kept unless drop_trail: bemi.changes moves to schema bemi_trail, outside the
+-- extension, so dropping the extension cannot delete it. Returns where the trail is.
+CREATE FUNCTION bemi.uninstall(drop_trail boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  as_extension boolean := EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'bemi');
+  reader integer;
+  relation regclass;
+  sequence regclass;
+  tied text;
+  trigger_name name;
+  slot name;
+BEGIN
+  SELECT s.active_pid INTO reader FROM pg_catalog.pg_replication_slots s
+  WHERE s.database = pg_catalog.current_database() AND s.slot_name IN (bemi.slot_name(), 'bemi') AND s.active;
+  IF reader IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: process % is reading the slot of this database', reader
+      USING ERRCODE = 'object_in_use', HINT = 'Stop bemi-pg worker (and any bemi.ingest() schedule) first.';
+  END IF;
+  IF NOT drop_trail AND pg_catalog.to_regclass('bemi_trail.changes') IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: bemi_trail.changes exists already (the trail an earlier uninstall kept)'
+      USING ERRCODE = 'duplicate_table',
+            HINT = 'Rename it first (ALTER TABLE bemi_trail.changes RENAME TO changes_before), or pass drop_trail => true.';
+  END IF;
+
+  DELETE FROM bemi.auto_tracked;
+  FOR relation IN SELECT DISTINCT t.root FROM bemi.tracking t JOIN pg_catalog.pg_class c ON c.oid = t.root LOOP
+    PERFORM bemi.untrack(relation);
+  END LOOP;
+  -- Context triggers bemi.tracking does not know of (copied by hand, or left by 1.0).
+  FOR relation, trigger_name IN
+    SELECT t.tgrelid, t.tgname FROM pg_catalog.pg_trigger t
+    WHERE t.tgfoid = 'bemi.context_trigger()'::pg_catalog.regprocedure
+  LOOP
+    EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger_name, relation);
+  END LOOP;
+  -- DROP EXTENSION would leave the publication: publications never belong to an extension.
+  IF EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    DROP PUBLICATION bemi;
+  END IF;
+
+  IF NOT drop_trail THEN
+    IF pg_catalog.to_regnamespace('bemi_trail') IS NULL THEN
+      CREATE SCHEMA bemi_trail;
+    END IF;
+    -- The trail and, if it is partitioned, its partitions, parent first.
+    FOR relation IN
+      SELECT p.relid FROM (SELECT 'bemi.changes'::pg_catalog.regclass AS relid, 0 AS level
+                           UNION ALL
+                           SELECT t.relid, t.level FROM pg_catalog.pg_partition_tree('bemi.changes') t WHERE t.level > 0) p
+      JOIN pg_catalog.pg_class c ON c.oid = p.relid
+      WHERE c.relnamespace = 'bemi'::pg_catalog.regnamespace ORDER BY p.level
+    LOOP
+      -- Indexes, constraints and defaults that call bemi's functions serve bemi alone and
+      -- would tie the kept trail to the extension: they go.
+      FOR tied IN
+        SELECT pg_catalog.format('DROP INDEX %s', i.indexrelid::pg_catalog.regclass)
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE i.indrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+        UNION
+        SELECT pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', relation, co.conname)
+        FROM pg_catalog.pg_constraint co
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE co.conrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+        UNION
+        SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', relation, a.attname)
+        FROM pg_catalog.pg_attrdef ad
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE ad.adrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+      LOOP
+        EXECUTE tied;
+      END LOOP;
+      -- Partitions made after CREATE EXTENSION (by ingest) are no members.
+      IF as_extension AND EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                  AND e.objid = relation AND e.deptype = 'e') THEN
+        EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', relation);
+        -- Its identity sequence is a member too.
+        FOR sequence IN
+          SELECT d.objid FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+          JOIN pg_catalog.pg_depend e ON e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e'
+          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = relation AND d.deptype IN ('a', 'i')
+        LOOP
+          EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP SEQUENCE %s', sequence);
+        END LOOP;
+      END IF;
+      EXECUTE pg_catalog.format('ALTER TABLE %s SET SCHEMA bemi_trail', relation);
+    END LOOP;
+    EXECUTE pg_catalog.format('COMMENT ON TABLE bemi_trail.changes IS %L', pg_catalog.format(
+      'The audit trail bemi recorded, kept by bemi.uninstall() at %s.', pg_catalog.now()));
+  END IF;
+
+  FOR slot IN SELECT s.slot_name FROM pg_catalog.pg_replication_slots s
+    WHERE s.database = pg_catalog.current_database() AND s.slot_name IN (bemi.slot_name(), 'bemi')
+  LOOP
+    PERFORM pg_catalog.pg_drop_replication_slot(slot);
+  END LOOP;
+  DELETE FROM bemi.progress;
+  RETURN CASE WHEN drop_trail THEN 'the trail is dropped with bemi'
+    ELSE 'the trail is kept in bemi_trail.changes' END;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.uninstall(boolean) IS
+  'Prepares removing bemi: untracks every table, drops the slot (and a plain install''s publication), keeps the trail in bemi_trail.changes unless drop_trail.';
+
+REVOKE ALL ON FUNCTION bemi.uninstall(boolean) FROM PUBLIC;

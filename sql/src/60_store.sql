@@ -1,0 +1,577 @@
+------------------------------------------------------------------------------------------
+-- 7. Storing: both readers stage changes with their values as text; one converter turns
+--    them into typed JSON with the server's own input functions and stores them once.
+--    Holds: bemi.changes, bemi.partition_interval(), bemi.period_start(), bemi.partitions,
+--    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
+--    bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
+--    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
+--    bemi.store(), bemi.ingest(), bemi.peek(), bemi.ingested_until(), bemi.wal.
+------------------------------------------------------------------------------------------
+
+-- The trail, range-partitioned by commit time, so that old history goes as whole partitions
+-- (bemi.retain) and never by DELETE. The partition interval is the setting
+-- bemi.partition_interval (default 1 month); ingest creates partitions as it needs them and
+-- one ahead. Its keys and indexes are each partition's own (bemi.index_partition, below).
+CREATE TABLE bemi.changes (
+  id bigint GENERATED ALWAYS AS IDENTITY,
+  database text NOT NULL DEFAULT pg_catalog.current_database(),
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  primary_key text,
+  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+  before jsonb NOT NULL DEFAULT '{}',
+  after jsonb NOT NULL DEFAULT '{}',
+  context jsonb NOT NULL DEFAULT '{}',
+  committed_at timestamptz NOT NULL,
+  queued_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+  transaction_id bigint NOT NULL,
+  position pg_lsn NOT NULL,
+  ordinal integer NOT NULL,
+  problem text,
+  partial boolean NOT NULL DEFAULT false,
+  previous_key text
+) PARTITION BY RANGE (committed_at);
+
+COMMENT ON TABLE bemi.changes IS 'The audit trail: one row per captured change, in commit order (partitioned by committed_at).';
+COMMENT ON COLUMN bemi.changes.ordinal IS 'Which of the changes decoded from one WAL record (COPY, TRUNCATE) this is.';
+COMMENT ON COLUMN bemi.changes.problem IS
+  'Why the values could not be converted (they are stored as JSON strings), or NULL.';
+COMMENT ON COLUMN bemi.changes.partial IS
+  'The WAL held only part of the old row (its key): before has just what was known.';
+COMMENT ON COLUMN bemi.changes.previous_key IS
+  'The primary key before an UPDATE that changed it (primary_key holds the new one), else NULL.';
+
+-- The rows are in the partitions, which belong to no extension (ingest makes them, after
+-- CREATE EXTENSION): pg_dump keeps them as it keeps any table (docs/backup.md).
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.changes_id_seq', '');
+
+-- The partition interval: the setting bemi.partition_interval, by default a month.
+CREATE FUNCTION bemi.partition_interval() RETURNS interval
+LANGUAGE sql STABLE
+RETURN coalesce(nullif(pg_catalog.current_setting('bemi.partition_interval', true), ''), '1 month')::interval;
+
+-- Where the period of a commit time begins: whole months counted from 2000-01 (UTC) for an
+-- interval of months or years, else whole intervals counted from 2000-01-01 UTC.
+CREATE FUNCTION bemi.period_start(at timestamptz, step interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+  WHEN pg_catalog.date_part('day', step) = 0 AND pg_catalog.date_part('hour', step) = 0
+   AND pg_catalog.date_part('minute', step) = 0 AND pg_catalog.date_part('second', step) = 0
+  THEN (SELECT pg_catalog.make_timestamptz(2000, 1, 1, 0, 0, 0, 'UTC')
+          + pg_catalog.make_interval(months => (m.n - pg_catalog.mod(pg_catalog.mod(m.n, m.per) + m.per, m.per))::integer)
+        FROM (SELECT ((pg_catalog.date_part('year', at AT TIME ZONE 'UTC') - 2000) * 12
+                      + pg_catalog.date_part('month', at AT TIME ZONE 'UTC') - 1)::bigint AS n,
+                     (pg_catalog.date_part('year', step) * 12 + pg_catalog.date_part('month', step))::bigint AS per) AS m)
+  ELSE pg_catalog.to_timestamp(pg_catalog.floor((pg_catalog.date_part('epoch', at) - 946684800) / pg_catalog.date_part('epoch', step))
+         * pg_catalog.date_part('epoch', step) + 946684800)
+END;
+
+-- The partitions of the trail with their bounds (whoever created them: ingest or pg_partman).
+CREATE VIEW bemi.partitions AS
+SELECT c.oid::pg_catalog.regclass AS partition,
+  pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)')::timestamptz AS from_at,
+  pg_catalog.substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)')::timestamptz AS to_at
+FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'bemi.changes'::pg_catalog.regclass
+  AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM%';
+
+COMMENT ON VIEW bemi.partitions IS 'The partitions of bemi.changes and the commit times each holds (from_at inclusive, to_at exclusive).';
+
+-- The keys and indexes of a partition of the trail, made when it has none: for each partition
+-- ingest makes, and for one made by someone else (pg_partman). They are the partition's own,
+-- not partitioned indexes of bemi.changes: those would be cloned onto each partition pg_restore
+-- attaches, before it creates the partition's own from the dump, which would then fail.
+CREATE FUNCTION bemi.index_partition(partition regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = partition AND i.indisunique) THEN
+    RETURN;
+  END IF;
+  -- A change is stored once: its WAL position and ordinal, with its one commit time (the
+  -- partition key), are unique. Ingest inserts with ON CONFLICT DO NOTHING against it.
+  EXECUTE pg_catalog.format('ALTER TABLE %s ADD PRIMARY KEY (id, committed_at), ADD UNIQUE (position, ordinal, committed_at)',
+    partition);
+  -- Commit times grow with insertion order: a BRIN index serves time ranges at almost no cost to ingest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s USING brin (committed_at)', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s USING gin (context jsonb_path_ops)', partition);
+  -- Time travel (section 8): the history of one row, in time order; an UPDATE that moved its key
+  -- away; a TRUNCATE.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", primary_key, committed_at, id)', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", previous_key, committed_at, id) '
+    'WHERE previous_key IS NOT NULL', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", committed_at, id) '
+    'WHERE operation = ''TRUNCATE''', partition);
+  -- Revert (section 9): the changes of one transaction.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+END
+$$;
+
+-- Creates the partitions of the periods from one commit time to another that no partition
+-- holds yet: tables attached to the trail (ATTACH does not block readers of the trail), each
+-- with its keys and indexes. Returns them.
+CREATE FUNCTION bemi.create_partitions(from_at timestamptz, to_at timestamptz) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  step interval := bemi.partition_interval();
+  cursor timestamptz := from_at;
+  covered_to timestamptz;
+  lower timestamptz;
+  upper timestamptz;
+  name text;
+  created regclass;
+  covering regclass;
+BEGIN
+  -- Walk from one time to the other: over partitions that exist (whatever their bounds, as
+  -- pg_partman's may be), else a new one for the rest of the period, up to the next one.
+  WHILE cursor <= to_at LOOP
+    SELECT p.partition, p.to_at INTO covering, covered_to FROM bemi.partitions p
+    WHERE cursor >= p.from_at AND cursor < p.to_at;
+    IF FOUND THEN
+      PERFORM bemi.index_partition(covering);
+      cursor := covered_to;
+      CONTINUE;
+    END IF;
+    lower := greatest(bemi.period_start(cursor, step),
+                      (SELECT pg_catalog.max(p.to_at) FROM bemi.partitions p WHERE p.to_at <= cursor));
+    upper := least(bemi.period_start(cursor, step) + step,
+                   (SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > cursor));
+    name := 'changes_' || pg_catalog.to_char(lower AT TIME ZONE 'UTC',
+      CASE WHEN step < interval '1 day' OR lower <> bemi.period_start(lower, step) THEN 'YYYYMMDD"_"HH24MISS' ELSE 'YYYYMMDD' END);
+    EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)',
+      name, lower, upper);
+    created := pg_catalog.format('bemi.%I', name)::regclass;
+    PERFORM bemi.index_partition(created);
+    RETURN NEXT created;
+    cursor := upper;
+  END LOOP;
+END
+$$;
+
+
+-- Changes read from the slot, values as text, waiting to be converted and stored in the same
+-- transaction (the contract: docs/ingest.md). Unlogged: nothing here outlives its transaction.
+CREATE UNLOGGED TABLE bemi.staged_relations (
+  relation integer NOT NULL,
+  relid oid NOT NULL,
+  schema text NOT NULL,
+  "table" text NOT NULL,
+  columns text[] NOT NULL,
+  types oid[] NOT NULL,
+  typmods integer[] NOT NULL,
+  identity boolean[] NOT NULL,
+  -- Set only by a reader that stores into a trail in another database (bemi-pg worker
+  -- --trail-dsn), from bemi.describe_relation in the source: NULL means "look it up here".
+  type_names text[],
+  key_columns text[],
+  ignore_columns text[],
+  mask_columns text[]
+);
+
+-- Every store leaves its staged rows dead: autovacuum clears them early, whatever the table's size.
+CREATE UNLOGGED TABLE bemi.staged (
+  seq bigint NOT NULL,
+  relation integer NOT NULL,
+  operation "char" NOT NULL,
+  position pg_lsn NOT NULL,
+  ordinal integer NOT NULL,
+  transaction_id bigint NOT NULL,
+  committed_at timestamptz NOT NULL,
+  context text,
+  old_values text[],
+  old_key_only boolean NOT NULL DEFAULT false,
+  new_values text[],
+  new_missing integer[]
+);
+
+ALTER TABLE bemi.staged SET (autovacuum_vacuum_threshold = 20000, autovacuum_vacuum_scale_factor = 0,
+  autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE bemi.staged_relations SET (autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0);
+
+-- The type a column is read as: its type with its modifier (character(3)[] keeps its length);
+-- text when the type is gone since. In a trail database, the type the source named, when this
+-- database has a type of that name, else text.
+CREATE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE
+  WHEN source_name IS NOT NULL THEN CASE WHEN pg_catalog.to_regtype(source_name) IS NOT NULL THEN source_name
+    WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
+  WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type) THEN pg_catalog.format_type(type, typmod)
+  ELSE 'text' END;
+
+-- A column's type as a trail in another database can read it: domains as their base type
+-- (arrays of them too), other types by their schema-qualified name.
+CREATE FUNCTION bemi.portable_type(type oid, typmod integer) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE chain(oid, typmod, array_of) AS (
+    SELECT CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem ELSE t.oid END, typmod,
+      t.typcategory = 'A' AND t.typelem <> 0
+    FROM pg_catalog.pg_type t WHERE t.oid = type
+    UNION ALL
+    SELECT t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE c.typmod END, c.array_of
+    FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
+  )
+  SELECT pg_catalog.format_type(c.oid, c.typmod) || CASE WHEN c.array_of THEN '[]' ELSE '' END
+  FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid WHERE t.typtype <> 'd';
+END;
+
+-- What a reader storing into a trail in another database needs to know of a relation, from
+-- this (the source) database: portable type names, primary key and column rules.
+CREATE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
+  OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
+               FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
+               ORDER BY x.n),
+    bemi.key_columns_at(relid, at),
+    coalesce((SELECT t.ignore_columns FROM bemi.tracking t WHERE t.relation = relid), '{}'),
+    coalesce((SELECT t.mask_columns FROM bemi.tracking t WHERE t.relation = relid), '{}');
+END;
+
+-- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
+-- each value read by its type's input function, and to_jsonb's rules make the JSON. Chunks
+-- of 50 columns, as a function takes at most 100 arguments. Masked columns are "[masked]".
+CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], type_names text[], vals text, masked text[])
+RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(pg_catalog.string_agg(chunk.sql, ' || ' ORDER BY chunk.n), '''{}''::jsonb')
+  FROM (
+    SELECT (c.i - 1) / 50 AS n,
+      'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
+        CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
+          ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i,
+            bemi.column_type(types[c.i], typmods[c.i], type_names[c.i])) END,
+        ', ' ORDER BY c.i) || ')' AS sql
+    FROM pg_catalog.generate_subscripts(columns, 1) AS c(i)
+    GROUP BY 1
+  ) AS chunk;
+END;
+
+-- The trail's primary_key of a relation's changes, from the key columns it had then: the value
+-- as text for one column, a JSON array text for several, NULL without one.
+CREATE FUNCTION bemi.primary_key_sql(key_columns text[], image text) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE coalesce(pg_catalog.cardinality(k.columns), 0)
+    WHEN 0 THEN 'NULL::text'
+    WHEN 1 THEN pg_catalog.format('(%s) ->> %L', image, k.columns[1])
+    ELSE 'pg_catalog.jsonb_build_array(' || (SELECT pg_catalog.string_agg(pg_catalog.format('(%s) -> %L', image, c), ', ' ORDER BY o)
+      FROM pg_catalog.unnest(k.columns) WITH ORDINALITY AS u(c, o)) || ')::text'
+  END
+  FROM (SELECT key_columns AS columns) AS k;
+END;
+
+-- The context carried by a message; text that is not a JSON object is kept, not lost.
+CREATE FUNCTION bemi.context_json(content text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  parsed jsonb;
+BEGIN
+  parsed := content::jsonb;
+  RETURN CASE WHEN pg_catalog.jsonb_typeof(parsed) = 'object' THEN parsed
+    ELSE pg_catalog.jsonb_build_object('invalid_context', content) END;
+EXCEPTION WHEN data_exception THEN
+  RETURN pg_catalog.jsonb_build_object('invalid_context', content);
+END
+$$;
+
+-- The context of each message content staged, parsed once: {"content": context, ...}. The
+-- converter's queries take it as their parameter $1. All in one statement; only when some
+-- content is not JSON (a message no bemi trigger wrote), one by one.
+CREATE FUNCTION bemi.staged_contexts() RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  careful boolean;
+BEGIN
+  FOREACH careful IN ARRAY ARRAY[false, true] LOOP
+    BEGIN
+      RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(c.content, CASE WHEN careful THEN bemi.context_json(c.content)
+                WHEN pg_catalog.jsonb_typeof(c.content::jsonb) = 'object' THEN c.content::jsonb
+                ELSE pg_catalog.jsonb_build_object('invalid_context', c.content) END), '{}')
+              FROM (SELECT DISTINCT s.context FROM bemi.staged s WHERE s.context IS NOT NULL) AS c(content));
+    EXCEPTION WHEN data_exception THEN
+      IF careful THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
+END
+$$;
+
+-- The query that converts the staged changes of one relation into rows of bemi.changes (in
+-- seq order, with seq). When converting fails, row_filter picks single changes, and as_text
+-- keeps the values as JSON strings, so a change that cannot be converted is still stored.
+CREATE FUNCTION bemi.convert_sql(r bemi.staged_relations, row_filter text DEFAULT 'true', as_text boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  rules bemi.tracking := CASE WHEN r.mask_columns IS NULL THEN (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid)
+    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.ignore_columns, r.mask_columns)::bemi.tracking END;
+  -- The key as of the relation's first staged change: a new key comes with a new Relation message.
+  keys text[] := CASE WHEN r.mask_columns IS NULL
+    THEN bemi.key_columns_at(r.relid, (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation))
+    ELSE r.key_columns END;
+  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
+    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
+  old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', rules.mask_columns) END;
+  new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', rules.mask_columns) END;
+  -- An UPDATE that changed only ignored columns is not stored.
+  ignored text := CASE WHEN rules.ignore_columns <> '{}' THEN pg_catalog.format(
+    'NOT (s.operation = ''U'' AND i.before - %1$L::text[] = i.after - %1$L::text[])', rules.ignore_columns) ELSE 'true' END;
+BEGIN
+  RETURN pg_catalog.format($q$
+    SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
+      CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
+      coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
+      coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
+      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
+      CASE WHEN s.operation = 'U' AND %5$s IS DISTINCT FROM %6$s THEN %5$s END AS previous_key
+    FROM bemi.staged s JOIN bemi.staged_relations r ON r.relation = s.relation
+    CROSS JOIN LATERAL (SELECT
+      CASE WHEN s.old_values IS NULL THEN NULL WHEN s.old_key_only
+        THEN (%1$s) - (SELECT pg_catalog.array_agg(c) FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.identity)) AS k(c, key) WHERE NOT k.key)
+        ELSE %1$s END AS before,
+      CASE WHEN s.new_values IS NULL AND s.new_missing IS NULL THEN NULL WHEN s.new_missing IS NOT NULL
+        THEN (%2$s) - (SELECT pg_catalog.array_agg(r.columns[m]) FROM pg_catalog.unnest(s.new_missing) AS m)
+        ELSE %2$s END AS after
+      OFFSET 0 -- kept a subquery: each image is built once, not at every use
+    ) AS i
+    WHERE s.relation = %4$s AND %7$s AND %8$s
+    $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
+    bemi.primary_key_sql(keys, 'i.before'), bemi.primary_key_sql(keys, 'i.after'),
+    row_filter, ignored);
+END
+$$;
+
+-- Stores every staged change in bemi.changes, in seq order, exactly once (a change already
+-- stored keeps its row), empties the stage, and records how far the trail is complete.
+-- The one converter of both readers: bemi.ingest() and the streaming worker (docs/ingest.md).
+CREATE FUNCTION bemi.store(through pg_lsn, part_of pg_lsn DEFAULT NULL, part_stored bigint DEFAULT 0,
+  caught_up_at timestamptz DEFAULT NULL, source_slot name DEFAULT NULL, source_database text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
+AS $$
+DECLARE
+  queries text;
+  inserted bigint := 0;
+  contexts jsonb;
+  n bigint;
+  oldest timestamptz;
+  newest timestamptz;
+  change record;
+  r bemi.staged_relations;
+  columns text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
+                  'transaction_id, position, ordinal, problem, partial, previous_key';
+BEGIN
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  IF source_database IS NOT NULL THEN  -- a trail database: the changes are another database's
+    columns := 'database, ' || columns;
+  END IF;
+  SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
+  FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
+  contexts := bemi.staged_contexts();
+  -- Partitions for these commit times, and for the next period ahead of them.
+  SELECT pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) INTO oldest, newest FROM bemi.staged s;
+  IF oldest IS NOT NULL THEN
+    PERFORM bemi.create_partitions(oldest, newest + bemi.partition_interval());
+  END IF;
+  IF queries IS NOT NULL THEN
+    BEGIN
+      EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
+        'ON CONFLICT DO NOTHING', columns, columns, queries)
+        USING contexts, NULL, NULL, source_database;
+      GET DIAGNOSTICS inserted = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+      -- Some value cannot be converted: store change by change, each that fails as text.
+      FOR change IN SELECT s.seq, s.relation FROM bemi.staged s ORDER BY s.seq LOOP
+        SELECT * INTO r FROM bemi.staged_relations x WHERE x.relation = change.relation;
+        BEGIN
+          EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
+            'ON CONFLICT DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
+            USING contexts, change.seq, NULL, source_database;
+        EXCEPTION WHEN OTHERS THEN
+          EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
+            'ON CONFLICT DO NOTHING', columns,
+            pg_catalog.replace(columns, 'problem', '$3'), bemi.convert_sql(r, 's.seq = $2', true))
+            USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM, source_database;
+        END;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        inserted := inserted + n;
+      END LOOP;
+    END;
+  END IF;
+  DELETE FROM bemi.staged;
+  DELETE FROM bemi.staged_relations;
+  -- (A trail database gets its source's progress row with the first batch it stores.)
+  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
+  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(p.lsn, excluded.lsn), part_of = excluded.part_of,
+    part_stored = excluded.part_stored, committed_at = greatest(p.committed_at, excluded.committed_at),
+    caught_up_at = coalesce(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
+  -- The slot is confirmed up to these rows once this commits: they must be on disk first.
+  PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+  RETURN inserted;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text) IS
+  'Converts the staged changes and stores them in bemi.changes exactly once; records progress up to through.';
+
+CREATE FUNCTION bemi.ingest(max_changes integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  slot_at pg_lsn;
+  done pg_lsn;
+  through pg_lsn;
+  started timestamptz := pg_catalog.clock_timestamp();
+  flushed pg_lsn := pg_catalog.pg_current_wal_flush_lsn();
+  read bigint;
+  newest_id bigint;
+  moved bigint := 0;
+BEGIN
+  IF max_changes IS NULL OR max_changes < 1 THEN
+    RAISE EXCEPTION 'bemi: max_changes must be a positive number, not %', coalesce(max_changes::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- One ingest at a time; a second one waits here, then carries on after the first.
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  IF NOT FOUND AND EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
+                           WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
+    -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).
+    SELECT pg_catalog.max(c.id) INTO newest_id FROM bemi.changes c;
+    PERFORM bemi.create_slot();
+    SELECT pg_catalog.count(*) INTO moved FROM bemi.changes c WHERE c.id > coalesce(newest_id, 0);
+    SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  END IF;
+  IF slot_at IS NULL THEN
+    RAISE EXCEPTION 'bemi: the replication slot "%" does not exist in database "%"', slot, pg_catalog.current_database()
+      USING ERRCODE = 'undefined_object', HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured.';
+  END IF;
+  -- The slot moves only up to what an earlier, committed ingest stored. Moving it is not
+  -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
+  SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = slot;
+  IF done > slot_at AND coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' THEN
+    PERFORM pg_catalog.pg_replication_slot_advance(slot, done);
+  END IF;
+  SELECT pg_catalog.max(e.lsn) FILTER (WHERE e.data ->> 'action' = 'C'), pg_catalog.max(e.seq)
+  INTO through, read FROM bemi.stage_from_slot(max_changes) AS e;
+  PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
+  -- A peek brings whole transactions, and only those with changes of tracked tables. When it
+  -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
+  -- slot may then move that far, past the WAL of other tables, and the trail is current.
+  IF coalesce(read, 0) < max_changes THEN
+    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, started);
+  END IF;
+  RETURN moved + bemi.store(greatest(through, done));
+END
+$$;
+
+COMMENT ON FUNCTION bemi.ingest(integer) IS
+  'Moves pending changes from the slot into bemi.changes, exactly once; returns how many.';
+
+-- The pending entries, wal2json format-version 2 shaped, without consuming them: the staged
+-- changes converted as bemi.store would, between their B, M and C entries.
+CREATE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
+RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  queries text;
+  entries jsonb;
+  result jsonb;
+  as_text boolean;
+BEGIN
+  SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(e)) INTO entries FROM bemi.stage_from_slot(max_changes) AS e;
+  -- Values that cannot be converted are shown as text, as bemi.store would store them.
+  FOREACH as_text IN ARRAY ARRAY[false, true] LOOP
+    SELECT pg_catalog.string_agg(bemi.convert_sql(x, 'true', as_text), ' UNION ALL ') INTO queries FROM bemi.staged_relations x;
+    BEGIN
+      EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('lsn', e.lsn, 'xid', e.xid, 'data', e.data) ORDER BY e.seq, e.sub) FROM (
+      SELECT e.seq, 0 AS sub, e.lsn, e.xid, e.data
+      FROM pg_catalog.jsonb_to_recordset($2) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
+      UNION ALL
+      SELECT c.seq, c.ordinal, c.position, c.transaction_id::text::xid,
+        pg_catalog.jsonb_build_object('action', s.operation, 'schema', c.schema, 'table', c."table")
+        || CASE WHEN c.operation IN ('CREATE', 'UPDATE') THEN pg_catalog.jsonb_build_object('columns',
+             (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
+                'value', c.after -> k.name) ORDER BY k.n)
+              FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
+              WHERE c.after ? k.name)) ELSE '{}' END
+        || CASE WHEN c.before <> '{}' THEN pg_catalog.jsonb_build_object('identity',
+             (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
+                'value', c.before -> k.name) ORDER BY k.n)
+              FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
+              WHERE c.before ? k.name)) ELSE '{}' END
+        || coalesce((SELECT pg_catalog.jsonb_build_object('pk', p.pk) FROM bemi.primary_key(r.relid::pg_catalog.regclass) AS p(pk)
+             WHERE p.pk IS NOT NULL), '{}')
+      FROM (%s) AS c JOIN bemi.staged s ON s.seq = c.seq AND s.ordinal = c.ordinal
+      JOIN bemi.staged_relations r ON r.relation = s.relation
+    ) AS e
+    $q$, coalesce(queries, 'SELECT NULL::bigint AS seq, NULL::text AS schema, NULL::text AS "table", NULL::text AS operation, '
+      'NULL::jsonb AS before, NULL::jsonb AS after, NULL::bigint AS transaction_id, NULL::pg_lsn AS position, '
+      'NULL::integer AS ordinal WHERE false')) INTO result USING bemi.staged_contexts(), entries, NULL::text, NULL::text;
+      EXIT;
+    EXCEPTION WHEN OTHERS THEN
+      IF as_text THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
+  DELETE FROM bemi.staged;
+  DELETE FROM bemi.staged_relations;
+  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
+END
+$$;
+
+-- Every transaction committed at or before this time is in the trail: when an ingest last
+-- read to the end of the slot, else the newest stored commit. Time travel stops here.
+-- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
+CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS timestamptz
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
+END;
+
+COMMENT ON FUNCTION bemi.ingested_until(name) IS
+  'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
+
+REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
+  bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
+  bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
+CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
+
+COMMENT ON VIEW bemi.wal IS
+  'Pending WAL entries of tracked tables, wal2json format-version 2 shaped, without consuming them.';
+
+-- The trail (bemi.changes, no grants) is read-only to everyone but the extension's owner.
+REVOKE ALL ON bemi.wal FROM PUBLIC;

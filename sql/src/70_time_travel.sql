@@ -1,0 +1,415 @@
+------------------------------------------------------------------------------------------
+-- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
+--    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
+--    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
+--    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
+--    bemi.table_from(), bemi.table_at(), bemi.diff().
+------------------------------------------------------------------------------------------
+
+-- Time is commit time (committed_at, ties broken by id). A row's history, an UPDATE that
+-- moved its key away and a TRUNCATE are each found with an index of every partition
+-- (bemi.index_partition, section 7). SQLSTATEs (docs/time-travel.md):
+-- 22023 bad argument or moment, 22000 an image the answer needs is incomplete (problem,
+-- partial), 0A000 a TRUNCATE the answer would have to see through.
+
+-- The primary key of a row image in the text form of bemi.changes.primary_key: the value as
+-- text for one column, a JSON array for several; NULL for {} or a table without a key.
+CREATE FUNCTION bemi.image_key(image jsonb, key_columns text[]) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE
+  WHEN image = '{}' OR key_columns IS NULL THEN NULL
+  WHEN pg_catalog.cardinality(key_columns) = 1 THEN image ->> key_columns[1]
+  ELSE (SELECT pg_catalog.jsonb_agg(image -> k.name ORDER BY k.ord)
+        FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS k(name, ord))::text END;
+
+-- Time travel and revert read the trail and the tables. Where the trail is kept in a database
+-- of its own (docs/trail-database.md) those are two databases, so each is built of parts that
+-- run where the tables are (history_of, row_from, table_from, revert_from) and parts that run
+-- where the trail is (check_trail, row_history, table_history), passing JSON or a copy of the
+-- trail's rows (a relation shaped like bemi.changes) between them. Here both are one database:
+-- row_at, table_at and revert are those parts put together; bemi_pg's helpers put them
+-- together across two connections.
+
+-- Where the table is: checks that it was tracked at the moment, and tells the trail where its
+-- changes are: under which names (now, and when tracking began), from which slot.
+-- SECURITY DEFINER: it reads bemi.tracking for callers that may not, and tells them only the
+-- names and when tracking began.
+CREATE FUNCTION bemi.history_of(relation regclass, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  began timestamptz;
+  first_schema text;
+  first_table text;
+  now_schema text;
+  now_table text;
+BEGIN
+  IF at IS NULL OR relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: the table and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT t.tracked_at, t.schema, t."table" INTO began, first_schema, first_table
+  FROM bemi.tracking AS t WHERE t.relation = history_of.relation;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'bemi: % is not tracked, so it has no history', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track it with SELECT bemi.track(''table'').';
+  ELSIF at < began THEN
+    RAISE EXCEPTION 'bemi: % was not tracked yet at %: tracking began at %', relation, at, began
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Ask for a moment at or after the start of tracking.';
+  END IF;
+  SELECT n.nspname, c.relname INTO now_schema, now_table
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
+    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name());
+END
+$$;
+
+-- Where the trail is: checks that it can answer for the table of a history_of at the moment:
+-- nothing before it was pruned, the table was not renamed since its changes began (the trail
+-- names a table as it was at each change: history under a former name is not found), and every
+-- commit up to the moment is stored. SECURITY DEFINER: it reads bemi.retention,
+-- bemi.progress and the trail for callers that may read none of them, and tells them only
+-- the horizon, how far the trail is stored, and whether there are changes under a former name.
+CREATE FUNCTION bemi.check_trail(history jsonb, at timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named text := pg_catalog.quote_ident(history ->> 'schema') || '.' || pg_catalog.quote_ident(history ->> 'table');
+  until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
+BEGIN
+  IF history IS NULL OR at IS NULL THEN
+    RAISE EXCEPTION 'bemi: the history and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF at < bemi.retained_from() THEN
+    RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
+  END IF;
+  IF (history ->> 'first_schema', history ->> 'first_table') <> (history ->> 'schema', history ->> 'table')
+     AND EXISTS (SELECT FROM bemi.changes AS x WHERE x.schema = history ->> 'first_schema' AND x."table" = history ->> 'first_table'
+                 AND (NOT history ? 'database' OR x.database = history ->> 'database')) THEN
+    RAISE EXCEPTION 'bemi: % was renamed since tracking began: its changes before are under %.%', named,
+        pg_catalog.quote_ident(history ->> 'first_schema'), pg_catalog.quote_ident(history ->> 'first_table')
+      USING ERRCODE = 'feature_not_supported', HINT = 'Time travel does not follow renames; query bemi.changes under both names.';
+  END IF;
+  IF until IS NULL OR at > until THEN
+    RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- Refuses an answer that would rest on an incomplete image: a change whose values could not
+-- be converted (problem), or whose before or after lacks columns the WAL did not have
+-- (partial). Given the ids of such changes (NULL: none), raises; else true.
+CREATE FUNCTION bemi.refuse_incomplete(ids bigint[]) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF ids IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % have incomplete row images, so the answer would not be exact',
+        (SELECT pg_catalog.array_agg(DISTINCT i ORDER BY i) FROM pg_catalog.unnest(ids) AS i)
+      USING ERRCODE = 'data_exception',
+            DETAIL = 'bemi.changes.problem says what could not be converted; partial = true means an image holds only what the WAL had.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- An image without the values the trail does not know: "[masked]" by a column rule of
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+
+-- The WHERE condition matching a table's row t by its primary key to the key of the record r.
+CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r, k), ' AND ')
+        FROM pg_catalog.unnest(key_columns) AS k);
+
+-- The latest (latest = true: at or before at) or the first (after at) change of the row with a
+-- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
+-- branch reads one entry of its index; the other direction's branches are not run.
+-- database_name: only changes from this database (NULL: any).
+CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+  ) AS e
+  ORDER BY CASE WHEN latest THEN e.committed_at END DESC, CASE WHEN latest THEN e.id END DESC,
+    CASE WHEN NOT latest THEN e.committed_at END, CASE WHEN NOT latest THEN e.id END
+  LIMIT 1;
+END;
+
+-- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
+-- of the row at or before the moment, else the first after it ("later": true), else {}.
+-- Generic plans: planning the six index lookups for every partition of the trail on each
+-- call would cost more than running them (partitions are pruned when the plan starts).
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  event jsonb;
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  SELECT pg_catalog.to_jsonb(e.*) INTO event
+  FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, true) AS e;
+  IF event IS NULL THEN
+    SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO event
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, false) AS e;
+  END IF;
+  RETURN coalesce(event, '{}');
+END
+$$;
+
+-- Where the table is: the row with a primary key at a moment, from what row_history found.
+CREATE FUNCTION bemi.row_from(relation regclass, primary_key text, at timestamptz, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  result jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF event ? 'id' AND NOT event ? 'later' THEN
+    -- The row as the latest change at or before the moment left it.
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'after';
+  ELSIF event ->> 'operation' = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
+      primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
+  ELSIF event ? 'id' THEN
+    -- Unchanged since tracking began, up to the moment: as the first change after it found it.
+    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'before';
+  END IF;
+  -- Unchanged to this day.
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+      relation, relation, bemi.key_match(keys, 't', 'k'))
+    INTO result
+    USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
+      ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
+            FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)) END;
+  RETURN result;
+END
+$$;
+
+CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN bemi.row_from(relation, primary_key, at, bemi.row_history(bemi.history_of(relation, at), primary_key, at));
+
+COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
+  'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
+
+-- A count of copies of a row, checked: below zero the trail and the table disagree.
+CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n < 0 THEN
+    RAISE EXCEPTION 'bemi: the table holds fewer copies of a row than its trail says: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n > 0;
+END
+$$;
+
+-- The table of a row type (the typed NULL table_at and table_from are given), or an error.
+CREATE FUNCTION bemi.table_of(row_type regtype) RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := (SELECT nullif(t.typrelid, 0) FROM pg_catalog.pg_type AS t WHERE t.oid = row_type);
+BEGIN
+  IF table_oid IS NULL OR (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = table_oid) NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION 'bemi: table_at needs the row type of a table, not %', row_type
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a typed NULL: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+  END IF;
+  RETURN table_oid;
+END
+$$;
+
+-- Where the trail is: the changes of a history_of's table after a moment, for table_from
+-- where the table is (bemi_pg copies them into a temporary table there).
+CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  RETURN QUERY SELECT c.* FROM bemi.changes AS c
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.committed_at > at
+      AND (NOT history ? 'database' OR c.database = history ->> 'database');
+END
+$$;
+
+-- Where the table is: the table as of a moment, from the table now and the changes after the
+-- moment, read from changes (bemi.changes, or a copy of table_history's rows).
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  schema_name text;
+  table_name text;
+  keys text[] := bemi.key_columns(table_oid);
+  truncated bigint[];
+BEGIN
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+
+  EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
+    INTO truncated USING schema_name, table_name, at;
+  IF truncated IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+  END IF;
+
+  IF keys IS NULL THEN
+    -- No key: the rows as a multiset, the table now, minus what later changes added, plus
+    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+      WITH later AS (
+        SELECT c.before, c.after FROM %3$s AS c
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      ), generated AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), counted AS (
+        SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        ) AS v GROUP BY v.image
+      )
+      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
+      USING schema_name, table_name, at;
+    RETURN;
+  END IF;
+
+  -- With a key: each row a later change touched as the first such change found it (its before
+  -- image; none when that change created the key), every other row as it is now. One query,
+  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH later AS (
+      SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+    ), sides AS (
+      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+      UNION ALL
+      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), firsts AS (
+      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+    ), used AS (
+      SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
+      FROM firsts AS f WHERE f.image IS NOT NULL
+    )
+    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    UNION ALL
+    SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
+    WHERE bemi.refuse_incomplete(u.incomplete)$q$,
+    table_oid,
+    (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I AS bemi_key_%s', k.name, k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s', k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    changes)
+    USING schema_name, table_name, at;
+END
+$$;
+
+CREATE FUNCTION bemi.table_at(relation anyelement, at timestamptz) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), at), at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, at, 'bemi.changes');
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
+  'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+CREATE FUNCTION bemi.diff(before jsonb, after jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
+          pg_catalog.jsonb_build_array(before OPERATOR(pg_catalog.->) k.name, after OPERATOR(pg_catalog.->) k.name)), '{}')
+        FROM (SELECT pg_catalog.jsonb_object_keys(coalesce(before, '{}')) UNION SELECT pg_catalog.jsonb_object_keys(coalesce(after, '{}'))) AS k(name)
+        WHERE (before OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (after OPERATOR(pg_catalog.->) k.name));
+
+COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
+  'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
+
+REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;

@@ -1,0 +1,558 @@
+------------------------------------------------------------------------------------------
+-- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
+------------------------------------------------------------------------------------------
+
+-- A revert runs as its caller (no SECURITY DEFINER, no SET search_path: user triggers fire
+-- with the caller's settings), so it can write only what the caller may write. SQLSTATEs as in
+-- section 8, plus 55000 for rows that changed since (on_conflict => 'error').
+
+-- The columns a revert writes: those of the table now, except generated ones.
+CREATE FUNCTION bemi.writable_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute AS a
+  WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+END;
+
+-- How far down the foreign keys a table is: the number of other tables it references,
+-- directly or not. Parents come before their children.
+CREATE FUNCTION bemi.foreign_key_depth(relation regclass) RETURNS integer
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE up(parent) AS (
+    SELECT relation::oid
+    UNION
+    SELECT f.confrelid FROM pg_catalog.pg_constraint AS f JOIN up ON f.conrelid = up.parent
+    WHERE f.contype = 'f' AND f.confrelid <> f.conrelid
+  )
+  SELECT pg_catalog.count(*)::integer - 1 FROM up;
+END;
+
+-- A row image typed by the table as it is now, back as JSON: values compare the way the
+-- table's own rows do (timestamps in this session's time zone, numbers by value).
+CREATE FUNCTION bemi.typed_image(relation regclass, image jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  typed jsonb;
+BEGIN
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
+    INTO typed USING image;
+  RETURN typed;
+END
+$$;
+
+-- The columns of an image a revert writes (of those given: the table's columns but generated
+-- ones) and compares (except some): those the trail knows a value of, not "[masked]" by a
+-- column rule of bemi.track nor "[erased]" by bemi.erase.
+CREATE FUNCTION bemi.known_columns(image jsonb, columns text[], except_columns text[] DEFAULT '{}') RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.array_agg(w.name), '{}') FROM pg_catalog.unnest(columns) AS w(name)
+        WHERE image OPERATOR(pg_catalog.?) w.name AND w.name OPERATOR(pg_catalog.<>) ALL (except_columns)
+          AND (image OPERATOR(pg_catalog.->) w.name) NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+
+-- The columns of a table whose updates alone are not stored (bemi.track's ignore_columns):
+-- the trail may hold stale values of them. SECURITY DEFINER: it reads bemi.tracking.
+CREATE FUNCTION bemi.ignored_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
+CREATE FUNCTION bemi.text_array(items jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN items OPERATOR(pg_catalog.<>) 'null' THEN
+  (SELECT coalesce(pg_catalog.array_agg(e.item), '{}') FROM pg_catalog.jsonb_array_elements_text(items) AS e(item)) END;
+
+-- The columns in which two typed rows differ, of those given.
+CREATE FUNCTION bemi.differing_columns(a jsonb, b jsonb, columns text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+RETURN (SELECT coalesce(pg_catalog.array_agg(k.name), '{}') FROM pg_catalog.unnest(columns) AS k(name)
+        WHERE (a OPERATOR(pg_catalog.->) k.name) IS DISTINCT FROM (b OPERATOR(pg_catalog.->) k.name));
+
+-- The row of a table that an image stands for, locked: the row with its primary key, or for
+-- a table without one, a row equal to it that is not one of those taken. NULLs when none.
+CREATE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, taken tid[],
+  OUT image_now jsonb, OUT row_id tid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF key_columns IS NOT NULL THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
+        relation, relation, bemi.key_match(key_columns, 't', 'k'))
+      INTO image_now, row_id USING image;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
+        relation)
+      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
+  END IF;
+END
+$$;
+
+-- The statement of one planned step of a revert: {"kind": insert | update | delete,
+-- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
+-- row (a table without a key), $3 an image with the key of the row to write over. Every name
+-- in it is qualified: bemi.revert runs it with its caller's search_path.
+CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := (step ->> 'relation')::oid::regclass;
+  keys text[] := bemi.text_array(step -> 'keys');
+  columns text[] := bemi.text_array(step -> 'columns');
+  located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
+    ELSE bemi.key_match(keys, 't', 'k') END;
+BEGIN
+  IF step ->> 'kind' = 'insert' THEN
+    RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation);
+  ELSIF step ->> 'kind' = 'update' THEN
+    RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located);
+  ELSE
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located);
+  END IF;
+END
+$$;
+
+-- What a revert needs to know of the table a change was made in (by the name in the trail):
+-- relation, keys, writable and ignored columns, foreign key depth, name.
+CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+BEGIN
+  IF relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', change_id, schema_name, table_name
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
+    'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
+    'depth', bemi.foreign_key_depth(relation), 'schema', schema_name, 'table', table_name);
+END
+$$;
+
+-- What a revert does, checked and the rows locked, without writing: the steps to write (in
+-- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
+-- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
+CREATE FUNCTION bemi.revert_plan(changes regclass, change_ids bigint[], on_conflict text,
+                                 OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  missing bigint[];
+  truncates bigint[];
+  incomplete bigint[];
+  by_change boolean;
+  c record;
+  relation regclass;
+  schema_name text;
+  table_name text;
+  tables jsonb := '{}';     -- "schema.table" (as in the trail) -> what the plan needs of it (bemi.revert_table)
+  info jsonb;
+  keys text[];
+  writable text[];
+  ignored text[];
+  old_key text;
+  new_key text;
+  found_key text;
+  open_chains jsonb := '{}'; -- "relation key" -> the chains of the rows that now have this key
+  candidate integer;
+  n integer;
+  -- Each row's net effect, a chain of its changes: the row before the first (NULL: created by
+  -- it), after the last (NULL: deleted), their ids. Arrays, so that each step is in place.
+  chains integer := 0;
+  chain_relation oid[] := '{}';
+  chain_table text[] := '{}';     -- the key of its table in tables
+  chain_key text[] := '{}';
+  chain_first jsonb[] := '{}';
+  chain_last jsonb[] := '{}';
+  chain_gone boolean[] := '{}';
+  chain_ids text[] := '{}';
+  chain_first_id bigint[] := '{}';
+  chain_last_id bigint[] := '{}';
+  target jsonb;
+  expected jsonb;
+  found_expected jsonb;
+  expected_id tid;
+  found_target jsonb;
+  target_id tid;
+  typed_target jsonb;
+  conflicts text[] := '{}';
+  planned jsonb[] := '{}';
+  result_rows jsonb[] := '{}';
+  taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
+  verdict text;
+  step jsonb;
+BEGIN
+  IF on_conflict IS NULL OR on_conflict NOT IN ('error', 'skip', 'overwrite') THEN
+    RAISE EXCEPTION 'bemi: on_conflict must be ''error'', ''skip'' or ''overwrite'', not %', coalesce(pg_catalog.quote_literal(on_conflict), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF change_ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: change_ids must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  ids := (SELECT coalesce(pg_catalog.array_agg(DISTINCT i ORDER BY i), '{}') FROM pg_catalog.unnest(change_ids) AS i WHERE i IS NOT NULL);
+  EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.id IS NULL),
+      pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.operation = 'TRUNCATE'),
+      pg_catalog.array_agg(i ORDER BY i) FILTER (WHERE x.problem IS NOT NULL OR x.partial),
+      coalesce(pg_catalog.bool_or(x.previous_key IS NOT NULL OR x.primary_key IS NULL), false)
+    FROM pg_catalog.unnest($1) AS i LEFT JOIN %s AS x ON x.id = i$q$, changes)
+    INTO missing, truncates, incomplete, by_change USING ids;
+  IF missing IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with ids % in the trail', missing USING ERRCODE = 'invalid_parameter_value';
+  ELSIF truncates IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % are TRUNCATEs, which cannot be reverted', truncates
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
+  END IF;
+  PERFORM bemi.refuse_incomplete(incomplete);
+
+  -- Each row's changes, in commit order, chained through primary key changes: the row's net
+  -- effect is its first before and its last after. A table without a key chains by value.
+  -- Without key changes or tables without a key (the usual case) a row's changes are those
+  -- under its key, grouped in one query; else they are followed change by change.
+  IF NOT by_change THEN
+    FOR c IN EXECUTE pg_catalog.format($q$
+      SELECT f.schema, f."table", f.primary_key, f.first_id, f.ids, f.first, l.id AS last_id,
+        CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END AS last
+      FROM (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id AS first_id,
+              x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
+              pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
+                ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
+            FROM %1$s AS x WHERE x.id = ANY ($1)
+            ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
+      JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
+            FROM %1$s AS x WHERE x.id = ANY ($1)
+            ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
+        ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
+      ORDER BY f.committed_at, f.first_id$q$, changes) USING ids
+    LOOP
+      info := tables -> (c.schema || '.' || c."table");
+      IF info IS NULL THEN
+        info := bemi.revert_table(c.schema, c."table", c.first_id);
+        tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
+      END IF;
+      chains := chains + 1;
+      chain_relation[chains] := (info ->> 'relation')::oid;
+      chain_table[chains] := c.schema || '.' || c."table";
+      chain_key[chains] := c.primary_key;
+      chain_first[chains] := c.first;
+      chain_last[chains] := c.last;
+      chain_ids[chains] := c.ids;
+      chain_first_id[chains] := c.first_id;
+      chain_last_id[chains] := c.last_id;
+    END LOOP;
+  ELSE
+    FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
+                                       'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
+        info := tables -> (c.schema || '.' || c."table");
+        IF info IS NULL THEN
+          info := bemi.revert_table(c.schema, c."table", c.id);
+          tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
+        END IF;
+        relation := (info ->> 'relation')::oid;
+        keys := bemi.text_array(info -> 'keys');
+        old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
+        new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
+        -- The chain this change continues: one whose row has this key (for a CREATE: one whose
+        -- row was deleted under it). Equal rows of a table without a key share a key: a list.
+        found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
+        n := NULL;
+        FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
+          IF chain_gone[candidate] = (c.operation = 'CREATE') THEN
+            n := candidate;
+            EXIT;
+          END IF;
+        END LOOP;
+        IF n IS NULL THEN
+          chains := chains + 1;
+          n := chains;
+          chain_relation[n] := relation;
+          chain_table[n] := c.schema || '.' || c."table";
+          chain_first[n] := CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END;
+          chain_ids[n] := c.id::text;
+          chain_first_id[n] := c.id;
+        ELSE
+          chain_ids[n] := chain_ids[n] || ',' || c.id;
+          open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+            pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
+        END IF;
+        chain_last[n] := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
+        chain_gone[n] := c.operation = 'DELETE';
+        chain_key[n] := c.primary_key;
+        chain_last_id[n] := c.id;
+        found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
+        open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+          coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
+      END LOOP;
+  END IF;
+
+  -- What each row needs, checked against the row as it is now (locked until the caller's
+  -- transaction ends): a row must still be as the changes left it.
+  FOR n IN 1 .. chains LOOP
+    relation := chain_relation[n];
+    info := tables -> chain_table[n];
+    keys := bemi.text_array(info -> 'keys');
+    writable := bemi.text_array(info -> 'writable');
+    ignored := bemi.text_array(info -> 'ignored');
+    schema_name := info ->> 'schema';
+    table_name := info ->> 'table';
+    target := chain_first[n];
+    expected := chain_last[n];
+    found_expected := NULL; expected_id := NULL; found_target := NULL; target_id := NULL;
+    IF expected IS NOT NULL THEN
+      SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected, taken) AS l;
+      IF keys IS NULL AND expected_id IS NOT NULL THEN
+        taken[pg_catalog.cardinality(taken) + 1] := expected_id;
+      END IF;
+    END IF;
+    IF target IS NOT NULL AND keys IS NOT NULL THEN
+      SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target, taken) AS l;
+      typed_target := bemi.typed_image(relation, target);
+    END IF;
+    verdict := CASE
+      WHEN target IS NOT DISTINCT FROM expected THEN 'unchanged'
+      -- Already as the revert would leave it (a cascade, or someone else, got there first).
+      WHEN keys IS NOT NULL AND target IS NULL AND found_expected IS NULL THEN 'unchanged'
+      WHEN keys IS NOT NULL AND target IS NOT NULL AND found_target IS NOT NULL
+        AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.known_columns(target, writable, ignored))) = 0
+        AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
+      WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
+          found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
+      WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+      ELSE 'revert' END;
+    IF verdict = 'conflict' AND on_conflict = 'error' THEN
+      conflicts[pg_catalog.cardinality(conflicts) + 1] := pg_catalog.format('%I.%I %s (changes %s)', schema_name, table_name,
+        coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text), chain_ids[n]);
+    ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
+      verdict := 'skipped';
+    ELSIF verdict IN ('conflict', 'revert') THEN
+      -- The row to write over: the one the changes left, else (overwrite) the one with the key.
+      IF found_expected IS NULL AND keys IS NOT NULL THEN
+        found_expected := found_target;
+        expected_id := target_id;
+      END IF;
+      step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
+        'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain_first_id[n],
+        'last_id', chain_last_id[n], 'depth', info -> 'depth');
+      IF target IS NULL AND found_expected IS NULL THEN
+        verdict := 'unchanged';
+      ELSIF target IS NULL THEN
+        verdict := 'deleted';
+        planned[pg_catalog.cardinality(planned) + 1] := step || '{"kind": "delete", "phase": 3}';
+      ELSIF found_expected IS NULL THEN
+        verdict := 'inserted';
+        planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1,
+          'columns', bemi.known_columns(target, writable));
+      ELSE
+        verdict := 'updated';
+        step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
+          bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
+        IF step -> 'columns' = '[]' THEN
+          verdict := 'unchanged';
+        ELSE
+          -- Located by the key it has now (the changes may have moved it).
+          planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('at', found_expected);
+        END IF;
+      END IF;
+    END IF;
+    result_rows[n] := pg_catalog.jsonb_build_array(chain_last_id[n], schema_name, table_name,
+      coalesce(bemi.image_key(coalesce(target, expected), keys), chain_key[n]), verdict);
+  END LOOP;
+  IF pg_catalog.cardinality(conflicts) > 0 THEN
+    RAISE EXCEPTION 'bemi: % rows changed since, nothing was reverted: %', pg_catalog.cardinality(conflicts),
+        pg_catalog.array_to_string(conflicts[1:20], ', ') || CASE WHEN pg_catalog.cardinality(conflicts) > 20 THEN ', ...' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Pass on_conflict => ''skip'' to leave those rows alone, or ''overwrite'' to revert them anyway.';
+  END IF;
+
+  results := pg_catalog.to_jsonb(result_rows);
+  steps := (SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))
+                ORDER BY (s ->> 'phase')::integer,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'depth')::integer ELSE (s ->> 'depth')::integer END,
+                CASE WHEN s ->> 'phase' = '3' THEN -(s ->> 'last_id')::bigint ELSE (s ->> 'first_id')::bigint END), '[]')
+            FROM pg_catalog.unnest(planned) AS s);
+END
+$$;
+
+-- Sets the context of a revert's writes: the caller's plus the reverted ids (over any size
+-- limit: the ids are the point). Returns the caller's context, to be set again after.
+CREATE FUNCTION bemi.revert_context_begin(ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  caller_context jsonb := bemi.context();
+  context_limit text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  revert_context jsonb := coalesce(caller_context, '{}') || pg_catalog.jsonb_build_object('bemi_revert',
+    pg_catalog.jsonb_build_object('change_ids', pg_catalog.to_jsonb(ids)));
+BEGIN
+  PERFORM pg_catalog.set_config('bemi.max_context_bytes',
+    GREATEST(coalesce(nullif(context_limit, '')::bigint, 65536), pg_catalog.octet_length(revert_context::text))::text, true);
+  PERFORM bemi.set_context(revert_context);
+  PERFORM pg_catalog.set_config('bemi.max_context_bytes', coalesce(context_limit, ''), true);
+  RETURN caller_context;
+END
+$$;
+
+-- Writes as its caller, with the caller's search_path (so the caller's triggers and row
+-- security run as they always do); everything it runs is schema-qualified. Where the tables
+-- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
+CREATE FUNCTION bemi.revert_from(changes regclass, change_ids bigint[], on_conflict text)
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  plan record;
+  caller_context jsonb;
+  step jsonb;
+  pending jsonb;
+  failed jsonb;
+  progress boolean;
+  error_state text;
+  error_message text;
+  error_detail text;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
+  caller_context := bemi.revert_context_begin(plan.ids);
+  -- In order (parents inserted before children, children deleted before parents); rows of one
+  -- table that reference each other, and orders no table-level rule gets right, are retried
+  -- one by one until every step is written or a round writes nothing.
+  pending := plan.steps;
+  BEGIN
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
+      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+    END LOOP;
+    pending := '[]';
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    NULL; -- undone: written one by one below
+  END;
+  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+    failed := '[]';
+    progress := false;
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+      BEGIN
+        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+        progress := true;
+      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+      END;
+    END LOOP;
+    IF NOT progress THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END IF;
+    pending := failed;
+  END LOOP;
+  PERFORM bemi.set_context(caller_context);
+  RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
+      r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+END
+$$;
+
+CREATE FUNCTION bemi.revert(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action FROM bemi.revert_from('bemi.changes', revert.change_ids, revert.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert(bigint[], text) IS
+  'Undoes the net effect of changes on each row, in the caller''s transaction; on_conflict: error, skip or overwrite.';
+
+-- Where the trail is, the changes to revert: those of one transaction (bemi.changes.transaction_id),
+-- or those whose context contains a context. database_name: only changes from this database
+-- (NULL: any), for a trail database that holds the trails of several.
+CREATE FUNCTION bemi.transaction_changes(transaction_id bigint, database_name text DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  ids bigint[];
+  commits integer;
+BEGIN
+  SELECT pg_catalog.array_agg(x.id), pg_catalog.count(DISTINCT x.committed_at) INTO ids, commits
+  FROM bemi.changes AS x WHERE x.transaction_id = transaction_changes.transaction_id
+    AND (database_name IS NULL OR x.database = database_name);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes of transaction % in the trail', coalesce(transaction_id::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF commits > 1 THEN
+    RAISE EXCEPTION 'bemi: transaction id % names % transactions in the trail (transaction ids wrap around)', transaction_id, commits
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Revert by change ids with bemi.revert(ARRAY[...]).';
+  END IF;
+  RETURN ids;
+END
+$$;
+
+-- since: committed at or after (NULL: ever).
+CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  ids bigint[];
+BEGIN
+  IF pg_catalog.jsonb_typeof(context_changes.context) IS DISTINCT FROM 'object' THEN
+    RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(context_changes.context), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
+  WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since)
+    AND (database_name IS NULL OR x.database = database_name);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with context % in the trail%', context_changes.context,
+        CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN ids;
+END
+$$;
+
+CREATE FUNCTION bemi.revert_transaction(transaction_id bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.transaction_changes(revert_transaction.transaction_id), revert_transaction.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert_transaction(bigint, text) IS 'bemi.revert of every change of one transaction.';
+
+CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since), revert_context.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
+  'bemi.revert of every change whose context contains the given one, committed at or after since.';
+
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass) TO PUBLIC;
