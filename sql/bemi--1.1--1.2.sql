@@ -1,0 +1,391 @@
+\echo Use "ALTER EXTENSION bemi UPDATE TO '1.2'" to load this file. \quit
+
+-- bemi 1.1 to 1.2. The current definition is sql/src/ (built into bemi--1.2.sql); this script
+-- takes a 1.1 install there, and tests/test_upgrade_catalog.py checks that both end as the same
+-- objects. What changes:
+-- 1. The publication is made by bemi.track and bemi.create_slot when it is missing (a restore
+--    brings its own, and one made by CREATE EXTENSION would be in its way).
+-- 2. The trail's keys and indexes belong to each partition, not to bemi.changes, and no
+--    partition belongs to the extension: pg_dump and pg_restore round-trip the trail.
+-- 3. The objects that only drained a 1.0 slot go: now, when there is no such slot, else when
+--    bemi.create_slot() (or bemi.ingest()) has drained it.
+
+------------------------------------------------------------------------------------------
+-- 1. The publication.
+------------------------------------------------------------------------------------------
+
+-- The publication is the set of tables the slot decodes; partitions report as their root.
+-- Publications never belong to an extension: pg_dump keeps it, with its tables, like any
+-- publication. So the install makes it (below) except in a restore, where the dump brings its
+-- own (docs/backup.md), and bemi.track and bemi.create_slot make it when it is missing. One
+-- left by an earlier install is used as it is.
+CREATE FUNCTION bemi.create_publication() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    CREATE PUBLICATION bemi WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);
+  END IF;
+END
+$$;
+
+
+REVOKE ALL ON FUNCTION bemi.create_publication() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION bemi.track(relation regclass, ignore_columns text[] DEFAULT NULL, mask_columns text[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  kind "char";
+  persistence "char";
+  is_partition boolean;
+  unknown text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO unknown
+  FROM pg_catalog.unnest(coalesce(ignore_columns, '{}') || coalesce(mask_columns, '{}')) AS c
+  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = relation AND a.attname = c
+                    AND a.attnum > 0 AND NOT a.attisdropped);
+  IF unknown IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % has no column %', relation, unknown USING ERRCODE = 'undefined_column';
+  END IF;
+  IF mask_columns && bemi.key_columns(relation) THEN
+    RAISE EXCEPTION 'bemi: the primary key of % cannot be masked', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'The key identifies the row in the trail; mask other columns.';
+  END IF;
+  SELECT c.relkind, c.relpersistence, c.relispartition INTO kind, persistence, is_partition
+  FROM pg_catalog.pg_class c WHERE c.oid = relation;
+  IF kind NOT IN ('r', 'p') THEN
+    RAISE EXCEPTION 'bemi: % is not a table', relation
+      USING ERRCODE = 'wrong_object_type', HINT = 'Only ordinary and partitioned tables can be tracked.';
+  END IF;
+  IF is_partition THEN
+    RAISE EXCEPTION 'bemi: % is a partition', relation
+      USING ERRCODE = 'wrong_object_type', HINT = 'Track its partitioned parent, which covers every partition.';
+  END IF;
+  PERFORM bemi.create_publication();
+  FOR member IN SELECT bemi.members(relation) LOOP
+    SELECT c.relpersistence INTO persistence FROM pg_catalog.pg_class c WHERE c.oid = member;
+    IF persistence = 't' THEN
+      RAISE EXCEPTION 'bemi: % is a temporary table, which cannot be tracked', member
+        USING ERRCODE = 'wrong_object_type', HINT = 'Temporary tables are not decoded from the WAL.';
+    ELSIF persistence = 'u' THEN
+      RAISE EXCEPTION 'bemi: % is unlogged, so its changes never reach the WAL', member
+        USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
+    END IF;
+    -- The replica identity it had before bemi, recorded once, for untrack.
+    INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, ignore_columns, mask_columns)
+    SELECT member, relation, n.nspname, c.relname, bemi.replica_identity(member),
+      coalesce(ignore_columns, '{}'), coalesce(mask_columns, '{}')
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = member
+    ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET
+      ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
+    PERFORM bemi.remember_key(member);
+    IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
+      EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
+    END IF;
+    -- Statement triggers of a parent do not fire for statements on a partition or child.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') THEN
+      EXECUTE pg_catalog.format(
+        'CREATE TRIGGER bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
+    END IF;
+    -- Partitions are published through their root; inheritance children by themselves.
+    IF NOT (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = member) AND NOT EXISTS (
+      SELECT FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+      WHERE p.pubname = 'bemi' AND r.prrelid = member)
+    THEN
+      EXECUTE pg_catalog.format('ALTER PUBLICATION bemi ADD TABLE ONLY %s', member);
+    END IF;
+  END LOOP;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION bemi.create_slot() RETURNS pg_lsn
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  start pg_lsn;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) THEN
+    RAISE EXCEPTION 'bemi: the slot "%" already exists', slot
+      USING ERRCODE = 'duplicate_object',
+            HINT = 'Changes are being captured already. To start over: SELECT bemi.drop_slot(); SELECT bemi.create_slot();';
+  END IF;
+  -- First, before this transaction writes anything (a slot cannot be created after writes).
+  SELECT s.lsn INTO start FROM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput') AS s;
+  INSERT INTO bemi.progress (slot_name, lsn) VALUES (slot, start)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, ingested_at = excluded.ingested_at,
+    committed_at = NULL, caught_up_at = NULL, part_of = NULL, part_stored = 0;
+  PERFORM bemi.create_publication();
+  -- Moving from 1.0: an install updated from 1.0 whose test_decoding slot "bemi" was not yet
+  -- drained has bemi.drain_1_0() (bemi--1.1--1.2.sql). It stores what that slot holds, up to
+  -- and past the new slot's start (a change stored by both is stored once: same position and
+  -- ordinal), and drops itself with what only it used; then the old slot goes.
+  IF pg_catalog.to_regprocedure('bemi.drain_1_0()') IS NOT NULL AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s
+    WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database() AND s.plugin = 'test_decoding') THEN
+    PERFORM bemi.drain_1_0();
+    PERFORM pg_catalog.pg_drop_replication_slot('bemi');
+    DELETE FROM bemi.progress p WHERE p.slot_name = 'bemi';
+  END IF;
+  RETURN start;
+END
+$$;
+
+
+------------------------------------------------------------------------------------------
+-- 2. The trail: keys and indexes per partition, partitions outside the extension.
+------------------------------------------------------------------------------------------
+
+-- The keys and indexes of a partition of the trail, made when it has none: for each partition
+-- ingest makes, and for one made by someone else (pg_partman). They are the partition's own,
+-- not partitioned indexes of bemi.changes: those would be cloned onto each partition pg_restore
+-- attaches, before it creates the partition's own from the dump, which would then fail.
+CREATE FUNCTION bemi.index_partition(partition regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = partition AND i.indisunique) THEN
+    RETURN;
+  END IF;
+  -- A change is stored once: its WAL position and ordinal, with its one commit time (the
+  -- partition key), are unique. Ingest inserts with ON CONFLICT DO NOTHING against it.
+  EXECUTE pg_catalog.format('ALTER TABLE %s ADD PRIMARY KEY (id, committed_at), ADD UNIQUE (position, ordinal, committed_at)',
+    partition);
+  -- Commit times grow with insertion order: a BRIN index serves time ranges at almost no cost to ingest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s USING brin (committed_at)', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s USING gin (context jsonb_path_ops)', partition);
+  -- Time travel (section 8): the history of one row, in time order; an UPDATE that moved its key
+  -- away; a TRUNCATE.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", primary_key, committed_at, id)', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", previous_key, committed_at, id) '
+    'WHERE previous_key IS NOT NULL', partition);
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (schema, "table", committed_at, id) '
+    'WHERE operation = ''TRUNCATE''', partition);
+  -- Revert (section 9): the changes of one transaction.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION bemi.create_partitions(from_at timestamptz, to_at timestamptz) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  step interval := bemi.partition_interval();
+  cursor timestamptz := from_at;
+  covered_to timestamptz;
+  lower timestamptz;
+  upper timestamptz;
+  name text;
+  created regclass;
+  covering regclass;
+BEGIN
+  -- Walk from one time to the other: over partitions that exist (whatever their bounds, as
+  -- pg_partman's may be), else a new one for the rest of the period, up to the next one.
+  WHILE cursor <= to_at LOOP
+    SELECT p.partition, p.to_at INTO covering, covered_to FROM bemi.partitions p
+    WHERE cursor >= p.from_at AND cursor < p.to_at;
+    IF FOUND THEN
+      PERFORM bemi.index_partition(covering);
+      cursor := covered_to;
+      CONTINUE;
+    END IF;
+    lower := greatest(bemi.period_start(cursor, step),
+                      (SELECT pg_catalog.max(p.to_at) FROM bemi.partitions p WHERE p.to_at <= cursor));
+    upper := least(bemi.period_start(cursor, step) + step,
+                   (SELECT pg_catalog.min(p.from_at) FROM bemi.partitions p WHERE p.from_at > cursor));
+    name := 'changes_' || pg_catalog.to_char(lower AT TIME ZONE 'UTC',
+      CASE WHEN step < interval '1 day' OR lower <> bemi.period_start(lower, step) THEN 'YYYYMMDD"_"HH24MISS' ELSE 'YYYYMMDD' END);
+    EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE bemi.changes INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE pg_catalog.format('ALTER TABLE bemi.changes ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)',
+      name, lower, upper);
+    created := pg_catalog.format('bemi.%I', name)::regclass;
+    PERFORM bemi.index_partition(created);
+    RETURN NEXT created;
+    cursor := upper;
+  END LOOP;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION bemi.store(through pg_lsn, part_of pg_lsn DEFAULT NULL, part_stored bigint DEFAULT 0,
+  caught_up_at timestamptz DEFAULT NULL, source_slot name DEFAULT NULL, source_database text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
+AS $$
+DECLARE
+  queries text;
+  inserted bigint := 0;
+  contexts jsonb;
+  n bigint;
+  oldest timestamptz;
+  newest timestamptz;
+  change record;
+  r bemi.staged_relations;
+  columns text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
+                  'transaction_id, position, ordinal, problem, partial, previous_key';
+BEGIN
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  IF source_database IS NOT NULL THEN  -- a trail database: the changes are another database's
+    columns := 'database, ' || columns;
+  END IF;
+  SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
+  FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
+  contexts := bemi.staged_contexts();
+  -- Partitions for these commit times, and for the next period ahead of them.
+  SELECT pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) INTO oldest, newest FROM bemi.staged s;
+  IF oldest IS NOT NULL THEN
+    PERFORM bemi.create_partitions(oldest, newest + bemi.partition_interval());
+  END IF;
+  IF queries IS NOT NULL THEN
+    BEGIN
+      EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c ORDER BY c.seq '
+        'ON CONFLICT DO NOTHING', columns, columns, queries)
+        USING contexts, NULL, NULL, source_database;
+      GET DIAGNOSTICS inserted = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+      -- Some value cannot be converted: store change by change, each that fails as text.
+      FOR change IN SELECT s.seq, s.relation FROM bemi.staged s ORDER BY s.seq LOOP
+        SELECT * INTO r FROM bemi.staged_relations x WHERE x.relation = change.relation;
+        BEGIN
+          EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
+            'ON CONFLICT DO NOTHING', columns, columns, bemi.convert_sql(r, 's.seq = $2'))
+            USING contexts, change.seq, NULL, source_database;
+        EXCEPTION WHEN OTHERS THEN
+          EXECUTE pg_catalog.format('INSERT INTO bemi.changes (%s) SELECT %s FROM (%s) AS c '
+            'ON CONFLICT DO NOTHING', columns,
+            pg_catalog.replace(columns, 'problem', '$3'), bemi.convert_sql(r, 's.seq = $2', true))
+            USING contexts, change.seq, SQLSTATE || ': ' || SQLERRM, source_database;
+        END;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        inserted := inserted + n;
+      END LOOP;
+    END;
+  END IF;
+  DELETE FROM bemi.staged;
+  DELETE FROM bemi.staged_relations;
+  -- (A trail database gets its source's progress row with the first batch it stores.)
+  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
+  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)
+  ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(p.lsn, excluded.lsn), part_of = excluded.part_of,
+    part_stored = excluded.part_stored, committed_at = greatest(p.committed_at, excluded.committed_at),
+    caught_up_at = coalesce(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
+  -- The slot is confirmed up to these rows once this commits: they must be on disk first.
+  PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+  RETURN inserted;
+END
+$$;
+
+
+-- The keys and indexes of bemi.changes go, and with them their copies on every partition;
+-- each partition then gets its own (rebuilt from its rows: this takes a while on a long trail).
+ALTER TABLE bemi.changes DROP CONSTRAINT changes_pkey, DROP CONSTRAINT changes_position_ordinal_committed_at_key;
+DROP INDEX bemi.changes_committed_at_idx, bemi.changes_context_idx, bemi.changes_row_history_idx,
+  bemi.changes_previous_key_idx, bemi.changes_truncate_idx, bemi.changes_transaction_idx;
+
+-- The partitions the update to 1.1 made from a 1.0 trail were made inside the extension script,
+-- so they became members and configuration tables of the extension: pg_dump then leaves their
+-- definition out, and a restore has nowhere to put their rows (pg_dump --schema even crashes on
+-- them). They leave the extension, and so its configuration (ALTER EXTENSION ... DROP does both).
+DO $$
+DECLARE
+  p regclass;
+BEGIN
+  FOR p IN SELECT x.partition FROM bemi.partitions x ORDER BY x.from_at LOOP
+    IF EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+               WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = p
+                 AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e'
+                 AND e.extname = 'bemi') THEN
+      EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', p);
+    END IF;
+    PERFORM bemi.index_partition(p);
+  END LOOP;
+END
+$$;
+
+-- The update to 1.1 dropped a configuration table (the 1.0 trail) and its sequence inside the
+-- script, which leaves their OIDs in pg_extension.extconfig. Only a superuser may remove them.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension e, pg_catalog.unnest(e.extconfig) AS c(relid)
+                 WHERE e.extname = 'bemi' AND NOT EXISTS (SELECT FROM pg_catalog.pg_class r WHERE r.oid = c.relid)) THEN
+    RETURN;
+  ELSIF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    UPDATE pg_catalog.pg_extension e SET extconfig = k.config, extcondition = k.condition
+    FROM (SELECT pg_catalog.array_agg(x.extconfig[i] ORDER BY i) AS config,
+                 pg_catalog.array_agg(x.extcondition[i] ORDER BY i) AS condition
+          FROM pg_catalog.pg_extension x, pg_catalog.generate_subscripts(x.extconfig, 1) AS i
+          WHERE x.extname = 'bemi' AND EXISTS (SELECT FROM pg_catalog.pg_class r WHERE r.oid = x.extconfig[i])) AS k
+    WHERE e.extname = 'bemi';
+  ELSE
+    RAISE NOTICE 'bemi: pg_extension.extconfig names tables that no longer exist (the 1.0 trail); pg_dump skips them'
+      USING HINT = 'A superuser can remove them: ALTER EXTENSION bemi UPDATE runs as one does that.';
+  END IF;
+END
+$$;
+
+------------------------------------------------------------------------------------------
+-- 3. What only drained a 1.0 slot.
+------------------------------------------------------------------------------------------
+
+-- The 1.0 ingest inserts as 1.1 stores, without naming the key it no longer has.
+DO $$
+BEGIN
+  EXECUTE pg_catalog.replace(pg_catalog.pg_get_functiondef('bemi.ingest_test_decoding(integer)'::pg_catalog.regprocedure),
+    'ON CONFLICT (position, ordinal, committed_at) DO NOTHING', 'ON CONFLICT DO NOTHING');
+END
+$$;
+
+-- Stores what a 1.0 slot still holds (bemi.create_slot calls it, then drops the slot), and
+-- drops the objects only that needed, itself last. SECURITY DEFINER: they belong to the
+-- extension's owner, who alone may take them out of the extension.
+CREATE FUNCTION bemi.drain_1_0() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  as_extension boolean := EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'bemi');
+  object text;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
+             WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database() AND s.plugin = 'test_decoding') THEN
+    PERFORM bemi.ingest_test_decoding(1000000000);
+  END IF;
+  FOREACH object IN ARRAY ARRAY['FUNCTION bemi.ingest_test_decoding(integer)', 'FUNCTION bemi.decode(integer, boolean)',
+    'FUNCTION bemi.parse_tuple(text, boolean, boolean)', 'FUNCTION bemi.fill_unchanged(jsonb, jsonb)',
+    'FUNCTION bemi.json_value(text, text, text)', 'FUNCTION bemi.cast_json(text, text)', 'FUNCTION bemi.unquote_ident(text)',
+    'FUNCTION bemi.deleted_nulls(text, text, jsonb, bigint)', 'FUNCTION bemi.remember_names()', 'VIEW bemi.tracked_names',
+    'TABLE bemi.names', 'FUNCTION bemi.partition_family(regclass)', 'FUNCTION bemi.drain_1_0()']
+  LOOP
+    IF as_extension THEN
+      EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP %s', object);
+    END IF;
+    EXECUTE pg_catalog.format('DROP %s', object);
+  END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION bemi.drain_1_0() FROM PUBLIC;
+
+-- Without a 1.0 slot to drain, they go now.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
+                 WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database() AND s.plugin = 'test_decoding') THEN
+    PERFORM bemi.drain_1_0();
+  END IF;
+END
+$$;
