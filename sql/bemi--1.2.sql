@@ -312,8 +312,8 @@ END;
 -- The publication is the set of tables the slot decodes; partitions report as their root.
 -- Publications never belong to an extension: pg_dump keeps it, with its tables, like any
 -- publication. So the install makes it (below) except in a restore, where the dump brings its
--- own (docs/backup.md), and bemi.track and bemi.create_slot make it when it is missing. One
--- left by an earlier install is used as it is.
+-- own (docs/backup.md); bemi.track and bemi.create_slot make it when it is missing (after a
+-- restore of schema bemi alone). One left by an earlier install is used as it is.
 CREATE FUNCTION bemi.create_publication() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -441,11 +441,12 @@ REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass),
 REVOKE ALL ON FUNCTION bemi.untrack(regclass) FROM PUBLIC;
 GRANT SELECT ON bemi.tracked TO PUBLIC;
 
--- The publication, at install. Not in a restore: pg_dump's script turns check_function_bodies
--- off, and brings the publication with its tables itself.
+-- The publication, at install, so that it is older than any slot: pgoutput cannot decode a
+-- change made before the publication it is asked for existed. Not in a restore (pg_dump's and
+-- pg_restore's sessions turn row_security off), which brings the publication with its tables.
 DO $$
 BEGIN
-  IF pg_catalog.current_setting('check_function_bodies') = 'on' THEN
+  IF pg_catalog.current_setting('row_security') = 'on' THEN
     PERFORM bemi.create_publication();
   END IF;
 END

@@ -1,0 +1,58 @@
+"""pg_dump and pg_restore keep the trail: every way to 1.2, every dump form, restored into a new
+database, with no error and every stored change as it was; a new slot then captures again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import BINDIR, ingest
+from databases import NewDatabase, new_database  # noqa: F401  (a fixture)
+from installs import PENDING, STORED, WAYS, catch_up, trail
+
+# Whole database, and the trail's schema alone (with the extension that makes its tables).
+FORMS = {
+    "plain": ["--format=plain"],
+    "custom": ["--format=custom"],
+    "plain schema": ["--format=plain", "--schema=bemi", "--extension=bemi"],
+    "custom schema": ["--format=custom", "--schema=bemi", "--extension=bemi"],
+}
+
+
+def dump_and_restore(source: str, target: str, form: str, tmp_path: Path) -> None:
+    """Dumps source in the form, restores it into target; any error fails."""
+    path = tmp_path / "dump"
+    subprocess.run([os.path.join(BINDIR, "pg_dump"), *FORMS[form], "--file", str(path), "--dbname", source],
+                   check=True, capture_output=True, text=True)
+    if form.startswith("plain"):
+        restore = [os.path.join(BINDIR, "psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1",
+                   "--file", str(path), "--dbname", target]
+    else:
+        restore = [os.path.join(BINDIR, "pg_restore"), "--exit-on-error", "--dbname", target, str(path)]
+    done = subprocess.run(restore, capture_output=True, text=True)
+    assert done.returncode == 0 and "ERROR" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("way", ["fresh", "from 1.0", "from 1.1", "plain"])
+def test_a_restore_has_the_whole_trail(new_database: NewDatabase, way: str, form: str, tmp_path: Path) -> None:
+    if way == "plain" and form.endswith("schema"):
+        form = form.replace(" schema", "")  # a plain install is no extension: --extension names nothing
+    how, as_owner = WAYS[way]
+    source = new_database(as_owner=as_owner)
+    how(source)
+    catch_up(source)
+    stored = trail(source)
+    assert len(stored) == STORED + PENDING
+    restored = new_database()
+    dump_and_restore(source, restored, form, tmp_path)
+    assert trail(restored) == stored
+    # The slot is not in a dump: a new one captures from here on, into the restored trail.
+    with psycopg.connect(restored, autocommit=True) as admin:
+        admin.execute("SELECT bemi.create_slot()")
+        if not form.endswith("schema"):
+            admin.execute("INSERT INTO todo (task) VALUES ('after the restore')")
+            assert ingest(admin) == 1
