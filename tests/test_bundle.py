@@ -34,19 +34,22 @@ def test_installed_scripts_are_the_packaged_ones() -> None:
 
 
 def test_the_package_ships_a_path_from_every_version_to_the_latest() -> None:
-    assert bundle.scripts() == ["1.0", "1.0--1.1"]
-    assert bundle.updates() == {"1.0": "1.1"}
-    assert bundle.latest_version() == "1.1"
-    assert bundle.install_path() == ["1.0", "1.0--1.1"]
+    assert bundle.scripts() == ["1.0", "1.0--1.1", "1.2", "1.1--1.2"]
+    assert bundle.updates() == {"1.0": "1.1", "1.1": "1.2"}
+    assert bundle.latest_version() == "1.2"
+    # A fresh install runs the standalone script of the latest version, an older one the updates.
+    assert bundle.install_path() == ["1.2"]
+    assert bundle.install_path(None, "1.1") == ["1.0", "1.0--1.1"]
     assert bundle.install_path(None, "1.0") == ["1.0"]
-    assert bundle.install_path("1.0") == ["1.0--1.1"]
-    assert bundle.install_path("1.1") == []
-    with pytest.raises(ValueError, match="no update path from bemi 1.1 to 1.0"):
-        bundle.install_path("1.1", "1.0")
+    assert bundle.install_path("1.0") == ["1.0--1.1", "1.1--1.2"]
+    assert bundle.install_path("1.1") == ["1.1--1.2"]
+    assert bundle.install_path("1.2") == []
+    with pytest.raises(ValueError, match="no update path from bemi 1.2 to 1.0"):
+        bundle.install_path("1.2", "1.0")
 
 
 def test_update_scripts_parse_and_pin_search_path() -> None:
-    for name in bundle.install_path():
+    for name in bundle.scripts():
         definers = [f for f in bundle.functions(name) if f.security_definer]
         assert all("search_path" in f.settings for f in definers), name
     names = {f.name for f in bundle.functions("1.0--1.1")}

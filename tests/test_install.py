@@ -68,7 +68,7 @@ def test_check_reports_what_the_role_may_do_and_changes_nothing(new_database: Ne
     assert found["create schema"][0] == "ok"
     assert found["event triggers"] == ("ok", "not allowed for this role (superuser only): call bemi.track() after "
                                              "each CREATE TABLE")
-    assert found["bemi"] == ("ok", "not installed; bemi-pg install installs 1.1")
+    assert found["bemi"] == ("ok", "not installed; bemi-pg install installs 1.2")
     assert leftovers(dsn) == NOTHING_LEFT
 
     superuser = check_lines(cli(as_superuser(dsn, postgresql_proc), "install", "--check").stdout)
@@ -101,7 +101,7 @@ def test_plain_install_and_full_use_as_the_owner_role(new_database: NewDatabase)
     dsn = new_database(as_owner=True)
     result = cli(dsn, "install")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("install: installed bemi 1.1 as plain SQL in schema bemi")
+    assert result.stdout.startswith("install: installed bemi 1.2 as plain SQL in schema bemi")
     again = cli(dsn, "-q", "install")
     assert again.returncode == 0 and again.stdout == ""
 
@@ -183,7 +183,7 @@ def test_uninstall_of_the_extension_with_drop_trail_leaves_nothing(new_database:
         admin.execute("SELECT bemi.track_all('public', auto => true)")
         admin.execute("INSERT INTO t VALUES (1)")
     refused = cli(dsn, "install")
-    assert refused.returncode == 1 and "bemi is installed as an extension (version 1.1)" in refused.stderr
+    assert refused.returncode == 1 and "bemi is installed as an extension (version 1.2)" in refused.stderr
     result = cli(dsn, "uninstall", "--drop-trail")
     assert result.returncode == 0, result.stderr
     assert leftovers(dsn) == NOTHING_LEFT

@@ -97,7 +97,7 @@ def test_extension_update_equals_a_fresh_create(new_database: NewDatabase) -> No
     with psycopg.connect(updated, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bemi VERSION '1.0'")
         conn.execute("ALTER EXTENSION bemi UPDATE")
-        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'bemi'").fetchone() == ("1.1",)
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'bemi'").fetchone() == ("1.2",)
     dump = catalog(fresh)
     assert any(line.startswith("event trigger bemi_track_new_tables") for line in dump)
     assert any(line.startswith("member function bemi.uninstall(boolean)") for line in dump)
@@ -107,12 +107,12 @@ def test_extension_update_equals_a_fresh_create(new_database: NewDatabase) -> No
 def test_plain_upgrade_equals_a_fresh_plain_install(new_database: NewDatabase) -> None:
     fresh, updated = new_database(as_owner=True), new_database(as_owner=True)
     with psycopg.connect(fresh, autocommit=True) as conn:
-        assert install.install(conn) == (None, "1.1")
+        assert install.install(conn) == (None, "1.2")
     with psycopg.connect(updated, autocommit=True) as conn:
         assert install.install(conn, target="1.0") == (None, "1.0")
         assert install.installed(conn) == install.Installed("plain", "1.0")
-        assert install.install(conn) == ("1.0", "1.1")
-        assert install.install(conn) == ("1.1", "1.1")
+        assert install.install(conn) == ("1.0", "1.2")
+        assert install.install(conn) == ("1.2", "1.2")
     assert catalog(updated) == catalog(fresh)
 
 
@@ -185,7 +185,7 @@ def test_plain_upgrade_keeps_the_trail_and_pending_changes(new_database: NewData
         install.install(conn, target="1.0")
     stored, pending = use_1_0(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        assert install.install(conn) == ("1.0", "1.1")
+        assert install.install(conn) == ("1.0", "1.2")
     assert_kept(dsn, stored, pending)
 
 
