@@ -1,5 +1,11 @@
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
+--    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
+--    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
+--    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
+--    and its two ways, revert_row, revert_plan); the writing (revert_context_begin, revert_from,
+--    revert); what to revert (transaction_changes, context_changes, revert_transaction,
+--    revert_context).
 ------------------------------------------------------------------------------------------
 
 -- A revert runs as its caller (no SECURITY DEFINER, no SET search_path: user triggers fire
@@ -149,11 +155,27 @@ BEGIN
 END
 $$;
 
--- What a revert does, checked and the rows locked, without writing: the steps to write (in
--- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
--- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
-CREATE FUNCTION bemi.revert_plan(changes regclass, change_ids bigint[], on_conflict text,
-                                 OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
+-- A row's net effect over the changes a revert undoes: its changes chained in commit order
+-- (through primary key changes), the row before the first of them and after the last.
+CREATE TYPE bemi.revert_chain AS (
+  relation oid,
+  table_name text,    -- "schema.table" as in the trail: its table in the plan's tables
+  primary_key text,   -- bemi.changes.primary_key of the last change
+  first jsonb,        -- the row before the first change (NULL: the first created it)
+  last jsonb,         -- the row after the last change (NULL: the last deleted it)
+  gone boolean,       -- the last change is a DELETE
+  ids text,           -- the ids of its changes, comma-separated, in commit order
+  first_id bigint,
+  last_id bigint
+);
+
+COMMENT ON TYPE bemi.revert_chain IS 'A row''s net effect over the changes a revert undoes (bemi.revert_plan).';
+
+-- The changes a revert undoes, checked: their distinct ids, and whether some change moved a
+-- row's key or is of a table without one (then rows are chained change by change). Raises on
+-- bad arguments, unknown ids, TRUNCATEs and changes whose images are incomplete.
+CREATE FUNCTION bemi.revert_ids(changes regclass, change_ids bigint[], on_conflict text,
+                                OUT ids bigint[], OUT by_change boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -161,47 +183,6 @@ DECLARE
   missing bigint[];
   truncates bigint[];
   incomplete bigint[];
-  by_change boolean;
-  c record;
-  relation regclass;
-  schema_name text;
-  table_name text;
-  tables jsonb := '{}';     -- "schema.table" (as in the trail) -> what the plan needs of it (bemi.revert_table)
-  info jsonb;
-  keys text[];
-  writable text[];
-  ignored text[];
-  old_key text;
-  new_key text;
-  found_key text;
-  open_chains jsonb := '{}'; -- "relation key" -> the chains of the rows that now have this key
-  candidate integer;
-  n integer;
-  -- Each row's net effect, a chain of its changes: the row before the first (NULL: created by
-  -- it), after the last (NULL: deleted), their ids. Arrays, so that each step is in place.
-  chains integer := 0;
-  chain_relation oid[] := '{}';
-  chain_table text[] := '{}';     -- the key of its table in tables
-  chain_key text[] := '{}';
-  chain_first jsonb[] := '{}';
-  chain_last jsonb[] := '{}';
-  chain_gone boolean[] := '{}';
-  chain_ids text[] := '{}';
-  chain_first_id bigint[] := '{}';
-  chain_last_id bigint[] := '{}';
-  target jsonb;
-  expected jsonb;
-  found_expected jsonb;
-  expected_id tid;
-  found_target jsonb;
-  target_id tid;
-  typed_target jsonb;
-  conflicts text[] := '{}';
-  planned jsonb[] := '{}';
-  result_rows jsonb[] := '{}';
-  taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
-  verdict text;
-  step jsonb;
 BEGIN
   IF on_conflict IS NULL OR on_conflict NOT IN ('error', 'skip', 'overwrite') THEN
     RAISE EXCEPTION 'bemi: on_conflict must be ''error'', ''skip'' or ''overwrite'', not %', coalesce(pg_catalog.quote_literal(on_conflict), 'NULL')
@@ -225,158 +206,247 @@ BEGIN
             HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
   END IF;
   PERFORM bemi.refuse_incomplete(incomplete);
+END
+$$;
 
-  -- Each row's changes, in commit order, chained through primary key changes: the row's net
-  -- effect is its first before and its last after. A table without a key chains by value.
-  -- Without key changes or tables without a key (the usual case) a row's changes are those
-  -- under its key, grouped in one query; else they are followed change by change.
-  IF NOT by_change THEN
-    FOR c IN EXECUTE pg_catalog.format($q$
-      SELECT f.schema, f."table", f.primary_key, f.first_id, f.ids, f.first, l.id AS last_id,
-        CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END AS last
-      FROM (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id AS first_id,
-              x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
-              pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
-                ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-            FROM %1$s AS x WHERE x.id = ANY ($1)
-            ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
-      JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-            FROM %1$s AS x WHERE x.id = ANY ($1)
-            ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
-        ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
-      ORDER BY f.committed_at, f.first_id$q$, changes) USING ids
-    LOOP
-      info := tables -> (c.schema || '.' || c."table");
-      IF info IS NULL THEN
-        info := bemi.revert_table(c.schema, c."table", c.first_id);
-        tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
+-- What the plan needs of each table the changes were made in (bemi.revert_table), by its name
+-- in the trail ("schema.table"), looked up in the order of each table's first change.
+CREATE FUNCTION bemi.revert_tables(changes regclass, ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t record;
+  tables jsonb := '{}';
+BEGIN
+  FOR t IN EXECUTE pg_catalog.format($q$
+    SELECT f.schema, f."table", f.id
+    FROM (SELECT DISTINCT ON (x.schema, x."table") x.schema, x."table", x.id, x.committed_at
+          FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.schema, x."table", x.committed_at, x.id) AS f
+    ORDER BY f.committed_at, f.id$q$, changes) USING ids
+  LOOP
+    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table", bemi.revert_table(t.schema, t."table", t.id));
+  END LOOP;
+  RETURN tables;
+END
+$$;
+
+-- Each row's chain when no change moved a key and every table has one (the usual case): the
+-- changes under one key, grouped in one query, in the order of their first change.
+CREATE FUNCTION bemi.revert_chains_by_key(changes regclass, ids bigint[], tables jsonb) RETURNS SETOF bemi.revert_chain
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN QUERY EXECUTE pg_catalog.format($q$
+    SELECT ($2 -> (f.schema || '.' || f."table") ->> 'relation')::pg_catalog.oid, f.schema || '.' || f."table",
+      f.primary_key, f.first, CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END, l.operation = 'DELETE',
+      f.ids, f.first_id, l.id
+    FROM (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id AS first_id,
+            x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
+            pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
+              ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
+          FROM %1$s AS x WHERE x.id = ANY ($1)
+          ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
+    JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
+          FROM %1$s AS x WHERE x.id = ANY ($1)
+          ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
+      ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
+    ORDER BY f.committed_at, f.first_id$q$, changes) USING ids, tables;
+END
+$$;
+
+-- Each row's chain, followed change by change in commit order: a change continues the chain
+-- whose row has its old key (for a CREATE: one whose row was deleted under its key). Rows of a
+-- table without a key are keyed by value: equal rows share a key, so a key has a list of chains.
+CREATE FUNCTION bemi.revert_chains_by_change(changes regclass, ids bigint[], tables jsonb) RETURNS SETOF bemi.revert_chain
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  c record;
+  chains bemi.revert_chain[] := '{}';
+  open_chains jsonb := '{}'; -- "relation key" -> the chains of the rows that now have this key
+  relation oid;
+  keys text[];
+  old_key text;
+  new_key text;
+  found_key text;
+  candidate integer;
+  n integer;
+BEGIN
+  FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
+                                     'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
+    relation := (tables -> (c.schema || '.' || c."table") ->> 'relation')::oid;
+    keys := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'keys');
+    old_key := relation || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
+    new_key := relation || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
+    found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
+    n := NULL;
+    FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
+      IF (chains[candidate]).gone = (c.operation = 'CREATE') THEN
+        n := candidate;
+        EXIT;
       END IF;
-      chains := chains + 1;
-      chain_relation[chains] := (info ->> 'relation')::oid;
-      chain_table[chains] := c.schema || '.' || c."table";
-      chain_key[chains] := c.primary_key;
-      chain_first[chains] := c.first;
-      chain_last[chains] := c.last;
-      chain_ids[chains] := c.ids;
-      chain_first_id[chains] := c.first_id;
-      chain_last_id[chains] := c.last_id;
     END LOOP;
-  ELSE
-    FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
-                                       'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
-        info := tables -> (c.schema || '.' || c."table");
-        IF info IS NULL THEN
-          info := bemi.revert_table(c.schema, c."table", c.id);
-          tables := tables || pg_catalog.jsonb_build_object(c.schema || '.' || c."table", info);
-        END IF;
-        relation := (info ->> 'relation')::oid;
-        keys := bemi.text_array(info -> 'keys');
-        old_key := relation::oid || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
-        new_key := relation::oid || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
-        -- The chain this change continues: one whose row has this key (for a CREATE: one whose
-        -- row was deleted under it). Equal rows of a table without a key share a key: a list.
-        found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
-        n := NULL;
-        FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-          IF chain_gone[candidate] = (c.operation = 'CREATE') THEN
-            n := candidate;
-            EXIT;
-          END IF;
-        END LOOP;
-        IF n IS NULL THEN
-          chains := chains + 1;
-          n := chains;
-          chain_relation[n] := relation;
-          chain_table[n] := c.schema || '.' || c."table";
-          chain_first[n] := CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END;
-          chain_ids[n] := c.id::text;
-          chain_first_id[n] := c.id;
-        ELSE
-          chain_ids[n] := chain_ids[n] || ',' || c.id;
-          open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
-            pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
-        END IF;
-        chain_last[n] := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
-        chain_gone[n] := c.operation = 'DELETE';
-        chain_key[n] := c.primary_key;
-        chain_last_id[n] := c.id;
-        found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
-        open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
-          coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
-      END LOOP;
-  END IF;
+    IF n IS NULL THEN
+      n := pg_catalog.cardinality(chains) + 1;
+      chains[n] := ROW(relation, c.schema || '.' || c."table", NULL, CASE WHEN c.operation = 'CREATE' THEN NULL ELSE c.before END,
+                       NULL, NULL, c.id::text, c.id, NULL)::bemi.revert_chain;
+    ELSE
+      chains[n].ids := (chains[n]).ids || ',' || c.id;
+      open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+        pg_catalog.to_jsonb(pg_catalog.array_remove(bemi.text_array(open_chains -> found_key)::integer[], n)));
+    END IF;
+    chains[n].last := CASE WHEN c.operation = 'DELETE' THEN NULL ELSE c.after END;
+    chains[n].gone := c.operation = 'DELETE';
+    chains[n].primary_key := c.primary_key;
+    chains[n].last_id := c.id;
+    found_key := CASE WHEN c.operation = 'DELETE' THEN old_key ELSE new_key END;
+    open_chains := open_chains || pg_catalog.jsonb_build_object(found_key,
+      coalesce(open_chains -> found_key, '[]') || pg_catalog.to_jsonb(n));
+  END LOOP;
+  RETURN QUERY SELECT * FROM pg_catalog.unnest(chains);
+END
+$$;
 
-  -- What each row needs, checked against the row as it is now (locked until the caller's
-  -- transaction ends): a row must still be as the changes left it.
-  FOR n IN 1 .. chains LOOP
-    relation := chain_relation[n];
-    info := tables -> chain_table[n];
-    keys := bemi.text_array(info -> 'keys');
-    writable := bemi.text_array(info -> 'writable');
-    ignored := bemi.text_array(info -> 'ignored');
-    schema_name := info ->> 'schema';
-    table_name := info ->> 'table';
-    target := chain_first[n];
-    expected := chain_last[n];
-    found_expected := NULL; expected_id := NULL; found_target := NULL; target_id := NULL;
-    IF expected IS NOT NULL THEN
-      SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected, taken) AS l;
-      IF keys IS NULL AND expected_id IS NOT NULL THEN
-        taken[pg_catalog.cardinality(taken) + 1] := expected_id;
-      END IF;
+-- Each row's chain, in the order of its first change.
+CREATE FUNCTION bemi.revert_chains(changes regclass, ids bigint[], tables jsonb, by_change boolean)
+RETURNS SETOF bemi.revert_chain
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF by_change THEN
+    RETURN QUERY SELECT * FROM bemi.revert_chains_by_change(changes, ids, tables);
+  ELSE
+    RETURN QUERY SELECT * FROM bemi.revert_chains_by_key(changes, ids, tables);
+  END IF;
+END
+$$;
+
+-- What one row needs, checked against the row as it is now (locked until the caller's
+-- transaction ends): a row must still be as the changes left it. verdict: unchanged, conflict
+-- (on_conflict => 'error'), skipped, deleted, inserted or updated; step: what to write, if
+-- anything; conflict: the row named for the error; taken: a row of a table without a key this
+-- row claims (no other row may take it).
+CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[],
+                                OUT verdict text, OUT step jsonb, OUT conflict text, OUT claimed tid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := chain.relation;
+  keys text[] := bemi.text_array(info -> 'keys');
+  writable text[] := bemi.text_array(info -> 'writable');
+  ignored text[] := bemi.text_array(info -> 'ignored');
+  target jsonb := chain.first;
+  expected jsonb := chain.last;
+  found_expected jsonb;
+  expected_id tid;
+  found_target jsonb;
+  target_id tid;
+  typed_target jsonb;
+BEGIN
+  IF expected IS NOT NULL THEN
+    SELECT l.image_now, l.row_id INTO found_expected, expected_id FROM bemi.locked_row(relation, keys, expected, taken) AS l;
+    IF keys IS NULL AND expected_id IS NOT NULL THEN
+      claimed := expected_id;
     END IF;
-    IF target IS NOT NULL AND keys IS NOT NULL THEN
-      SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target, taken) AS l;
-      typed_target := bemi.typed_image(relation, target);
+  END IF;
+  IF target IS NOT NULL AND keys IS NOT NULL THEN
+    SELECT l.image_now, l.row_id INTO found_target, target_id FROM bemi.locked_row(relation, keys, target, taken) AS l;
+    typed_target := bemi.typed_image(relation, target);
+  END IF;
+  verdict := CASE
+    WHEN target IS NOT DISTINCT FROM expected THEN 'unchanged'
+    -- Already as the revert would leave it (a cascade, or someone else, got there first).
+    WHEN keys IS NOT NULL AND target IS NULL AND found_expected IS NULL THEN 'unchanged'
+    WHEN keys IS NOT NULL AND target IS NOT NULL AND found_target IS NOT NULL
+      AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.known_columns(target, writable, ignored))) = 0
+      AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
+    WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
+        found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
+    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+    ELSE 'revert' END;
+  IF verdict = 'conflict' AND on_conflict = 'error' THEN
+    conflict := pg_catalog.format('%I.%I %s (changes %s)', info ->> 'schema', info ->> 'table',
+      coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text), chain.ids);
+    RETURN;
+  ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
+    verdict := 'skipped';
+    RETURN;
+  ELSIF verdict = 'unchanged' THEN
+    RETURN;
+  END IF;
+  -- The row to write over: the one the changes left, else (overwrite) the one with the key.
+  IF found_expected IS NULL AND keys IS NOT NULL THEN
+    found_expected := found_target;
+    expected_id := target_id;
+  END IF;
+  step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
+    'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain.first_id,
+    'last_id', chain.last_id, 'depth', info -> 'depth');
+  IF target IS NULL AND found_expected IS NULL THEN
+    verdict := 'unchanged';
+    step := NULL;
+  ELSIF target IS NULL THEN
+    verdict := 'deleted';
+    step := step || '{"kind": "delete", "phase": 3}';
+  ELSIF found_expected IS NULL THEN
+    verdict := 'inserted';
+    step := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1, 'columns', bemi.known_columns(target, writable));
+  ELSE
+    verdict := 'updated';
+    step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
+      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
+    IF step -> 'columns' = '[]' THEN
+      verdict := 'unchanged';
+      step := NULL;
+    ELSE
+      -- Located by the key it has now (the changes may have moved it).
+      step := step || pg_catalog.jsonb_build_object('at', found_expected);
     END IF;
-    verdict := CASE
-      WHEN target IS NOT DISTINCT FROM expected THEN 'unchanged'
-      -- Already as the revert would leave it (a cascade, or someone else, got there first).
-      WHEN keys IS NOT NULL AND target IS NULL AND found_expected IS NULL THEN 'unchanged'
-      WHEN keys IS NOT NULL AND target IS NOT NULL AND found_target IS NOT NULL
-        AND pg_catalog.cardinality(bemi.differing_columns(found_target, typed_target, bemi.known_columns(target, writable, ignored))) = 0
-        AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
-      WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
-          found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
-      WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
-      ELSE 'revert' END;
-    IF verdict = 'conflict' AND on_conflict = 'error' THEN
-      conflicts[pg_catalog.cardinality(conflicts) + 1] := pg_catalog.format('%I.%I %s (changes %s)', schema_name, table_name,
-        coalesce(bemi.image_key(coalesce(expected, target), keys), coalesce(expected, target)::text), chain_ids[n]);
-    ELSIF verdict = 'conflict' AND on_conflict = 'skip' THEN
-      verdict := 'skipped';
-    ELSIF verdict IN ('conflict', 'revert') THEN
-      -- The row to write over: the one the changes left, else (overwrite) the one with the key.
-      IF found_expected IS NULL AND keys IS NOT NULL THEN
-        found_expected := found_target;
-        expected_id := target_id;
-      END IF;
-      step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
-        'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain_first_id[n],
-        'last_id', chain_last_id[n], 'depth', info -> 'depth');
-      IF target IS NULL AND found_expected IS NULL THEN
-        verdict := 'unchanged';
-      ELSIF target IS NULL THEN
-        verdict := 'deleted';
-        planned[pg_catalog.cardinality(planned) + 1] := step || '{"kind": "delete", "phase": 3}';
-      ELSIF found_expected IS NULL THEN
-        verdict := 'inserted';
-        planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1,
-          'columns', bemi.known_columns(target, writable));
-      ELSE
-        verdict := 'updated';
-        step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
-          bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
-        IF step -> 'columns' = '[]' THEN
-          verdict := 'unchanged';
-        ELSE
-          -- Located by the key it has now (the changes may have moved it).
-          planned[pg_catalog.cardinality(planned) + 1] := step || pg_catalog.jsonb_build_object('at', found_expected);
-        END IF;
-      END IF;
+  END IF;
+END
+$$;
+
+-- What a revert does, checked and the rows locked, without writing: the steps to write (in
+-- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
+-- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
+CREATE FUNCTION bemi.revert_plan(changes regclass, change_ids bigint[], on_conflict text,
+                                 OUT ids bigint[], OUT steps jsonb, OUT results jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  by_change boolean;
+  tables jsonb;
+  chain bemi.revert_chain;
+  checked record;
+  taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
+  conflicts text[] := '{}';
+  planned jsonb[] := '{}';
+  result_rows jsonb[] := '{}';
+BEGIN
+  SELECT r.ids, r.by_change INTO ids, by_change FROM bemi.revert_ids(changes, change_ids, on_conflict) AS r;
+  tables := bemi.revert_tables(changes, ids);
+  -- Each row's changes, chained: its net effect is its first before and its last after.
+  FOR chain IN SELECT * FROM bemi.revert_chains(changes, ids, tables, by_change) LOOP
+    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken);
+    IF checked.claimed IS NOT NULL THEN
+      taken[pg_catalog.cardinality(taken) + 1] := checked.claimed;
     END IF;
-    result_rows[n] := pg_catalog.jsonb_build_array(chain_last_id[n], schema_name, table_name,
-      coalesce(bemi.image_key(coalesce(target, expected), keys), chain_key[n]), verdict);
+    IF checked.conflict IS NOT NULL THEN
+      conflicts[pg_catalog.cardinality(conflicts) + 1] := checked.conflict;
+    END IF;
+    IF checked.step IS NOT NULL THEN
+      planned[pg_catalog.cardinality(planned) + 1] := checked.step;
+    END IF;
+    result_rows[pg_catalog.cardinality(result_rows) + 1] := pg_catalog.jsonb_build_array(chain.last_id,
+      tables -> chain.table_name ->> 'schema', tables -> chain.table_name ->> 'table',
+      coalesce(bemi.image_key(coalesce(chain.first, chain.last), bemi.text_array(tables -> chain.table_name -> 'keys')),
+               chain.primary_key), checked.verdict);
   END LOOP;
   IF pg_catalog.cardinality(conflicts) > 0 THEN
     RAISE EXCEPTION 'bemi: % rows changed since, nothing was reverted: %', pg_catalog.cardinality(conflicts),
@@ -384,7 +454,6 @@ BEGIN
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'Pass on_conflict => ''skip'' to leave those rows alone, or ''overwrite'' to revert them anyway.';
   END IF;
-
   results := pg_catalog.to_jsonb(result_rows);
   steps := (SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))
                 ORDER BY (s ->> 'phase')::integer,
