@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from catalog import snapshot
 from conftest import ingest
 from databases import NewDatabase, new_database  # noqa: F401  (a fixture)
 from psycopg.rows import dict_row
@@ -21,73 +22,10 @@ from psycopg.rows import dict_row
 import bemi_pg
 from bemi_pg import install
 
-CATALOG = r"""
-WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = 'bemi')
-SELECT line FROM (
-  SELECT 'function ' || p.oid::regprocedure || ' owner ' || p.proowner::regrole || ' acl ' || coalesce(p.proacl::text, '-')
-         || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '-') || E'\n' || pg_get_functiondef(p.oid)
-  FROM pg_proc p WHERE p.pronamespace = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT format('relation %s kind %s persistence %s identity %s owner %s acl %s options %s comment %s',
-                c.relname, c.relkind, c.relpersistence, c.relreplident, c.relowner::regrole, coalesce(c.relacl::text, '-'),
-                coalesce(c.reloptions::text, '-'), coalesce(obj_description(c.oid, 'pg_class'), '-'))
-  FROM pg_class c WHERE c.relnamespace = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT format('column %s.%s %s %s notnull %s default %s identity %s generated %s acl %s comment %s',
-                c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                coalesce(pg_get_expr(d.adbin, d.adrelid), '-'), a.attidentity, a.attgenerated, coalesce(a.attacl::text, '-'),
-                coalesce(col_description(c.oid, a.attnum), '-'))
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-  WHERE c.relnamespace = (SELECT oid FROM ns) AND a.attnum > 0
-  UNION ALL
-  SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-  WHERE c.relnamespace = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT format('constraint %s %s %s', co.conrelid::regclass, co.conname, pg_get_constraintdef(co.oid))
-  FROM pg_constraint co WHERE co.connamespace = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT format('view %s %s', c.relname, pg_get_viewdef(c.oid)) FROM pg_class c
-  WHERE c.relnamespace = (SELECT oid FROM ns) AND c.relkind IN ('v', 'm')
-  UNION ALL
-  SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-  WHERE c.relnamespace = (SELECT oid FROM ns) AND NOT t.tgisinternal
-  UNION ALL
-  SELECT format('sequence %s %s %s %s %s %s', s.seqrelid::regclass, s.seqtypid::regtype, s.seqstart, s.seqincrement,
-                s.seqmax, s.seqcycle)
-  FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid WHERE c.relnamespace = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT format('type %s %s %s', t.typname, t.typtype,
-                (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid))
-  FROM pg_type t WHERE t.typnamespace = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT format('event trigger %s %s %s %s %s', e.evtname, e.evtevent, e.evtfoid::regprocedure, e.evtenabled, e.evttags)
-  FROM pg_event_trigger e
-  UNION ALL
-  SELECT format('publication %s %s %s %s %s %s %s', p.pubname, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete,
-                p.pubtruncate, p.pubviaroot)
-  FROM pg_publication p
-  UNION ALL
-  SELECT format('schema %s owner %s acl %s', n.nspname, n.nspowner::regrole, n.nspacl) FROM pg_namespace n
-  WHERE n.oid = (SELECT oid FROM ns)
-  UNION ALL
-  SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d
-  JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'bemi'
-  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
-  UNION ALL
-  SELECT 'configuration ' || c.oid::regclass || ' ' || coalesce(x.extcondition[k.i], '-')
-  FROM pg_extension x CROSS JOIN LATERAL generate_subscripts(x.extconfig, 1) AS k(i)
-  JOIN pg_class c ON c.oid = x.extconfig[k.i]
-  WHERE x.extname = 'bemi'
-) AS dump(line)
-ORDER BY line COLLATE "C"
-"""
-
 
 def catalog(dsn: str) -> list[str]:
-    """The catalog dump of schema bemi (see the module docstring), one object per line."""
-    with psycopg.connect(dsn) as conn:
-        return [row[0] for row in conn.execute(CATALOG)]
+    """The catalog snapshot of what bemi installed, one object per line (tests/catalog.py)."""
+    return snapshot(dsn)
 
 
 def test_extension_update_equals_a_fresh_create(new_database: NewDatabase) -> None:
