@@ -1,8 +1,8 @@
 """bemi without CREATE EXTENSION: the plain install ``bemi-pg install`` runs on managed PostgreSQL.
 
 The objects are the extension's own, from the scripts this package ships (bundle.py): a fresh
-install runs ``bemi--1.0.sql`` and every update script after it, an older plain install runs
-the update scripts it lacks, in order, all in one transaction. The versions a plain install went
+install runs the newest standalone script (``bemi--1.2.sql``, built from sql/src/), an older
+plain install runs the update scripts it lacks, in order, all in one transaction. The versions a plain install went
 through are recorded in ``bemi.plain_install``; ``installed()`` tells a plain install from the
 extension. What CREATE EXTENSION does around a script is done here: the schema is created and
 ``search_path`` is set to it; what only CREATE EXTENSION can run (the ``\\echo`` guard,
