@@ -104,7 +104,7 @@ def test_options_go_before_or_after_the_subcommand(dsn: str, conn: psycopg.Conne
     assert before.returncode == after.returncode == 0, before.stderr + after.stderr
     assert before.stdout == after.stdout and len(after.stdout.splitlines()) == 5
     version = subprocess.run([*BEMI_PG, "--version"], capture_output=True, text=True, timeout=120)
-    assert version.returncode == 0 and version.stdout == f"bemi-pg {bemi_pg.__version__} (installs bemi 1.1)\n"
+    assert version.returncode == 0 and version.stdout == f"bemi-pg {bemi_pg.__version__} (installs bemi 1.2)\n"
 
 
 def test_status_json_shows_the_worker_problems_and_identities(dsn: str, conn: psycopg.Connection[Any],

@@ -37,7 +37,7 @@ def test_upgrade_with_pending_changes_moves_to_the_pgoutput_slot(old_install: st
         assert admin.execute("SELECT bemi.ingest() AS n").fetchone() == {"n": 4}
         made += write(conn, "pending at the upgrade", range(4, 7))
         admin.execute("ALTER EXTENSION bemi UPDATE")
-        assert admin.execute("SELECT extversion FROM pg_extension WHERE extname = 'bemi'").fetchone() == {"extversion": "1.1"}
+        assert admin.execute("SELECT extversion FROM pg_extension WHERE extname = 'bemi'").fetchone() == {"extversion": "1.2"}
         made += write(conn, "after the upgrade", range(7, 10))
         assert slots(admin) == [("bemi", "test_decoding")]
         if move == "create_slot":

@@ -94,13 +94,14 @@ def check_plpgsql(sql: str) -> None:
     """Parses a PL/pgSQL function, so a syntax error fails here, not at install time.
 
     pglast's PL/pgSQL parser resolves schema-qualified types in pg_catalog and public only, so
-    for that check the extension's own types (``bemi.staged_relations``) are named in public."""
+    for that check the extension's own types (``bemi.staged_relations``) are named in public;
+    it takes them for record, and refuses arrays of record, so their arrays are read as text[]."""
     try:
         pglast.parse_plpgsql(sql)
     except pglast.parser.ParseError as error:
         if "LookupExplicitNamespace" not in str(error):
             raise
-        pglast.parse_plpgsql(re.sub(rf"\b{SCHEMA}\.", "public.", sql))
+        pglast.parse_plpgsql(re.sub(rf"\b{SCHEMA}\.", "public.", re.sub(rf"\b{SCHEMA}\.\w+\[\]", "pg_catalog.text[]", sql)))
 
 
 @dataclass(frozen=True)

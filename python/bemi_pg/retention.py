@@ -281,6 +281,10 @@ def restore(conn: psycopg.Connection[Any], path: Path, say: Callable[[str], None
         cur.execute(sql.SQL("ALTER TABLE bemi.changes ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             table, sql.Literal(sidecar.from_at), sql.Literal(sidecar.to_at)))
         cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT restored_bounds").format(table))
+        # From 1.2 on, a partition's keys and indexes are its own (docs/backup.md).
+        cur.execute("SELECT to_regprocedure('bemi.index_partition(regclass)') IS NOT NULL")
+        if (cur.fetchone() or [False])[0]:
+            cur.execute(sql.SQL("SELECT bemi.index_partition({}::regclass)").format(sql.Literal(f'bemi."{sidecar.table}"')))
         cur.execute(WIDEN_HORIZON)
         horizon = cur.fetchone()
     say(f"restore-archive: restored {sidecar.rows:,} rows of {sidecar.from_at} to {sidecar.to_at} into "
