@@ -10,6 +10,10 @@
 -- 3. The objects that only drained a 1.0 slot go: now, when there is no such slot, else when
 --    bemi.create_slot() (or bemi.ingest()) has drained it.
 -- 4. bemi.revert_plan is made of small steps over the type bemi.revert_chain; it does what it did.
+-- 5. Trust (docs/security.md): a context counts only in the transaction that set it and for
+--    the statement it was written for; reading staged values runs no role's code; no message
+--    stops ingest; ingest pins every setting that changes values; check_trail runs with its
+--    caller's rights. Commit times are exact on PostgreSQL 14 too.
 
 ------------------------------------------------------------------------------------------
 -- 1. The publication.
@@ -89,11 +93,16 @@ BEGIN
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
-    -- Statement triggers of a parent do not fire for statements on a partition or child.
+    -- Statement triggers of a parent do not fire for statements on a partition or child. The
+    -- trigger fires in replica mode too (session_replication_role = replica): a context set
+    -- there must be emitted, or the changes would carry the one before it.
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') THEN
       EXECUTE pg_catalog.format(
         'CREATE TRIGGER bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
+    END IF;
+    IF (SELECT t.tgenabled FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') <> 'A' THEN
+      EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bemi_context', member);
     END IF;
     -- Partitions are published through their root; inheritance children by themselves.
     IF NOT (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = member) AND NOT EXISTS (
@@ -226,6 +235,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
 SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
+SET array_nulls = on SET xmloption = content SET lc_monetary = 'C' SET lock_timeout = 0
 AS $$
 DECLARE
   queries text;
@@ -699,3 +709,522 @@ BEGIN
             FROM pg_catalog.unnest(planned) AS s);
 END
 $$;
+
+
+------------------------------------------------------------------------------------------
+-- 5. Trust.
+------------------------------------------------------------------------------------------
+
+-- Contexts: marked with their transaction, one statement's comment for that statement.
+CREATE OR REPLACE FUNCTION bemi.transaction_mark() RETURNS text
+LANGUAGE sql STABLE
+RETURN pg_catalog.extract('epoch', pg_catalog.now())::pg_catalog.text;
+
+CREATE OR REPLACE FUNCTION bemi.set_context(context jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  body pg_catalog.text := context::pg_catalog.text;
+  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+  mark pg_catalog.text := bemi.transaction_mark();
+  emitted pg_catalog.text := CASE WHEN pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark
+    THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
+  written pg_catalog.pg_lsn;
+BEGIN
+  IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
+  END IF;
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+  END IF;
+  -- NULL and an empty object are no context at all. Assignments, not PERFORM: PL/pgSQL
+  -- evaluates them as simple expressions, without running a query.
+  body := CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END;
+  setting := pg_catalog.set_config('bemi.context', body, true);
+  setting := pg_catalog.set_config('bemi.emitted', emitted, true);
+  setting := pg_catalog.set_config('bemi.mark', mark, true);
+  -- After a write with another context, the new one goes into the WAL now: a later statement
+  -- whose trigger does not fire (disabled by the table's owner) must not carry the old one.
+  IF emitted OPERATOR(pg_catalog.<>) '' AND emitted OPERATOR(pg_catalog.<>) body THEN
+    written := pg_catalog.pg_logical_emit_message(true, 'bemi', CASE WHEN body OPERATOR(pg_catalog.=) '' THEN '{}' ELSE body END);
+    setting := pg_catalog.set_config('bemi.emitted', body, true);
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.context() RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN CASE WHEN pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) bemi.transaction_mark()
+  THEN NULLIF(pg_catalog.current_setting('bemi.context', true), '')::pg_catalog.jsonb END;
+
+CREATE OR REPLACE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+  tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
+  opening pg_catalog.int4;
+  head pg_catalog.text;
+  body pg_catalog.text;
+  parsed pg_catalog.jsonb;
+BEGIN
+  IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
+    RETURN '';
+  END IF;
+  -- The last /*Bemi of the query: found from its end, as "imeB*/" in the reversed query.
+  opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
+  IF opening OPERATOR(pg_catalog.<) 7 THEN  -- /*Bemi*/
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END IF;
+  head := pg_catalog.left(tail, pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.-) 5);
+  -- Outside string literals, quoted names and block comments, the query before the comment
+  -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
+  IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+     OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+    head := pg_catalog.regexp_replace(head,
+      $re$[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/$re$, '', 'g');
+    IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+       OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+      RETURN '';
+    END IF;
+  END IF;
+  body := pg_catalog.btrim(pg_catalog.substr(tail, pg_catalog.length(head) OPERATOR(pg_catalog.+) 7,
+    opening OPERATOR(pg_catalog.-) 7), E' \t\r\n');
+  IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
+    RETURN body;
+  END IF;
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
+    RETURN '';
+  END IF;
+  BEGIN
+    parsed := body::pg_catalog.jsonb;
+  EXCEPTION WHEN data_exception THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: %', pg_catalog.left(body, 200)
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END;
+  IF pg_catalog.jsonb_typeof(parsed) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is a JSON %, not an object', pg_catalog.jsonb_typeof(parsed)
+      USING ERRCODE = 'invalid_parameter_value';
+    RETURN '';
+  END IF;
+  -- The same context written differently (spacing, key order) is the same context.
+  RETURN CASE WHEN parsed OPERATOR(pg_catalog.=) '{}' THEN ''
+    WHEN emitted OPERATOR(pg_catalog.<>) '' AND parsed OPERATOR(pg_catalog.=) emitted::pg_catalog.jsonb THEN emitted
+    ELSE body END;
+END
+$$;
+
+CREATE FUNCTION bemi.statement_text(query_string text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  prepared pg_catalog.text := pg_catalog.substring(query_string, '^\s*(?:[eE][xX][eE][cC][uU][tT][eE])\s+("(?:[^"]|"")+"|[^\s(;"]+)\s*(?:\([^;]*\))?\s*;?\s*$');
+BEGIN
+  IF prepared IS NULL THEN
+    RETURN query_string;
+  END IF;
+  RETURN coalesce((SELECT p.statement FROM pg_catalog.pg_prepared_statements p
+                   WHERE p.name OPERATOR(pg_catalog.=) (pg_catalog.parse_ident(prepared))[1]), query_string);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.context_trigger() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  mark pg_catalog.text := bemi.transaction_mark();
+  marked pg_catalog.bool := pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark;
+  pending pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.context', true) ELSE '' END;
+  emitted pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
+  query pg_catalog.text;
+  written pg_catalog.pg_lsn;
+BEGIN
+  IF pending OPERATOR(pg_catalog.=) '' THEN
+    query := pg_catalog.current_query();
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0
+       AND pg_catalog.upper(pg_catalog.left(pg_catalog.ltrim(query), 7)) OPERATOR(pg_catalog.=) 'EXECUTE' THEN
+      query := bemi.statement_text(query);
+    END IF;
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
+      pending := bemi.comment_context(query, emitted);
+    END IF;
+  END IF;
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pending OPERATOR(pg_catalog.<>) emitted THEN
+    written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
+    query := pg_catalog.set_config('bemi.emitted', pending, true);
+    IF marked IS NOT TRUE THEN
+      query := pg_catalog.set_config('bemi.context', '', true);
+      query := pg_catalog.set_config('bemi.mark', mark, true);
+    END IF;
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+
+-- The context trigger fires in replica mode too.
+DO $$
+DECLARE
+  member regclass;
+BEGIN
+  FOR member IN SELECT t.tgrelid::regclass FROM pg_catalog.pg_trigger t
+                WHERE t.tgname = 'bemi_context' AND t.tgfoid = 'bemi.context_trigger()'::pg_catalog.regprocedure LOOP
+    EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bemi_context', member);
+  END LOOP;
+END
+$$;
+
+-- Decoding: exact commit times, hostile messages kept as marked contexts, pinned settings.
+CREATE OR REPLACE FUNCTION bemi.time_at(message bytea, at integer) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN '2000-01-01 00:00:00+00'::timestamptz
+  + (bemi.int_at(message, at, 8) / 1000000) * interval '1 second'
+  + (bemi.int_at(message, at, 8) % 1000000) * interval '1 microsecond';
+
+CREATE FUNCTION bemi.message_text(content bytea) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN pg_catalog.convert_from(content, pg_catalog.getdatabaseencoding());
+EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
+  RETURN content::text;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.stage_from_slot(max_changes integer)
+RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC' SET lc_monetary = 'C' SET client_encoding = 'UTF8'
+AS $$
+DECLARE
+  -- pgoutput sends names and values in the client encoding, UTF8 here (an SQL_ASCII database
+  -- sends its bytes as they are, which no conversion could make valid).
+  encoding name := CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END;
+  message record;
+  m bytea;
+  kind "char";
+  at integer;
+  len integer;
+  ends integer;
+  relations jsonb := '{}';
+  shapes integer := 0;
+  relation integer;
+  columns text[];
+  types oid[];
+  typmods integer[];
+  identity boolean[];
+  relation_name text[];
+  ncolumns integer;
+  tuple_kind "char";
+  old_values text[];
+  new_values text[];
+  missing integer[];
+  key_only boolean;
+  xact_id bigint;
+  commit_time timestamptz;
+  context text;
+  last_position pg_lsn;
+  ordinal integer := 0;
+  i integer;
+  relids integer;
+BEGIN
+  seq := 0;
+  FOR message IN
+    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), NULL, max_changes,
+      'proto_version', '1', 'publication_names', 'bemi', 'messages', 'true') AS w
+  LOOP
+    m := message.data;
+    kind := pg_catalog.chr(pg_catalog.get_byte(m, 0));
+    seq := seq + 1;
+    IF kind = 'B' THEN
+      commit_time := bemi.time_at(m, 9);
+      xact_id := bemi.int_at(m, 17, 4);
+      context := NULL;
+      lsn := message.lsn; xid := message.xid;
+      data := pg_catalog.jsonb_build_object('action', 'B', 'xid', xact_id);
+      RETURN NEXT;
+    ELSIF kind = 'C' THEN
+      lsn := message.lsn; xid := message.xid;
+      data := pg_catalog.jsonb_build_object('action', 'C', 'xid', xact_id, 'timestamp', bemi.time_at(m, 18));
+      RETURN NEXT;
+    ELSIF kind = 'M' THEN
+      -- flags (1 = transactional), lsn, prefix, content: only transactional bemi messages count.
+      ends := pg_catalog.position(pg_catalog.substr(m, 11), '\x00'::bytea) + 10;
+      IF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d69'::bytea THEN
+        context := bemi.message_text(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer));
+        lsn := message.lsn; xid := message.xid;
+        data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
+        RETURN NEXT;
+      END IF;
+    ELSIF kind = 'R' THEN
+      -- relid, namespace, name, replica identity, then per column: flags, name, type, typmod.
+      at := 5;
+      relation_name := '{}';
+      FOR i IN 1..2 LOOP
+        ends := pg_catalog.position(pg_catalog.substr(m, at + 1), '\x00'::bytea) + at - 1;
+        relation_name := relation_name || pg_catalog.convert_from(pg_catalog.substr(m, at + 1, ends - at), encoding);
+        at := ends + 1;
+      END LOOP;
+      ncolumns := bemi.int_at(m, at + 1, 2)::integer;
+      at := at + 3;
+      columns := '{}'; types := '{}'; typmods := '{}'; identity := '{}';
+      FOR i IN 1..ncolumns LOOP
+        identity := identity || (pg_catalog.get_byte(m, at) & 1 = 1);
+        ends := pg_catalog.position(pg_catalog.substr(m, at + 2), '\x00'::bytea) + at;
+        columns := columns || pg_catalog.convert_from(pg_catalog.substr(m, at + 2, ends - at - 1), encoding);
+        types := types || bemi.int_at(m, ends + 1, 4)::oid;
+        typmods := typmods || bemi.int_at(m, ends + 5, 4)::bit(32)::integer;
+        at := ends + 9;
+      END LOOP;
+      shapes := shapes + 1;
+      INSERT INTO bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity)
+      VALUES (shapes, bemi.int_at(m, 1, 4)::oid, relation_name[1], relation_name[2], columns, types, typmods, identity);
+      relations := relations || pg_catalog.jsonb_build_object(bemi.int_at(m, 1, 4)::text, shapes);
+    ELSIF kind IN ('I', 'U', 'D') THEN
+      relation := (relations ->> bemi.int_at(m, 1, 4)::text)::integer;
+      at := 5;
+      old_values := NULL; new_values := NULL; missing := NULL; key_only := false;
+      LOOP
+        -- a tuple: its kind (K old key, O old row, N new row), then per column n, u or t + text.
+        tuple_kind := pg_catalog.chr(pg_catalog.get_byte(m, at));
+        ncolumns := bemi.int_at(m, at + 1, 2)::integer;
+        at := at + 3;
+        IF tuple_kind = 'N' THEN new_values := pg_catalog.array_fill(NULL::text, ARRAY[ncolumns]);
+        ELSE old_values := pg_catalog.array_fill(NULL::text, ARRAY[ncolumns]); key_only := tuple_kind = 'K';
+        END IF;
+        FOR i IN 1..ncolumns LOOP
+          CASE pg_catalog.get_byte(m, at)
+            WHEN 116 THEN -- 't'
+              len := (pg_catalog.get_byte(m, at + 1) << 24) + (pg_catalog.get_byte(m, at + 2) << 16)
+                   + (pg_catalog.get_byte(m, at + 3) << 8) + pg_catalog.get_byte(m, at + 4);
+              IF tuple_kind = 'N' THEN
+                new_values[i] := pg_catalog.convert_from(pg_catalog.substr(m, at + 6, len), encoding);
+              ELSE
+                old_values[i] := pg_catalog.convert_from(pg_catalog.substr(m, at + 6, len), encoding);
+              END IF;
+              at := at + 5 + len;
+            WHEN 117 THEN -- 'u': an unchanged TOASTed value, known only from a whole old row
+              IF old_values IS NOT NULL AND NOT key_only THEN
+                new_values[i] := old_values[i];
+              ELSIF tuple_kind = 'N' THEN
+                missing := coalesce(missing, '{}') || i;
+              END IF;
+              at := at + 1;
+            ELSE -- 'n'
+              at := at + 1;
+          END CASE;
+        END LOOP;
+        EXIT WHEN tuple_kind = 'N' OR kind = 'D';
+      END LOOP;
+      -- An UPDATE that did not change the key of a table without REPLICA IDENTITY FULL logs no
+      -- old row: its key, from the new row, is all that is known of it.
+      IF kind = 'U' AND old_values IS NULL THEN
+        old_values := new_values; key_only := true;
+      END IF;
+      IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+      ordinal := ordinal + 1;
+      INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context,
+                               old_values, old_key_only, new_values, new_missing)
+      VALUES (seq, relation, kind, message.lsn, ordinal, xact_id, commit_time, context,
+              old_values, key_only, new_values, missing);
+    ELSIF kind = 'T' THEN
+      -- number of relations, options, then their OIDs.
+      relids := bemi.int_at(m, 1, 4)::integer;
+      IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+      FOR i IN 0..relids - 1 LOOP
+        ordinal := ordinal + 1;
+        INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context)
+        VALUES (seq, (relations ->> bemi.int_at(m, 6 + 4 * i, 4)::text)::integer, 'T', message.lsn, ordinal,
+                xact_id, commit_time, context);
+        seq := seq + 1;
+      END LOOP;
+    END IF;
+    -- 'Y' (type) and 'O' (origin) messages carry nothing the trail needs.
+  END LOOP;
+END
+$$;
+
+
+-- Storing: values read by built-in code only, with pinned settings.
+CREATE FUNCTION bemi.read_type(type oid, typmod integer) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t pg_catalog.pg_type;
+  element text;
+BEGIN
+  SELECT * INTO t FROM pg_catalog.pg_type WHERE oid = type;
+  IF NOT FOUND THEN
+    RETURN 'text';
+  ELSIF type < 16384 THEN  -- FirstNormalObjectId: made by initdb
+    RETURN pg_catalog.format_type(type, typmod);
+  ELSIF t.typtype = 'd' THEN
+    RETURN bemi.read_type(t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE typmod END);
+  ELSIF t.typtype IN ('e', 'r', 'm') THEN
+    RETURN 'text';
+  ELSIF t.typelem <> 0 AND t.typlen = -1 THEN
+    element := bemi.read_type(t.typelem, typmod);
+    RETURN CASE WHEN element = pg_catalog.format_type(t.typelem, typmod) THEN pg_catalog.format_type(type, typmod)
+      ELSE element || '[]' END;
+  ELSIF EXISTS (SELECT FROM pg_catalog.pg_cast c
+                WHERE c.castsource = type AND c.casttarget IN ('json'::regtype, 'jsonb'::regtype))
+     OR EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
+                  AND bemi.read_type(a.atttypid, a.atttypmod) <> pg_catalog.format_type(a.atttypid, a.atttypmod)) THEN
+    RETURN 'text';
+  END IF;
+  RETURN pg_catalog.format_type(type, typmod);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE
+  WHEN source_name IS NULL THEN bemi.read_type(type, typmod)
+  WHEN pg_catalog.to_regtype(source_name) IS NULL THEN CASE WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
+  WHEN bemi.read_type(pg_catalog.to_regtype(source_name), -1) = pg_catalog.format_type(pg_catalog.to_regtype(source_name), -1)
+    THEN source_name
+  ELSE bemi.read_type(pg_catalog.to_regtype(source_name), -1) END;
+
+CREATE OR REPLACE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], type_names text[], vals text, masked text[])
+RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(pg_catalog.string_agg(chunk.sql, ' || ' ORDER BY chunk.n), '''{}''::jsonb')
+  FROM (
+    SELECT (c.i - 1) / 50 AS n,
+      'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
+        CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
+          WHEN bemi.column_type(types[c.i], typmods[c.i], type_names[c.i]) LIKE '%[]'
+            THEN pg_catalog.format('%1$L, CASE WHEN pg_catalog.left((%2$s)[%3$s], 1) = ''['' THEN pg_catalog.to_jsonb((%2$s)[%3$s]) '
+              'ELSE pg_catalog.to_jsonb((%2$s)[%3$s]::%4$s) END', columns[c.i], vals, c.i,
+              bemi.column_type(types[c.i], typmods[c.i], type_names[c.i]))
+          ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i,
+            bemi.column_type(types[c.i], typmods[c.i], type_names[c.i])) END,
+        ', ' ORDER BY c.i) || ')' AS sql
+    FROM pg_catalog.generate_subscripts(columns, 1) AS c(i)
+    GROUP BY 1
+  ) AS chunk;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.peek(max_changes integer DEFAULT NULL)
+RETURNS TABLE (lsn pg_lsn, xid xid, data jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+SET array_nulls = on SET xmloption = content SET lc_monetary = 'C'
+AS $$
+DECLARE
+  queries text;
+  entries jsonb;
+  result jsonb;
+  as_text boolean;
+BEGIN
+  SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(e)) INTO entries FROM bemi.stage_from_slot(max_changes) AS e;
+  -- Values that cannot be converted are shown as text, as bemi.store would store them.
+  FOREACH as_text IN ARRAY ARRAY[false, true] LOOP
+    SELECT pg_catalog.string_agg(bemi.convert_sql(x, 'true', as_text), ' UNION ALL ') INTO queries FROM bemi.staged_relations x;
+    BEGIN
+      EXECUTE pg_catalog.format($q$
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('lsn', e.lsn, 'xid', e.xid, 'data', e.data) ORDER BY e.seq, e.sub) FROM (
+      SELECT e.seq, 0 AS sub, e.lsn, e.xid, e.data
+      FROM pg_catalog.jsonb_to_recordset($2) AS e(seq bigint, lsn pg_lsn, xid xid, data jsonb)
+      UNION ALL
+      SELECT c.seq, c.ordinal, c.position, c.transaction_id::text::xid,
+        pg_catalog.jsonb_build_object('action', s.operation, 'schema', c.schema, 'table', c."table")
+        || CASE WHEN c.operation IN ('CREATE', 'UPDATE') THEN pg_catalog.jsonb_build_object('columns',
+             (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
+                'value', c.after -> k.name) ORDER BY k.n)
+              FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
+              WHERE c.after ? k.name)) ELSE '{}' END
+        || CASE WHEN c.before <> '{}' THEN pg_catalog.jsonb_build_object('identity',
+             (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', k.name, 'type', bemi.column_type(k.type, k.typmod),
+                'value', c.before -> k.name) ORDER BY k.n)
+              FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.types), pg_catalog.unnest(r.typmods)) WITH ORDINALITY AS k(name, type, typmod, n)
+              WHERE c.before ? k.name)) ELSE '{}' END
+        || coalesce((SELECT pg_catalog.jsonb_build_object('pk', p.pk) FROM bemi.primary_key(r.relid::pg_catalog.regclass) AS p(pk)
+             WHERE p.pk IS NOT NULL), '{}')
+      FROM (%s) AS c JOIN bemi.staged s ON s.seq = c.seq AND s.ordinal = c.ordinal
+      JOIN bemi.staged_relations r ON r.relation = s.relation
+    ) AS e
+    $q$, coalesce(queries, 'SELECT NULL::bigint AS seq, NULL::text AS schema, NULL::text AS "table", NULL::text AS operation, '
+      'NULL::jsonb AS before, NULL::jsonb AS after, NULL::bigint AS transaction_id, NULL::pg_lsn AS position, '
+      'NULL::integer AS ordinal WHERE false')) INTO result USING bemi.staged_contexts(), entries, NULL::text, NULL::text;
+      EXIT;
+    EXCEPTION WHEN OTHERS THEN
+      IF as_text THEN
+        RAISE;
+      END IF;
+    END;
+  END LOOP;
+  DELETE FROM bemi.staged;
+  DELETE FROM bemi.staged_relations;
+  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
+END
+$$;
+
+
+-- Time travel: what anyone may ask, and what only readers of the trail may.
+CREATE OR REPLACE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.retained_from() RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT r.retained_from FROM bemi.retention r;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.check_trail(history jsonb, at timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named text := pg_catalog.quote_ident(history ->> 'schema') || '.' || pg_catalog.quote_ident(history ->> 'table');
+  until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
+BEGIN
+  IF history IS NULL OR at IS NULL THEN
+    RAISE EXCEPTION 'bemi: the history and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF at < bemi.retained_from() THEN
+    RAISE EXCEPTION 'bemi: the trail holds no changes before % (older partitions were dropped by bemi.retain)', bemi.retained_from()
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Ask for a moment at or after bemi.retained_from(), or put the archived partitions back with bemi-pg restore-archive.';
+  END IF;
+  IF (history ->> 'first_schema', history ->> 'first_table') <> (history ->> 'schema', history ->> 'table')
+     AND EXISTS (SELECT FROM bemi.changes AS x WHERE x.schema = history ->> 'first_schema' AND x."table" = history ->> 'first_table'
+                 AND (NOT history ? 'database' OR x.database = history ->> 'database')) THEN
+    RAISE EXCEPTION 'bemi: % was renamed since tracking began: its changes before are under %.%', named,
+        pg_catalog.quote_ident(history ->> 'first_schema'), pg_catalog.quote_ident(history ->> 'first_table')
+      USING ERRCODE = 'feature_not_supported', HINT = 'Time travel does not follow renames; query bemi.changes under both names.';
+  END IF;
+  IF until IS NULL OR at > until THEN
+    RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION bemi.ingested_until(name), bemi.retained_from() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;

@@ -25,13 +25,22 @@ GRANT USAGE ON SCHEMA bemi TO PUBLIC;
 ------------------------------------------------------------------------------------------
 -- 1. Context: the application says who, where and how, once per transaction.
 --    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
---    Holds: bemi.set_context(jsonb), bemi.context().
+--    Holds: bemi.transaction_mark(), bemi.set_context(jsonb), bemi.context().
 ------------------------------------------------------------------------------------------
+
+-- What marks the settings of this transaction: its start time, exact to the microsecond
+-- whatever the session's DateStyle or TimeZone. A session-level SET bemi.context (or one a
+-- pooled server connection kept from another client) carries no mark of a later transaction.
+CREATE FUNCTION bemi.transaction_mark() RETURNS text
+LANGUAGE sql STABLE
+RETURN pg_catalog.extract('epoch', pg_catalog.now())::pg_catalog.text;
 
 -- set_context runs once per transaction in the request path. Its cost is the statement, the
 -- PL/pgSQL call and the JSON input (docs/benchmarks.md, counted by bench/server_cost.py): it
 -- has no SET clause (which cost a sixth of each call, saving and restoring search_path) and
--- qualifies every name, operator and type instead, like the trigger.
+-- qualifies every name, operator and type instead, like the trigger. The context is marked
+-- with this transaction (bemi.mark), and what this transaction emitted (bemi.emitted) is
+-- carried over only when it carries that mark.
 CREATE FUNCTION bemi.set_context(context jsonb) RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -39,6 +48,10 @@ DECLARE
   body pg_catalog.text := context::pg_catalog.text;
   setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
   limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+  mark pg_catalog.text := bemi.transaction_mark();
+  emitted pg_catalog.text := CASE WHEN pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark
+    THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
+  written pg_catalog.pg_lsn;
 BEGIN
   IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
     RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
@@ -48,37 +61,46 @@ BEGIN
     RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
   END IF;
-  -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
-  -- evaluates it as a simple expression, without running a query.
-  body := pg_catalog.set_config('bemi.context',
-    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true);
+  -- NULL and an empty object are no context at all. Assignments, not PERFORM: PL/pgSQL
+  -- evaluates them as simple expressions, without running a query.
+  body := CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END;
+  setting := pg_catalog.set_config('bemi.context', body, true);
+  setting := pg_catalog.set_config('bemi.emitted', emitted, true);
+  setting := pg_catalog.set_config('bemi.mark', mark, true);
+  -- After a write with another context, the new one goes into the WAL now: a later statement
+  -- whose trigger does not fire (disabled by the table's owner) must not carry the old one.
+  IF emitted OPERATOR(pg_catalog.<>) '' AND emitted OPERATOR(pg_catalog.<>) body THEN
+    written := pg_catalog.pg_logical_emit_message(true, 'bemi', CASE WHEN body OPERATOR(pg_catalog.=) '' THEN '{}' ELSE body END);
+    setting := pg_catalog.set_config('bemi.emitted', body, true);
+  END IF;
 END
 $$;
 
 COMMENT ON FUNCTION bemi.set_context(jsonb) IS
   'Sets the application context of the current transaction (a JSON object; NULL clears).';
 
+-- Only a context this transaction set counts.
 CREATE FUNCTION bemi.context() RETURNS jsonb
 LANGUAGE sql STABLE
-RETURN nullif(pg_catalog.current_setting('bemi.context', true), '')::jsonb;
+RETURN CASE WHEN pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) bemi.transaction_mark()
+  THEN NULLIF(pg_catalog.current_setting('bemi.context', true), '')::pg_catalog.jsonb END;
 
 COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or NULL.';
 
 ------------------------------------------------------------------------------------------
 -- 2. The context trigger: before each statement on a tracked table, put the context into
 --    the WAL, once, and only when it differs from the last one this transaction emitted.
---    Holds: bemi.comment_context(text, text), bemi.context_trigger().
+--    Holds: bemi.comment_context(text, text), bemi.statement_text(text), bemi.context_trigger().
 ------------------------------------------------------------------------------------------
 
--- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, read before each write
--- statement that has one (the Django and SQLAlchemy integrations put one on every write).
--- emitted is what this transaction last emitted ('' for nothing or no context): a comment
--- written exactly like it, the usual case for the second and later writes of a transaction,
--- is returned as it is, without parsing it again (the JSON check's subtransaction is most of
--- the cost). Otherwise the comment is checked (a WARNING, never an error, when it is
--- malformed or over the limit) and returned as written; '' when there is none.
--- No SET clause: every name, operator and type is qualified (docs/security.md), so each
--- write does not save and restore search_path.
+-- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, as written; '' when there
+-- is none that counts. The rules (docs/frameworks.md): the comment must end the query string
+-- (a string literal cannot end with */, so data cannot pose as context); it counts only when
+-- the query string holds one statement (no ; before it: current_query() is the whole string,
+-- so in "INSERT ...; INSERT ... /*Bemi ... Bemi*/" no statement could be told its own), and
+-- not when it sits behind a -- on its line. A comment written exactly like emitted (what this
+-- transaction last emitted), the usual case for the second and later writes of a
+-- transaction, is returned without parsing it again. A bad comment is a WARNING, never an error.
 CREATE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
@@ -87,29 +109,45 @@ DECLARE
   limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
   tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
   opening pg_catalog.int4;
+  head pg_catalog.text;
   body pg_catalog.text;
   parsed pg_catalog.jsonb;
 BEGIN
   IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
     RETURN '';
   END IF;
-  tail := pg_catalog.right(tail, limit_bytes OPERATOR(pg_catalog.+) 64);
-  -- The last /*Bemi of the tail: found from its end, as "imeB*/" in the reversed tail.
+  -- The last /*Bemi of the query: found from its end, as "imeB*/" in the reversed query.
   opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
-  body := CASE WHEN opening OPERATOR(pg_catalog.>=) 7 THEN pg_catalog.btrim(pg_catalog.substr(tail,
-      pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.+) 2,
-      opening OPERATOR(pg_catalog.-) 7), E' \t\r\n') ELSE '' END;
+  IF opening OPERATOR(pg_catalog.<) 7 THEN  -- /*Bemi*/
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END IF;
+  head := pg_catalog.left(tail, pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.-) 5);
+  -- Outside string literals, quoted names and block comments, the query before the comment
+  -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
+  IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+     OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+    head := pg_catalog.regexp_replace(head,
+      $re$[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/$re$, '', 'g');
+    IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+       OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+      RETURN '';
+    END IF;
+  END IF;
+  body := pg_catalog.btrim(pg_catalog.substr(tail, pg_catalog.length(head) OPERATOR(pg_catalog.+) 7,
+    opening OPERATOR(pg_catalog.-) 7), E' \t\r\n');
   IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
     RETURN body;
   END IF;
-  IF opening OPERATOR(pg_catalog.=) 0 OR pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
     RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
     RETURN '';
   END IF;
   BEGIN
     parsed := body::pg_catalog.jsonb;
-  EXCEPTION WHEN invalid_text_representation THEN
+  EXCEPTION WHEN data_exception THEN
     RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: %', pg_catalog.left(body, 200)
       USING ERRCODE = 'invalid_text_representation';
     RETURN '';
@@ -129,22 +167,45 @@ $$;
 COMMENT ON FUNCTION bemi.comment_context(text, text) IS
   'The context of a statement''s trailing /*Bemi {...} Bemi*/ comment as written, or '''' (WARNING when malformed).';
 
--- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment
--- is the context: one current_query() read and one strpos per statement, never per row.
--- Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions instead of running
--- a query for each. Remembering what was emitted (one transaction-local set_config, only
--- when emitting) is what keeps emissions to the changes of context.
+-- The query string a statement came from: for EXECUTE of a statement prepared with PREPARE,
+-- the PREPARE (its /*Bemi ... Bemi*/ comment is the statement's).
+CREATE FUNCTION bemi.statement_text(query_string text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  prepared pg_catalog.text := pg_catalog.substring(query_string, '^\s*(?:[eE][xX][eE][cC][uU][tT][eE])\s+("(?:[^"]|"")+"|[^\s(;"]+)\s*(?:\([^;]*\))?\s*;?\s*$');
+BEGIN
+  IF prepared IS NULL THEN
+    RETURN query_string;
+  END IF;
+  RETURN coalesce((SELECT p.statement FROM pg_catalog.pg_prepared_statements p
+                   WHERE p.name OPERATOR(pg_catalog.=) (pg_catalog.parse_ident(prepared))[1]), query_string);
+END
+$$;
+
+-- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
+-- the context: one current_query() read and one strpos per statement, never per row.
+-- The settings count only when this transaction set them (bemi.mark). Assignments, not
+-- PERFORM: PL/pgSQL evaluates them as simple expressions instead of running a query for each.
+-- Remembering what was emitted (a transaction-local set_config, only when emitting) is what
+-- keeps emissions to the changes of context.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  pending pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
-  emitted pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.emitted', true), '');
+  mark pg_catalog.text := bemi.transaction_mark();
+  marked pg_catalog.bool := pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark;
+  pending pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.context', true) ELSE '' END;
+  emitted pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
   IF pending OPERATOR(pg_catalog.=) '' THEN
     query := pg_catalog.current_query();
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0
+       AND pg_catalog.upper(pg_catalog.left(pg_catalog.ltrim(query), 7)) OPERATOR(pg_catalog.=) 'EXECUTE' THEN
+      query := bemi.statement_text(query);
+    END IF;
     IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
@@ -153,7 +214,11 @@ BEGIN
   IF pending OPERATOR(pg_catalog.<>) emitted THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi',
       CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    pending := pg_catalog.set_config('bemi.emitted', pending, true);
+    query := pg_catalog.set_config('bemi.emitted', pending, true);
+    IF marked IS NOT TRUE THEN
+      query := pg_catalog.set_config('bemi.context', '', true);
+      query := pg_catalog.set_config('bemi.mark', mark, true);
+    END IF;
   END IF;
   RETURN NULL;
 END
@@ -382,11 +447,16 @@ BEGIN
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
-    -- Statement triggers of a parent do not fire for statements on a partition or child.
+    -- Statement triggers of a parent do not fire for statements on a partition or child. The
+    -- trigger fires in replica mode too (session_replication_role = replica): a context set
+    -- there must be emitted, or the changes would carry the one before it.
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') THEN
       EXECUTE pg_catalog.format(
         'CREATE TRIGGER bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
+    END IF;
+    IF (SELECT t.tgenabled FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') <> 'A' THEN
+      EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bemi_context', member);
     END IF;
     -- Partitions are published through their root; inheritance children by themselves.
     IF NOT (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = member) AND NOT EXISTS (
@@ -679,7 +749,7 @@ REVOKE ALL ON bemi.progress FROM PUBLIC;
 ------------------------------------------------------------------------------------------
 -- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
 --    The streaming worker reads the same messages in Python (python/bemi_pg/pgoutput.py).
---    Holds: bemi.int_at(), bemi.time_at(), bemi.stage_from_slot().
+--    Holds: bemi.int_at(), bemi.time_at(), bemi.message_text(), bemi.stage_from_slot().
 ------------------------------------------------------------------------------------------
 
 -- A big-endian integer of width bytes at a zero-based offset of a pgoutput message.
@@ -687,23 +757,49 @@ CREATE FUNCTION bemi.int_at(message bytea, at integer, width integer) RETURNS bi
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ('x' || pg_catalog.lpad(pg_catalog.encode(pg_catalog.substr(message, at + 1, width), 'hex'), 16, '0'))::bit(64)::bigint;
 
--- A pgoutput timestamp (microseconds since 2000-01-01 UTC).
+-- A pgoutput timestamp (microseconds since 2000-01-01 UTC), exact: whole seconds and the
+-- microseconds after them (PostgreSQL 14 reads no interval of that many microseconds, and a
+-- float of them would round).
 CREATE FUNCTION bemi.time_at(message bytea, at integer) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN '2000-01-01 00:00:00+00'::timestamptz + (bemi.int_at(message, at, 8) || ' microseconds')::interval;
+RETURN '2000-01-01 00:00:00+00'::timestamptz
+  + (bemi.int_at(message, at, 8) / 1000000) * interval '1 second'
+  + (bemi.int_at(message, at, 8) % 1000000) * interval '1 microsecond';
+
+-- A bemi message's content as text. The context trigger writes it in the database's
+-- encoding, but any role may emit a bemi message, with bytes of any kind: content that is not
+-- text of this encoding is kept as its hex form ("\x..."), which is not JSON, so it is stored
+-- as {"invalid_context": ...} and ingest goes on (docs/security.md).
+CREATE FUNCTION bemi.message_text(content bytea) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN pg_catalog.convert_from(content, pg_catalog.getdatabaseencoding());
+EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
+  RETURN content::text;
+END
+$$;
 
 -- The stage the SQL path shares with the streaming worker (python/bemi_pg/pgoutput.py and
 -- store.py do the same in Python): each change of a tracked table becomes a row of
 -- bemi.staged with its values as text, stitched to the context message before it, and each
 -- relation as described at the change a row of bemi.staged_relations. The slot is peeked, not
 -- consumed. Returns the other entries (B, C, M), wal2json-shaped, for bemi.wal and ingest.
+-- pgoutput writes the values with the settings of this function, so every setting an output
+-- function reads is pinned (the streaming worker's replication connection sets the same:
+-- python/bemi_pg/ingest/stream.py): values are the same whoever reads the slot.
 CREATE FUNCTION bemi.stage_from_slot(max_changes integer)
 RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC' SET lc_monetary = 'C' SET client_encoding = 'UTF8'
 AS $$
 DECLARE
-  encoding name := pg_catalog.pg_client_encoding();
+  -- pgoutput sends names and values in the client encoding, UTF8 here (an SQL_ASCII database
+  -- sends its bytes as they are, which no conversion could make valid).
+  encoding name := CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END;
   message record;
   m bytea;
   kind "char";
@@ -755,7 +851,7 @@ BEGIN
       -- flags (1 = transactional), lsn, prefix, content: only transactional bemi messages count.
       ends := pg_catalog.position(pg_catalog.substr(m, 11), '\x00'::bytea) + 10;
       IF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d69'::bytea THEN
-        context := pg_catalog.convert_from(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer), encoding);
+        context := bemi.message_text(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer));
         lsn := message.lsn; xid := message.xid;
         data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
         RETURN NEXT;
@@ -853,7 +949,7 @@ $$;
 --    them into typed JSON with the server's own input functions and stores them once.
 --    Holds: bemi.changes, bemi.partition_interval(), bemi.period_start(), bemi.partitions,
 --    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
---    bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
+--    bemi.read_type(), bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
 --    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
 --    bemi.store(), bemi.ingest(), bemi.peek(), bemi.ingested_until(), bemi.wal.
 ------------------------------------------------------------------------------------------
@@ -1043,16 +1139,61 @@ ALTER TABLE bemi.staged SET (autovacuum_vacuum_threshold = 20000, autovacuum_vac
   autovacuum_vacuum_cost_delay = 0);
 ALTER TABLE bemi.staged_relations SET (autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0);
 
--- The type a column is read as: its type with its modifier (character(3)[] keeps its length);
--- text when the type is gone since. In a trail database, the type the source named, when this
--- database has a type of that name, else text.
+-- The type a staged value is read as, so that reading it runs no code a role less trusted
+-- than bemi wrote, and gives JSON that jsonb_populate_record reads back (docs/security.md).
+-- The value was valid when it was written, so it is read by built-in code only:
+--   built-in types as they are, with their modifier (character(3)[] keeps its length);
+--   domains as their base type (their CHECKs held when the row was written);
+--   enums, ranges and multiranges a role defined as text (to_jsonb makes them that string);
+--   arrays by their element type;
+--   a type with a cast to json or jsonb as text: to_jsonb would run the cast, a role's code
+--     whose JSON jsonb_populate_record cannot read back (hstore's object, say);
+--   other types (composite, or an extension's) as they are when every attribute is read as
+--     itself, else as text, which jsonb_populate_record reads back;
+--   text when the type is gone since.
+-- Base types and their input functions need a superuser to create; the rest does not.
+CREATE FUNCTION bemi.read_type(type oid, typmod integer) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t pg_catalog.pg_type;
+  element text;
+BEGIN
+  SELECT * INTO t FROM pg_catalog.pg_type WHERE oid = type;
+  IF NOT FOUND THEN
+    RETURN 'text';
+  ELSIF type < 16384 THEN  -- FirstNormalObjectId: made by initdb
+    RETURN pg_catalog.format_type(type, typmod);
+  ELSIF t.typtype = 'd' THEN
+    RETURN bemi.read_type(t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE typmod END);
+  ELSIF t.typtype IN ('e', 'r', 'm') THEN
+    RETURN 'text';
+  ELSIF t.typelem <> 0 AND t.typlen = -1 THEN
+    element := bemi.read_type(t.typelem, typmod);
+    RETURN CASE WHEN element = pg_catalog.format_type(t.typelem, typmod) THEN pg_catalog.format_type(type, typmod)
+      ELSE element || '[]' END;
+  ELSIF EXISTS (SELECT FROM pg_catalog.pg_cast c
+                WHERE c.castsource = type AND c.casttarget IN ('json'::regtype, 'jsonb'::regtype))
+     OR EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
+                  AND bemi.read_type(a.atttypid, a.atttypmod) <> pg_catalog.format_type(a.atttypid, a.atttypmod)) THEN
+    RETURN 'text';
+  END IF;
+  RETURN pg_catalog.format_type(type, typmod);
+END
+$$;
+
+-- The type a column is read as: bemi.read_type of its type. In a trail database, of the type
+-- the source named, when this database has a type of that name, else text.
 CREATE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE
-  WHEN source_name IS NOT NULL THEN CASE WHEN pg_catalog.to_regtype(source_name) IS NOT NULL THEN source_name
-    WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
-  WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type) THEN pg_catalog.format_type(type, typmod)
-  ELSE 'text' END;
+  WHEN source_name IS NULL THEN bemi.read_type(type, typmod)
+  WHEN pg_catalog.to_regtype(source_name) IS NULL THEN CASE WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
+  WHEN bemi.read_type(pg_catalog.to_regtype(source_name), -1) = pg_catalog.format_type(pg_catalog.to_regtype(source_name), -1)
+    THEN source_name
+  ELSE bemi.read_type(pg_catalog.to_regtype(source_name), -1) END;
 
 -- A column's type as a trail in another database can read it: domains as their base type
 -- (arrays of them too), other types by their schema-qualified name.
@@ -1087,8 +1228,9 @@ BEGIN ATOMIC
 END;
 
 -- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
--- each value read by its type's input function, and to_jsonb's rules make the JSON. Chunks
--- of 50 columns, as a function takes at most 100 arguments. Masked columns are "[masked]".
+-- each value read as bemi.column_type says, and to_jsonb's rules make the JSON. Chunks of 50
+-- columns, as a function takes at most 100 arguments. Masked columns are "[masked]". An array
+-- whose bounds are not the default ([0:1]={1,2}) stays text: a JSON array would lose them.
 CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], type_names text[], vals text, masked text[])
 RETURNS text
 LANGUAGE sql STABLE
@@ -1098,6 +1240,10 @@ BEGIN ATOMIC
     SELECT (c.i - 1) / 50 AS n,
       'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
         CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
+          WHEN bemi.column_type(types[c.i], typmods[c.i], type_names[c.i]) LIKE '%[]'
+            THEN pg_catalog.format('%1$L, CASE WHEN pg_catalog.left((%2$s)[%3$s], 1) = ''['' THEN pg_catalog.to_jsonb((%2$s)[%3$s]) '
+              'ELSE pg_catalog.to_jsonb((%2$s)[%3$s]::%4$s) END', columns[c.i], vals, c.i,
+              bemi.column_type(types[c.i], typmods[c.i], type_names[c.i]))
           ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i,
             bemi.column_type(types[c.i], typmods[c.i], type_names[c.i])) END,
         ', ' ORDER BY c.i) || ')' AS sql
@@ -1219,6 +1365,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
 SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
+SET array_nulls = on SET xmloption = content SET lc_monetary = 'C' SET lock_timeout = 0
 AS $$
 DECLARE
   queries text;
@@ -1352,6 +1499,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
 SET bytea_output = 'hex' SET timezone = 'UTC'
+SET array_nulls = on SET xmloption = content SET lc_monetary = 'C'
 AS $$
 DECLARE
   queries text;
@@ -1405,8 +1553,11 @@ $$;
 -- Every transaction committed at or before this time is in the trail: when an ingest last
 -- read to the end of the slot, else the newest stored commit. Time travel stops here.
 -- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
+-- SECURITY DEFINER: time travel asks it for callers that may not read bemi.progress; it tells
+-- them only a time.
 CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
 END;
@@ -1418,6 +1569,8 @@ REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.ingested_until(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ingested_until(name) TO PUBLIC;
 CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
 
 COMMENT ON VIEW bemi.wal IS
@@ -1495,11 +1648,11 @@ $$;
 -- Where the trail is: checks that it can answer for the table of a history_of at the moment:
 -- nothing before it was pruned, the table was not renamed since its changes began (the trail
 -- names a table as it was at each change: history under a former name is not found), and every
--- commit up to the moment is stored. SECURITY DEFINER: it reads bemi.retention,
--- bemi.progress and the trail for callers that may read none of them, and tells them only
--- the horizon, how far the trail is stored, and whether there are changes under a former name.
+-- commit up to the moment is stored. It runs with its caller's rights: whether the trail
+-- holds a table's changes is told only to those who may read the trail (the horizon and how
+-- far it is stored, bemi.retained_from and bemi.ingested_until tell anyone).
 CREATE FUNCTION bemi.check_trail(history jsonb, at timestamptz) RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -2486,13 +2639,18 @@ CREATE TABLE bemi.retention (
 COMMENT ON TABLE bemi.retention IS 'The retained horizon: the trail holds no change committed before retained_from.';
 SELECT pg_catalog.pg_extension_config_dump('bemi.retention', '');
 
+-- SECURITY DEFINER: time travel asks it for callers that may not read bemi.retention; it tells
+-- them only a time.
 CREATE FUNCTION bemi.retained_from() RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT r.retained_from FROM bemi.retention r;
 END;
 
 COMMENT ON FUNCTION bemi.retained_from() IS 'The trail holds no change committed before this time (NULL: nothing was pruned).';
+REVOKE ALL ON FUNCTION bemi.retained_from() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.retained_from() TO PUBLIC;
 
 -- The partitions bemi.retain(keep) drops: all their changes are older than keep, and ingest
 -- has gone past their end, so no change not yet ingested can still belong in them.

@@ -42,10 +42,10 @@ def test_domain_constraint_added_while_older_values_are_pending(admin: psycopg.C
     admin.execute("ALTER DOMAIN small ADD CONSTRAINT under_ten CHECK (VALUE < 10) NOT VALID")
     admin.execute("INSERT INTO t VALUES (2, 5)")
     assert ingest(admin) == 2
-    rows = trail(admin)
-    assert [row[:4] for row in rows] == [
-        ("t", "CREATE", {}, {"id": "1", "n": "50"}), ("t", "CREATE", {}, {"id": 2, "n": 5})]
-    assert "under_ten" in rows[0][4] and rows[1][4] is None
+    # A domain is read as its base type: the value was valid when it was written, and its
+    # checks (a role's code) never run as bemi (docs/security.md).
+    assert trail(admin) == [("t", "CREATE", {}, {"id": 1, "n": 50}, None, False),
+                            ("t", "CREATE", {}, {"id": 2, "n": 5}, None, False)]
 
 
 def test_type_names_with_brackets_and_colons(admin: psycopg.Connection[Any]) -> None:

@@ -88,7 +88,7 @@ def assert_history_intact(admin: psycopg.Connection[Any]) -> None:
     assert changes(admin, "primary_key", "operation", "context") == [
         {"primary_key": "1", "operation": "CREATE", "context": {}}]
     assert [r["relation"] for r in admin.execute("SELECT relation::text FROM bemi.tracked")] == ["t"]
-    assert admin.execute("SELECT count(*) AS n FROM pg_trigger WHERE tgname = 'bemi_context' AND tgenabled = 'O'"
+    assert admin.execute("SELECT count(*) AS n FROM pg_trigger WHERE tgname = 'bemi_context' AND tgenabled = 'A'"
                          ).fetchone() == {"n": 1}
 
 
@@ -162,11 +162,12 @@ def test_no_forged_context_on_another_sessions_changes(dsn: str, admin: psycopg.
 
 # SECURITY DEFINER functions meant for every role; any other must be revoked from PUBLIC.
 FOR_EVERYONE = {
-    # Time travel's checks of a moment, where the table is and where the trail is: tell any
-    # caller only when tracking began, the horizon and how far the trail is ingested
-    # (bemi.tracking, bemi.retention and bemi.progress stay unreadable).
+    # Time travel's checks of a moment: tell any caller only when tracking began, the horizon
+    # and how far the trail is ingested (bemi.tracking, bemi.retention and bemi.progress stay
+    # unreadable; bemi.check_trail runs with its caller's rights).
     "bemi.history_of(regclass,timestamp with time zone)",
-    "bemi.check_trail(jsonb,timestamp with time zone)",
+    "bemi.retained_from()",
+    "bemi.ingested_until(name)",
     # Revert's list of a table's ignored columns (bemi.track's ignore_columns), for any caller
     # that may revert; it tells only those column names.
     "bemi.ignored_columns(regclass)",

@@ -1,18 +1,17 @@
 ------------------------------------------------------------------------------------------
 -- 2. The context trigger: before each statement on a tracked table, put the context into
 --    the WAL, once, and only when it differs from the last one this transaction emitted.
---    Holds: bemi.comment_context(text, text), bemi.context_trigger().
+--    Holds: bemi.comment_context(text, text), bemi.statement_text(text), bemi.context_trigger().
 ------------------------------------------------------------------------------------------
 
--- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, read before each write
--- statement that has one (the Django and SQLAlchemy integrations put one on every write).
--- emitted is what this transaction last emitted ('' for nothing or no context): a comment
--- written exactly like it, the usual case for the second and later writes of a transaction,
--- is returned as it is, without parsing it again (the JSON check's subtransaction is most of
--- the cost). Otherwise the comment is checked (a WARNING, never an error, when it is
--- malformed or over the limit) and returned as written; '' when there is none.
--- No SET clause: every name, operator and type is qualified (docs/security.md), so each
--- write does not save and restore search_path.
+-- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, as written; '' when there
+-- is none that counts. The rules (docs/frameworks.md): the comment must end the query string
+-- (a string literal cannot end with */, so data cannot pose as context); it counts only when
+-- the query string holds one statement (no ; before it: current_query() is the whole string,
+-- so in "INSERT ...; INSERT ... /*Bemi ... Bemi*/" no statement could be told its own), and
+-- not when it sits behind a -- on its line. A comment written exactly like emitted (what this
+-- transaction last emitted), the usual case for the second and later writes of a
+-- transaction, is returned without parsing it again. A bad comment is a WARNING, never an error.
 CREATE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
@@ -21,29 +20,45 @@ DECLARE
   limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
   tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
   opening pg_catalog.int4;
+  head pg_catalog.text;
   body pg_catalog.text;
   parsed pg_catalog.jsonb;
 BEGIN
   IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
     RETURN '';
   END IF;
-  tail := pg_catalog.right(tail, limit_bytes OPERATOR(pg_catalog.+) 64);
-  -- The last /*Bemi of the tail: found from its end, as "imeB*/" in the reversed tail.
+  -- The last /*Bemi of the query: found from its end, as "imeB*/" in the reversed query.
   opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
-  body := CASE WHEN opening OPERATOR(pg_catalog.>=) 7 THEN pg_catalog.btrim(pg_catalog.substr(tail,
-      pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.+) 2,
-      opening OPERATOR(pg_catalog.-) 7), E' \t\r\n') ELSE '' END;
+  IF opening OPERATOR(pg_catalog.<) 7 THEN  -- /*Bemi*/
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
+      USING ERRCODE = 'invalid_text_representation';
+    RETURN '';
+  END IF;
+  head := pg_catalog.left(tail, pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.-) 5);
+  -- Outside string literals, quoted names and block comments, the query before the comment
+  -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
+  IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+     OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+    head := pg_catalog.regexp_replace(head,
+      $re$[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/$re$, '', 'g');
+    IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+       OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+      RETURN '';
+    END IF;
+  END IF;
+  body := pg_catalog.btrim(pg_catalog.substr(tail, pg_catalog.length(head) OPERATOR(pg_catalog.+) 7,
+    opening OPERATOR(pg_catalog.-) 7), E' \t\r\n');
   IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
     RETURN body;
   END IF;
-  IF opening OPERATOR(pg_catalog.=) 0 OR pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
     RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
     RETURN '';
   END IF;
   BEGIN
     parsed := body::pg_catalog.jsonb;
-  EXCEPTION WHEN invalid_text_representation THEN
+  EXCEPTION WHEN data_exception THEN
     RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: %', pg_catalog.left(body, 200)
       USING ERRCODE = 'invalid_text_representation';
     RETURN '';
@@ -63,22 +78,45 @@ $$;
 COMMENT ON FUNCTION bemi.comment_context(text, text) IS
   'The context of a statement''s trailing /*Bemi {...} Bemi*/ comment as written, or '''' (WARNING when malformed).';
 
--- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment
--- is the context: one current_query() read and one strpos per statement, never per row.
--- Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions instead of running
--- a query for each. Remembering what was emitted (one transaction-local set_config, only
--- when emitting) is what keeps emissions to the changes of context.
+-- The query string a statement came from: for EXECUTE of a statement prepared with PREPARE,
+-- the PREPARE (its /*Bemi ... Bemi*/ comment is the statement's).
+CREATE FUNCTION bemi.statement_text(query_string text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  prepared pg_catalog.text := pg_catalog.substring(query_string, '^\s*(?:[eE][xX][eE][cC][uU][tT][eE])\s+("(?:[^"]|"")+"|[^\s(;"]+)\s*(?:\([^;]*\))?\s*;?\s*$');
+BEGIN
+  IF prepared IS NULL THEN
+    RETURN query_string;
+  END IF;
+  RETURN coalesce((SELECT p.statement FROM pg_catalog.pg_prepared_statements p
+                   WHERE p.name OPERATOR(pg_catalog.=) (pg_catalog.parse_ident(prepared))[1]), query_string);
+END
+$$;
+
+-- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
+-- the context: one current_query() read and one strpos per statement, never per row.
+-- The settings count only when this transaction set them (bemi.mark). Assignments, not
+-- PERFORM: PL/pgSQL evaluates them as simple expressions instead of running a query for each.
+-- Remembering what was emitted (a transaction-local set_config, only when emitting) is what
+-- keeps emissions to the changes of context.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  pending pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.context', true), '');
-  emitted pg_catalog.text := coalesce(pg_catalog.current_setting('bemi.emitted', true), '');
+  mark pg_catalog.text := bemi.transaction_mark();
+  marked pg_catalog.bool := pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark;
+  pending pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.context', true) ELSE '' END;
+  emitted pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
   IF pending OPERATOR(pg_catalog.=) '' THEN
     query := pg_catalog.current_query();
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0
+       AND pg_catalog.upper(pg_catalog.left(pg_catalog.ltrim(query), 7)) OPERATOR(pg_catalog.=) 'EXECUTE' THEN
+      query := bemi.statement_text(query);
+    END IF;
     IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
@@ -87,7 +125,11 @@ BEGIN
   IF pending OPERATOR(pg_catalog.<>) emitted THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi',
       CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    pending := pg_catalog.set_config('bemi.emitted', pending, true);
+    query := pg_catalog.set_config('bemi.emitted', pending, true);
+    IF marked IS NOT TRUE THEN
+      query := pg_catalog.set_config('bemi.context', '', true);
+      query := pg_catalog.set_config('bemi.mark', mark, true);
+    END IF;
   END IF;
   RETURN NULL;
 END

@@ -221,11 +221,16 @@ BEGIN
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
-    -- Statement triggers of a parent do not fire for statements on a partition or child.
+    -- Statement triggers of a parent do not fire for statements on a partition or child. The
+    -- trigger fires in replica mode too (session_replication_role = replica): a context set
+    -- there must be emitted, or the changes would carry the one before it.
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') THEN
       EXECUTE pg_catalog.format(
         'CREATE TRIGGER bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION bemi.context_trigger()', member);
+    END IF;
+    IF (SELECT t.tgenabled FROM pg_catalog.pg_trigger t WHERE t.tgrelid = member AND t.tgname = 'bemi_context') <> 'A' THEN
+      EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER bemi_context', member);
     END IF;
     -- Partitions are published through their root; inheritance children by themselves.
     IF NOT (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = member) AND NOT EXISTS (

@@ -1,7 +1,7 @@
 ------------------------------------------------------------------------------------------
 -- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
 --    The streaming worker reads the same messages in Python (python/bemi_pg/pgoutput.py).
---    Holds: bemi.int_at(), bemi.time_at(), bemi.stage_from_slot().
+--    Holds: bemi.int_at(), bemi.time_at(), bemi.message_text(), bemi.stage_from_slot().
 ------------------------------------------------------------------------------------------
 
 -- A big-endian integer of width bytes at a zero-based offset of a pgoutput message.
@@ -9,23 +9,49 @@ CREATE FUNCTION bemi.int_at(message bytea, at integer, width integer) RETURNS bi
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ('x' || pg_catalog.lpad(pg_catalog.encode(pg_catalog.substr(message, at + 1, width), 'hex'), 16, '0'))::bit(64)::bigint;
 
--- A pgoutput timestamp (microseconds since 2000-01-01 UTC).
+-- A pgoutput timestamp (microseconds since 2000-01-01 UTC), exact: whole seconds and the
+-- microseconds after them (PostgreSQL 14 reads no interval of that many microseconds, and a
+-- float of them would round).
 CREATE FUNCTION bemi.time_at(message bytea, at integer) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN '2000-01-01 00:00:00+00'::timestamptz + (bemi.int_at(message, at, 8) || ' microseconds')::interval;
+RETURN '2000-01-01 00:00:00+00'::timestamptz
+  + (bemi.int_at(message, at, 8) / 1000000) * interval '1 second'
+  + (bemi.int_at(message, at, 8) % 1000000) * interval '1 microsecond';
+
+-- A bemi message's content as text. The context trigger writes it in the database's
+-- encoding, but any role may emit a bemi message, with bytes of any kind: content that is not
+-- text of this encoding is kept as its hex form ("\x..."), which is not JSON, so it is stored
+-- as {"invalid_context": ...} and ingest goes on (docs/security.md).
+CREATE FUNCTION bemi.message_text(content bytea) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN pg_catalog.convert_from(content, pg_catalog.getdatabaseencoding());
+EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
+  RETURN content::text;
+END
+$$;
 
 -- The stage the SQL path shares with the streaming worker (python/bemi_pg/pgoutput.py and
 -- store.py do the same in Python): each change of a tracked table becomes a row of
 -- bemi.staged with its values as text, stitched to the context message before it, and each
 -- relation as described at the change a row of bemi.staged_relations. The slot is peeked, not
 -- consumed. Returns the other entries (B, C, M), wal2json-shaped, for bemi.wal and ingest.
+-- pgoutput writes the values with the settings of this function, so every setting an output
+-- function reads is pinned (the streaming worker's replication connection sets the same:
+-- python/bemi_pg/ingest/stream.py): values are the same whoever reads the slot.
 CREATE FUNCTION bemi.stage_from_slot(max_changes integer)
 RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC' SET lc_monetary = 'C' SET client_encoding = 'UTF8'
 AS $$
 DECLARE
-  encoding name := pg_catalog.pg_client_encoding();
+  -- pgoutput sends names and values in the client encoding, UTF8 here (an SQL_ASCII database
+  -- sends its bytes as they are, which no conversion could make valid).
+  encoding name := CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END;
   message record;
   m bytea;
   kind "char";
@@ -77,7 +103,7 @@ BEGIN
       -- flags (1 = transactional), lsn, prefix, content: only transactional bemi messages count.
       ends := pg_catalog.position(pg_catalog.substr(m, 11), '\x00'::bytea) + 10;
       IF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d69'::bytea THEN
-        context := pg_catalog.convert_from(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer), encoding);
+        context := bemi.message_text(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer));
         lsn := message.lsn; xid := message.xid;
         data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
         RETURN NEXT;

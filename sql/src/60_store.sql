@@ -3,7 +3,7 @@
 --    them into typed JSON with the server's own input functions and stores them once.
 --    Holds: bemi.changes, bemi.partition_interval(), bemi.period_start(), bemi.partitions,
 --    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
---    bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
+--    bemi.read_type(), bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
 --    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
 --    bemi.store(), bemi.ingest(), bemi.peek(), bemi.ingested_until(), bemi.wal.
 ------------------------------------------------------------------------------------------
@@ -193,16 +193,61 @@ ALTER TABLE bemi.staged SET (autovacuum_vacuum_threshold = 20000, autovacuum_vac
   autovacuum_vacuum_cost_delay = 0);
 ALTER TABLE bemi.staged_relations SET (autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0);
 
--- The type a column is read as: its type with its modifier (character(3)[] keeps its length);
--- text when the type is gone since. In a trail database, the type the source named, when this
--- database has a type of that name, else text.
+-- The type a staged value is read as, so that reading it runs no code a role less trusted
+-- than bemi wrote, and gives JSON that jsonb_populate_record reads back (docs/security.md).
+-- The value was valid when it was written, so it is read by built-in code only:
+--   built-in types as they are, with their modifier (character(3)[] keeps its length);
+--   domains as their base type (their CHECKs held when the row was written);
+--   enums, ranges and multiranges a role defined as text (to_jsonb makes them that string);
+--   arrays by their element type;
+--   a type with a cast to json or jsonb as text: to_jsonb would run the cast, a role's code
+--     whose JSON jsonb_populate_record cannot read back (hstore's object, say);
+--   other types (composite, or an extension's) as they are when every attribute is read as
+--     itself, else as text, which jsonb_populate_record reads back;
+--   text when the type is gone since.
+-- Base types and their input functions need a superuser to create; the rest does not.
+CREATE FUNCTION bemi.read_type(type oid, typmod integer) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  t pg_catalog.pg_type;
+  element text;
+BEGIN
+  SELECT * INTO t FROM pg_catalog.pg_type WHERE oid = type;
+  IF NOT FOUND THEN
+    RETURN 'text';
+  ELSIF type < 16384 THEN  -- FirstNormalObjectId: made by initdb
+    RETURN pg_catalog.format_type(type, typmod);
+  ELSIF t.typtype = 'd' THEN
+    RETURN bemi.read_type(t.typbasetype, CASE WHEN t.typtypmod <> -1 THEN t.typtypmod ELSE typmod END);
+  ELSIF t.typtype IN ('e', 'r', 'm') THEN
+    RETURN 'text';
+  ELSIF t.typelem <> 0 AND t.typlen = -1 THEN
+    element := bemi.read_type(t.typelem, typmod);
+    RETURN CASE WHEN element = pg_catalog.format_type(t.typelem, typmod) THEN pg_catalog.format_type(type, typmod)
+      ELSE element || '[]' END;
+  ELSIF EXISTS (SELECT FROM pg_catalog.pg_cast c
+                WHERE c.castsource = type AND c.casttarget IN ('json'::regtype, 'jsonb'::regtype))
+     OR EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped
+                  AND bemi.read_type(a.atttypid, a.atttypmod) <> pg_catalog.format_type(a.atttypid, a.atttypmod)) THEN
+    RETURN 'text';
+  END IF;
+  RETURN pg_catalog.format_type(type, typmod);
+END
+$$;
+
+-- The type a column is read as: bemi.read_type of its type. In a trail database, of the type
+-- the source named, when this database has a type of that name, else text.
 CREATE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE
-  WHEN source_name IS NOT NULL THEN CASE WHEN pg_catalog.to_regtype(source_name) IS NOT NULL THEN source_name
-    WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
-  WHEN EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = type) THEN pg_catalog.format_type(type, typmod)
-  ELSE 'text' END;
+  WHEN source_name IS NULL THEN bemi.read_type(type, typmod)
+  WHEN pg_catalog.to_regtype(source_name) IS NULL THEN CASE WHEN source_name LIKE '%[]' THEN 'text[]' ELSE 'text' END
+  WHEN bemi.read_type(pg_catalog.to_regtype(source_name), -1) = pg_catalog.format_type(pg_catalog.to_regtype(source_name), -1)
+    THEN source_name
+  ELSE bemi.read_type(pg_catalog.to_regtype(source_name), -1) END;
 
 -- A column's type as a trail in another database can read it: domains as their base type
 -- (arrays of them too), other types by their schema-qualified name.
@@ -237,8 +282,9 @@ BEGIN ATOMIC
 END;
 
 -- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
--- each value read by its type's input function, and to_jsonb's rules make the JSON. Chunks
--- of 50 columns, as a function takes at most 100 arguments. Masked columns are "[masked]".
+-- each value read as bemi.column_type says, and to_jsonb's rules make the JSON. Chunks of 50
+-- columns, as a function takes at most 100 arguments. Masked columns are "[masked]". An array
+-- whose bounds are not the default ([0:1]={1,2}) stays text: a JSON array would lose them.
 CREATE FUNCTION bemi.image_sql(columns text[], types oid[], typmods integer[], type_names text[], vals text, masked text[])
 RETURNS text
 LANGUAGE sql STABLE
@@ -248,6 +294,10 @@ BEGIN ATOMIC
     SELECT (c.i - 1) / 50 AS n,
       'pg_catalog.jsonb_build_object(' || pg_catalog.string_agg(
         CASE WHEN columns[c.i] = ANY (masked) THEN pg_catalog.format('%L, %L::text', columns[c.i], '[masked]')
+          WHEN bemi.column_type(types[c.i], typmods[c.i], type_names[c.i]) LIKE '%[]'
+            THEN pg_catalog.format('%1$L, CASE WHEN pg_catalog.left((%2$s)[%3$s], 1) = ''['' THEN pg_catalog.to_jsonb((%2$s)[%3$s]) '
+              'ELSE pg_catalog.to_jsonb((%2$s)[%3$s]::%4$s) END', columns[c.i], vals, c.i,
+              bemi.column_type(types[c.i], typmods[c.i], type_names[c.i]))
           ELSE pg_catalog.format('%L, (%s)[%s]::%s', columns[c.i], vals, c.i,
             bemi.column_type(types[c.i], typmods[c.i], type_names[c.i])) END,
         ', ' ORDER BY c.i) || ')' AS sql
@@ -369,6 +419,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
 SET bytea_output = 'hex' SET timezone = 'UTC' SET work_mem = '64MB'
+SET array_nulls = on SET xmloption = content SET lc_monetary = 'C' SET lock_timeout = 0
 AS $$
 DECLARE
   queries text;
@@ -502,6 +553,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
 SET bytea_output = 'hex' SET timezone = 'UTC'
+SET array_nulls = on SET xmloption = content SET lc_monetary = 'C'
 AS $$
 DECLARE
   queries text;
@@ -555,8 +607,11 @@ $$;
 -- Every transaction committed at or before this time is in the trail: when an ingest last
 -- read to the end of the slot, else the newest stored commit. Time travel stops here.
 -- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
+-- SECURITY DEFINER: time travel asks it for callers that may not read bemi.progress; it tells
+-- them only a time.
 CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
 END;
@@ -568,6 +623,8 @@ REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.ingested_until(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ingested_until(name) TO PUBLIC;
 CREATE VIEW bemi.wal AS SELECT * FROM bemi.peek();
 
 COMMENT ON VIEW bemi.wal IS

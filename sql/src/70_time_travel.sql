@@ -67,11 +67,11 @@ $$;
 -- Where the trail is: checks that it can answer for the table of a history_of at the moment:
 -- nothing before it was pruned, the table was not renamed since its changes began (the trail
 -- names a table as it was at each change: history under a former name is not found), and every
--- commit up to the moment is stored. SECURITY DEFINER: it reads bemi.retention,
--- bemi.progress and the trail for callers that may read none of them, and tells them only
--- the horizon, how far the trail is stored, and whether there are changes under a former name.
+-- commit up to the moment is stored. It runs with its caller's rights: whether the trail
+-- holds a table's changes is told only to those who may read the trail (the horizon and how
+-- far it is stored, bemi.retained_from and bemi.ingested_until tell anyone).
 CREATE FUNCTION bemi.check_trail(history jsonb, at timestamptz) RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

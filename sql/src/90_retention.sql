@@ -14,13 +14,18 @@ CREATE TABLE bemi.retention (
 COMMENT ON TABLE bemi.retention IS 'The retained horizon: the trail holds no change committed before retained_from.';
 SELECT pg_catalog.pg_extension_config_dump('bemi.retention', '');
 
+-- SECURITY DEFINER: time travel asks it for callers that may not read bemi.retention; it tells
+-- them only a time.
 CREATE FUNCTION bemi.retained_from() RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT r.retained_from FROM bemi.retention r;
 END;
 
 COMMENT ON FUNCTION bemi.retained_from() IS 'The trail holds no change committed before this time (NULL: nothing was pruned).';
+REVOKE ALL ON FUNCTION bemi.retained_from() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.retained_from() TO PUBLIC;
 
 -- The partitions bemi.retain(keep) drops: all their changes are older than keep, and ingest
 -- has gone past their end, so no change not yet ingested can still belong in them.
