@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from bemi_pg.worker import Options
-from bemi_pg.worker import run as run_worker
+from bemi_pg.ingest.worker import Options
+from bemi_pg.ingest.worker import run as run_worker
 from conftest import conninfo
 
 NewDatabase = Callable[..., str]

@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import bemi_pg
-from bemi_pg import worker
+from bemi_pg.ingest import worker
 from conftest import ingest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stress"))

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 import bemi_pg
-from bemi_pg.trail import pipe
+from bemi_pg.steps import pipe
 from conftest import ingest
 from databases import new_database, trail  # noqa: F401 (fixtures)
 from history import moment

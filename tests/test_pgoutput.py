@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bemi_pg import pgoutput
-from bemi_pg.store import text_array
+from bemi_pg.ingest import pgoutput
+from bemi_pg.ingest.staging import text_array
 
 U64 = st.integers(0, 2**64 - 1)
 NAMES = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=12)

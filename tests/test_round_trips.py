@@ -22,7 +22,7 @@ from sqlalchemy.pool import NullPool
 
 import bemi_pg
 import sqlalchemy_app
-from bemi_pg.context import is_write
+from bemi_pg.comment import is_write
 from bemi_pg.starlette import BemiFastAPIMiddleware
 from conftest import changes, ingest
 from sqlalchemy_app import Todo

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 
 import bemi_pg
-from bemi_pg import store
-from bemi_pg.stream import ReplicationStream, parse_lsn
-from bemi_pg.worker import Options
-from bemi_pg.worker import _connect as worker_connect
-from bemi_pg.worker import run as run_worker
+from bemi_pg.ingest import writer
+from bemi_pg.ingest.stream import ReplicationStream, parse_lsn
+from bemi_pg.ingest.worker import Options
+from bemi_pg.ingest.worker import _connect as worker_connect
+from bemi_pg.ingest.worker import run as run_worker
 from conftest import changes
 from test_seed import SEED
 
@@ -192,7 +192,7 @@ def test_the_worker_vacuums_its_stage(dsn: str, admin: psycopg.Connection[Any], 
     admin.execute("CREATE TABLE t (id int PRIMARY KEY); SELECT bemi.track('t')")
     for n in range(30):
         admin.execute("INSERT INTO t SELECT g FROM generate_series(%s::int, %s::int) g", [n * 100, n * 100 + 99])
-    monkeypatch.setattr(store, "VACUUM_EVERY", 500)
+    monkeypatch.setattr(writer, "VACUUM_EVERY", 500)
     run_worker(Options(dsn, drain=True, batch=100, interval=0.05), threading.Event(), lambda _: None)
     assert admin.execute("SELECT count(*) AS n FROM bemi.changes").fetchone()["n"] == 3000  # type: ignore[index]
     vacuumed = admin.execute("SELECT vacuum_count AS n FROM pg_stat_user_tables "

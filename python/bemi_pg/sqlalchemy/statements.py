@@ -1,4 +1,4 @@
-"""SQLAlchemy integration: the writes of an Engine or AsyncEngine carry the ambient context.
+"""How an Engine's or AsyncEngine's writes carry the ambient context (``bemi_pg.context``).
 
     engine = create_engine("postgresql+psycopg://...")
     bemi_pg.sqlalchemy.register(engine)
@@ -24,10 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 if TYPE_CHECKING:  # sqlalchemy.ext.asyncio needs greenlet, which sync-only apps may not have
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bemi_pg.context import carry
-
-__all__ = ["register", "unregister"]
-
+from bemi_pg.comment import carry
 
 def register(engine: Engine | AsyncEngine, *, sql: bool = True) -> None:
     """Makes every write of the engine carry the ambient context (idempotent; registering
@@ -62,8 +59,3 @@ def _without_sql(
 ) -> tuple[str, Any]:
     return carry(statement, bound=parameters is not None, include_sql=False), parameters
 
-
-# The trail as a mapped class, and time travel: bemi_pg/sqlalchemy_history.py.
-from bemi_pg.sqlalchemy_history import Change, as_of  # noqa: E402
-
-__all__ += ["Change", "as_of"]

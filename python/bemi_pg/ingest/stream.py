@@ -4,7 +4,7 @@ the feedback that tells the server how far the trail is stored.
 psycopg 3 has no replication API, but a replication connection accepts START_REPLICATION
 and enters COPY_BOTH mode, which the libpq-level ``conn.pgconn`` drives directly: CopyData
 messages in (XLogData 'w', keepalive 'k'), Standby Status Updates ('r') out. The position
-confirmed is only ever what the caller says is stored (see store.py): feedback never runs
+confirmed is only ever what the caller says is stored (see writer.py): feedback never runs
 ahead of the progress row.
 """
 

@@ -7,47 +7,21 @@ source's, and their answers pass between them.
     bemi_pg.table_at(conn, "todo", at, trail=trail_conn)
     bemi_pg.revert(conn, transaction_id=1234, trail=trail_conn)
 
-Each is written once, as steps: a generator of queries, each for one of the two connections,
-that is sent back each query's rows. ``run`` and ``run_async`` carry the steps out on
-``Connection`` or ``AsyncConnection`` pairs. The trail's rows that table_from and revert_from
-read are copied (binary COPY, streamed) into a temporary table of the source's transaction.
+Each is written as steps (bemi_pg.steps), some for the trail's connection. The trail's rows
+that table_from and revert_from read are copied (binary COPY, streamed) into a temporary
+table of the source's transaction (ROWS).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg
 from psycopg import sql
-from psycopg.rows import RowFactory, tuple_row
+from psycopg.rows import RowFactory
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Query:
-    """A query for the source's connection (on_trail: the trail's); its rows are sent back."""
-
-    query: sql.SQL | sql.Composed
-    params: list[Any]
-    on_trail: bool = False
-    rows: RowFactory[Any] = tuple_row
-
-
-@dataclass(frozen=True)
-class Copy:
-    """Copies the trail's rows a query selects (the columns of ROWS) into the source's ROWS table."""
-
-    query: sql.Composable
-    params: list[Any]
-
-
-Steps = Generator[Query | Copy, Any, T]
+from bemi_pg.steps import Copy, Query, Steps
 
 # The columns of bemi.changes that table_from and revert_from read, and their types.
 COLUMNS = {"id": "bigint", "committed_at": "timestamptz", "schema": "text", "table": "text", "operation": "text",
@@ -58,8 +32,6 @@ COLUMN_LIST = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
 CREATE_ROWS = sql.SQL("CREATE TEMPORARY TABLE bemi_trail_rows ({}) ON COMMIT DROP").format(
     sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind in COLUMNS.items()))
 DROP_ROWS = sql.SQL("DROP TABLE " + ROWS)
-COPY_OUT = "COPY ({}) TO STDOUT (FORMAT binary)"
-COPY_IN = "COPY {} FROM STDIN (FORMAT binary)"
 ROWS_COLUMNS = sql.SQL("{} ({})").format(sql.SQL(ROWS), COLUMN_LIST)
 
 # Where the table is: what the trail needs to know of it (bemi.history_of, plus the source
@@ -91,7 +63,8 @@ def copy_table_history(relation: sql.Composable, at: datetime | str) -> Steps[tu
     table_from (TABLE_FROM); returns the moment and the table's row type."""
     found, moment, row_type = yield from history(relation, at)
     yield Query(CREATE_ROWS, [])
-    yield Copy(sql.SQL("SELECT {} FROM bemi.table_history(%s::jsonb, %s)").format(COLUMN_LIST), [found, moment])
+    yield Copy(sql.SQL("SELECT {} FROM bemi.table_history(%s::jsonb, %s)").format(COLUMN_LIST), [found, moment],
+               ROWS_COLUMNS)
     return moment, row_type
 
 
@@ -121,69 +94,8 @@ def revert_steps(change_ids: list[int] | None, transaction_id: int | None, conte
         (change_ids,), = yield chosen
     yield Query(CREATE_ROWS, [])
     yield Copy(sql.SQL("SELECT {} FROM bemi.changes WHERE id = ANY (%s::bigint[]) AND database = %s").format(COLUMN_LIST),
-               [change_ids, database])
+               [change_ids, database], ROWS_COLUMNS)
     done: list[Any] = yield Query(sql.SQL("SELECT * FROM bemi.revert_from({}, %s::bigint[], %s)").format(sql.Literal(ROWS)),
                                   [change_ids, on_conflict], rows=rows)
     yield Query(DROP_ROWS, [])
     return done
-
-
-def pipe(out: psycopg.Connection[Any], query: sql.Composable, params: list[Any] | None,
-         into: psycopg.Connection[Any], target: sql.Composable) -> None:
-    """Streams the rows of a query on one connection (binary COPY) into a table of another."""
-    with out.cursor().copy(sql.SQL(COPY_OUT).format(query), params) as rows, \
-            into.cursor().copy(sql.SQL(COPY_IN).format(target)) as copy:
-        for data in rows:
-            copy.write(data)
-
-
-class Drive:
-    """Goes through steps: iterate for each step, set ``answer`` to what it gave; ``result`` is
-    what the steps returned."""
-
-    def __init__(self, steps: Steps[Any]) -> None:
-        self.steps = steps
-        self.answer: Any = None
-        self.result: Any = None
-
-    def __iter__(self) -> Iterator[Query | Copy]:
-        try:
-            step = next(self.steps)
-            while True:
-                yield step
-                step = self.steps.send(self.answer)
-        except StopIteration as done:
-            self.result = done.value
-
-
-def run(steps: Steps[T], source: psycopg.Connection[Any], trail: psycopg.Connection[Any]) -> T:
-    """Carries out steps on a source and a trail connection. On an autocommit source they are
-    one transaction; else they are part of the source's transaction, as the one-database
-    functions are."""
-    drive = Drive(steps)
-    with source.transaction() if source.autocommit else nullcontext():
-        for step in drive:
-            if isinstance(step, Query):
-                with (trail if step.on_trail else source).cursor(row_factory=step.rows) as cur:
-                    cur.execute(step.query, step.params)
-                    drive.answer = cur.fetchall() if cur.description else None
-                continue
-            pipe(trail, step.query, step.params, source, ROWS_COLUMNS)
-    return drive.result  # type: ignore[no-any-return]
-
-
-async def run_async(steps: Steps[T], source: psycopg.AsyncConnection[Any], trail: psycopg.AsyncConnection[Any]) -> T:
-    """``run`` for ``AsyncConnection``s."""
-    drive = Drive(steps)
-    async with source.transaction() if source.autocommit else nullcontext():
-        for step in drive:
-            if isinstance(step, Query):
-                async with (trail if step.on_trail else source).cursor(row_factory=step.rows) as cur:
-                    await cur.execute(step.query, step.params)
-                    drive.answer = await cur.fetchall() if cur.description else None
-                continue
-            async with trail.cursor().copy(sql.SQL(COPY_OUT).format(step.query), step.params) as out, \
-                    source.cursor().copy(sql.SQL(COPY_IN).format(ROWS_COLUMNS)) as into:
-                async for data in out:
-                    await into.write(data)
-    return drive.result  # type: ignore[no-any-return]

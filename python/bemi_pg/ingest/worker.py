@@ -1,8 +1,8 @@
 """``bemi-pg worker``: keeps the trail current.
 
 Streaming (the default): reads this database's slot over the replication protocol
-(stream.py), parses pgoutput (pgoutput.py), stages batches and stores them on a writer
-thread (store.py), and confirms to the server only what is stored. The SQL path
+(stream.py), parses pgoutput (pgoutput.py), stages batches (staging.py) and stores them on a
+writer thread (writer.py), and confirms to the server only what is stored. The SQL path
 (``--sql``, or when the role may not stream) calls ``bemi.ingest(n)`` in a loop instead.
 
 Before it says it is ingesting it checks what retrying cannot fix (authentication, the
@@ -25,9 +25,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from bemi_pg import pgoutput
-from bemi_pg.store import WAL_MARK, Source, Stager, Stored, Writer, describe
-from bemi_pg.stream import Keepalive, ReplicationStream, XLogData, format_lsn, keepalives, now_us, parse_lsn
+from bemi_pg.ingest import pgoutput
+from bemi_pg.ingest.staging import Stager, describe
+from bemi_pg.ingest.stream import Keepalive, ReplicationStream, XLogData, format_lsn, keepalives, now_us, parse_lsn
+from bemi_pg.ingest.writer import WAL_MARK, Source, Stored, Writer
 
 
 class Failure(Exception):

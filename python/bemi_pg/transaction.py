@@ -1,4 +1,4 @@
-"""Setting the application context of a transaction: the client's only job in a request path.
+"""The transaction context: a transaction (or savepoint) that carries the application context.
 
 ``with_context`` opens a transaction (a savepoint inside one) and sets the context in the
 same round trip: ``BEGIN; SELECT bemi.set_context('...'::jsonb)`` goes out as one
@@ -16,17 +16,18 @@ one transaction all the same, and switches it back when the transaction is over.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg import pq, sql
 
-Context = Mapping[str, Any]
+from bemi_pg.context import Context, dump_context
+
+Row = TypeVar("Row")
 
 SET_CONTEXT = "SELECT bemi.set_context(%s::jsonb)"
 
@@ -34,22 +35,7 @@ SET_CONTEXT = "SELECT bemi.set_context(%s::jsonb)"
 _active: ContextVar[dict[int, dict[str, Any]]] = ContextVar("bemi_active_contexts")
 
 
-def dump_context(context: Context | None) -> str | None:
-    """The JSON text of a context, checked before anything is sent.
-
-    Raises TypeError for anything that is not a mapping of JSON-serialisable values.
-    """
-    if context is None:
-        return None
-    if not isinstance(context, Mapping):
-        raise TypeError(f"bemi: context must be a mapping (a JSON object), not {type(context).__name__}")
-    try:
-        return json.dumps(dict(context), allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"bemi: context is not JSON-serialisable: {error}") from error
-
-
-def _check_open(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+def _check_open(conn: psycopg.BaseConnection[Any]) -> None:
     if conn.closed or conn.broken:
         raise psycopg.InterfaceError("bemi: the connection is closed or broken")
 
@@ -146,80 +132,132 @@ def _is_ours(error: BaseException) -> bool:
     return isinstance(error, psycopg.Rollback) and error.transaction is None
 
 
+# A with_context block written once, as the steps it asks of its connection (psycopg's
+# transaction.py writes its transactions the same way); the sync and async wrappers below only
+# carry each step out.
+
+@dataclass(frozen=True)
+class _Send:
+    """A simple-protocol query; None: the transaction's COMMIT (commit) or ROLLBACK, sent by
+    psycopg itself."""
+
+    command: bytes | None
+    commit: bool = True
+
+
+@dataclass(frozen=True)
+class _Autocommit:
+    """Switches the connection's autocommit mode."""
+
+    on: bool
+
+
+_Step = _Send | _Autocommit
+
+
+class _WithContext:
+    """One with_context block: the steps that enter it, leave it, and put the connection's
+    autocommit mode back."""
+
+    def __init__(self, conn: psycopg.BaseConnection[Any], context: Context) -> None:
+        self.conn = conn
+        self.merged, self.outer, self.payload = _merged(conn, context)
+        _check_open(conn)
+        # A non-autocommit connection would send its own BEGIN first: run the block in autocommit
+        # mode, which BEGIN ... COMMIT makes one transaction all the same, and switch back after.
+        self.manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        self.block: _Block | None = None
+
+    def enter(self) -> Iterator[_Step]:
+        if self.manual:
+            yield _Autocommit(True)
+        self.block = _block(self.conn, self.payload, self.outer)
+        yield _Send(self.block.enter)
+
+    def exit(self, error: BaseException | None) -> Iterator[_Step]:
+        """Commits the block, or (error) rolls it back when the connection can still be used."""
+        assert self.block is not None
+        if error is None:
+            yield _Send(self.block.commit, commit=True)
+        elif not (self.conn.closed or self.conn.broken):
+            yield _Send(self.block.rollback, commit=False)
+
+    def restore(self) -> Iterator[_Step]:
+        conn = self.conn
+        if self.manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            yield _Autocommit(False)
+
+
+def _carry_out(cursor: psycopg.Cursor[Any], steps: Iterator[_Step]) -> None:
+    for step in steps:
+        if isinstance(step, _Autocommit):
+            cursor.connection.autocommit = step.on
+        elif step.command is not None:
+            cursor.execute(step.command, prepare=False)
+        elif step.commit:
+            cursor.connection.commit()
+        else:
+            cursor.connection.rollback()
+
+
+async def _carry_out_async(cursor: psycopg.AsyncCursor[Any], steps: Iterator[_Step]) -> None:
+    for step in steps:
+        if isinstance(step, _Autocommit):
+            await cursor.connection.set_autocommit(step.on)
+        elif step.command is not None:
+            await cursor.execute(step.command, prepare=False)
+        elif step.commit:
+            await cursor.connection.commit()
+        else:
+            await cursor.connection.rollback()
+
+
 @contextmanager
-def _sync_with_context(conn: psycopg.Connection[Any], context: Context) -> Iterator[psycopg.Connection[Any]]:
-    merged, outer, payload = _merged(conn, context)
-    _check_open(conn)
-    # A non-autocommit connection would send its own BEGIN first: run the block in autocommit
-    # mode, which BEGIN ... COMMIT makes one transaction all the same, and switch back after.
-    manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-    if manual:
-        conn.autocommit = True
+def _sync_with_context(conn: psycopg.Connection[Row], context: Context) -> Iterator[psycopg.Connection[Row]]:
+    block = _WithContext(conn, context)
+    cursor = conn.cursor()
     try:
-        block = _block(conn, payload, outer)
-        cursor = conn.cursor()
-        cursor.execute(block.enter, prepare=False)
+        _carry_out(cursor, block.enter())
         try:
-            with _activate(conn, merged):
+            with _activate(conn, block.merged):
                 yield conn
         except BaseException as error:
-            if not (conn.closed or conn.broken):
-                _end(cursor, block.rollback, commit=False)
+            _carry_out(cursor, block.exit(error))
             if not _is_ours(error):
                 raise
         else:
-            _end(cursor, block.commit, commit=True)
+            _carry_out(cursor, block.exit(None))
     finally:
-        if manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            conn.autocommit = False
-
-
-def _end(cursor: psycopg.Cursor[Any], command: bytes | None, commit: bool) -> None:
-    if command is not None:
-        cursor.execute(command, prepare=False)
-    elif commit:
-        cursor.connection.commit()
-    else:
-        cursor.connection.rollback()
-
-
-async def _end_async(cursor: psycopg.AsyncCursor[Any], command: bytes | None, commit: bool) -> None:
-    if command is not None:
-        await cursor.execute(command, prepare=False)
-    elif commit:
-        await cursor.connection.commit()
-    else:
-        await cursor.connection.rollback()
+        _carry_out(cursor, block.restore())
 
 
 @asynccontextmanager
 async def _async_with_context(
-    conn: psycopg.AsyncConnection[Any], context: Context
-) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    merged, outer, payload = _merged(conn, context)
-    _check_open(conn)
-    manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-    if manual:
-        await conn.set_autocommit(True)
+    conn: psycopg.AsyncConnection[Row], context: Context
+) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+    block = _WithContext(conn, context)
+    cursor = conn.cursor()
     try:
-        block = _block(conn, payload, outer)
-        cursor = conn.cursor()
-        await cursor.execute(block.enter, prepare=False)
+        await _carry_out_async(cursor, block.enter())
         try:
-            with _activate(conn, merged):
+            with _activate(conn, block.merged):
                 yield conn
         except BaseException as error:
-            if not (conn.closed or conn.broken):
-                await _end_async(cursor, block.rollback, commit=False)
+            await _carry_out_async(cursor, block.exit(error))
             if not _is_ours(error):
                 raise
         else:
-            await _end_async(cursor, block.commit, commit=True)
+            await _carry_out_async(cursor, block.exit(None))
     finally:
-        if manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            await conn.set_autocommit(False)
+        await _carry_out_async(cursor, block.restore())
 
 
+@overload
+def with_context(
+    conn: psycopg.AsyncConnection[Row], context: Context
+) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Row]]: ...
+@overload
+def with_context(conn: psycopg.Connection[Row], context: Context) -> AbstractContextManager[psycopg.Connection[Row]]: ...
 def with_context(conn: Any, context: Context) -> Any:
     """A transaction (a savepoint when one is open) that carries ``context``.
 

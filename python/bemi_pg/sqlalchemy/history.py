@@ -1,12 +1,10 @@
-"""The trail for SQLAlchemy: a mapped ``Change`` class and time travel (``as_of``).
+"""Time travel for SQLAlchemy models (``as_of``), on bemi.row_at.
 
-    from bemi_pg.sqlalchemy import Change, as_of
-    session.scalars(select(Change).where(Change.table == "todo").order_by(Change.id))
+    from bemi_pg.sqlalchemy import as_of
     as_of(session, Todo, 26, at)      # the Todo as it was at ``at`` (transient), or None
     as_of(session, Todo, 26, at, trail=trail_session)   # the trail in a database of its own
 
-``Change`` lives in its own metadata (schema ``bemi``), so ``create_all`` of an application's
-metadata never touches the trail. Re-exported by ``bemi_pg.sqlalchemy``.
+Re-exported by ``bemi_pg.sqlalchemy``.
 """
 
 from __future__ import annotations
@@ -16,52 +14,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import BigInteger, String, Text, inspect, text
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import inspect, text
+from sqlalchemy.orm import Session
 
 from bemi_pg.timetravel import Key, row_at
 
-__all__ = ["Change", "as_of"]
-
 M = TypeVar("M")
-
-
-class TrailBase(DeclarativeBase):
-    pass
-
-
-class Change(TrailBase):
-    """One row of bemi.changes (read it; write it only through bemi's functions)."""
-
-    __tablename__ = "changes"
-    __table_args__ = {"schema": "bemi"}
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    database: Mapped[str] = mapped_column(Text)
-    schema: Mapped[str] = mapped_column(Text)
-    table: Mapped[str] = mapped_column(Text)
-    primary_key: Mapped[str | None] = mapped_column(Text)
-    operation: Mapped[str] = mapped_column(Text)
-    before: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    after: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    context: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    committed_at: Mapped[datetime]
-    queued_at: Mapped[datetime]
-    transaction_id: Mapped[int] = mapped_column(BigInteger)
-    position: Mapped[str] = mapped_column(String)
-    ordinal: Mapped[int]
-    problem: Mapped[str | None] = mapped_column(Text)
-    partial: Mapped[bool]
-    previous_key: Mapped[str | None] = mapped_column(Text)
-
-    def __repr__(self) -> str:
-        return f"<Change {self.id} {self.operation} {self.schema}.{self.table} {self.primary_key}>"
-
-    def diff(self) -> dict[str, tuple[Any, Any]]:
-        """The columns that differ between before and after: {column: (before, after)}."""
-        keys = list(self.before) + [key for key in self.after if key not in self.before]
-        return {k: (self.before.get(k), self.after.get(k)) for k in keys if self.before.get(k) != self.after.get(k)}
 
 
 def as_of(session: Session, model: type[M], primary_key: Key, at: datetime, trail: Session | None = None) -> M | None:
