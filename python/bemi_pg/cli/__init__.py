@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import psycopg
 
 from bemi_pg.cli.errors import Failure
-from bemi_pg.cli.parser import parser
+from bemi_pg.cli.parser import build_parser
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
     except Failure as error:

@@ -11,7 +11,7 @@ from bemi_pg import scripts
 from bemi_pg.cli import demo, install, retention, status, trail, worker
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bemi-pg", description="Context-aware change tracking for PostgreSQL.")
     p.add_argument("--version", action="version",
                    version=f"bemi-pg {bemi_pg.__version__} (installs bemi {scripts.latest_version()})")
