@@ -1,5 +1,5 @@
-"""pgoutput's framing (python/bemi_pg/pgoutput.py) and the COPY text the worker stages
-(python/bemi_pg/store.py), as properties: messages built by an independent encoder parse
+"""pgoutput's framing (python/bemi_pg/ingest/pgoutput.py) and the COPY text the worker stages
+(python/bemi_pg/ingest/staging.py), as properties: messages built by an independent encoder parse
 back to what was encoded; cut-off messages are refused with ProtocolError, never misread;
 any values survive text_array through a real COPY into text[]."""
 
