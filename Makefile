@@ -1,7 +1,7 @@
 # bemi: a pure-SQL PostgreSQL extension (PGXS) and its Python client.
 #   make install   installs the extension into the server's share directory
 #   make demo      runs the example end to end on a throwaway server
-#   make test      runs the test suite against real PostgreSQL
+#   make test      runs the test suite against real PostgreSQL (make test-quick: without the slow and crash tests)
 #   make bench     measures write overhead and ingest throughput (bench/results/, docs/benchmarks.md)
 
 EXTENSION = bemi
@@ -9,7 +9,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 DATA = $(wildcard sql/*--*.sql)
 # sql/src/ is the one current definition of the extension: its files, in order, make the
 # standalone script of the current version (committed, so that PGXS and bemi-pg install ship it;
-# tests/test_definition.py fails when it differs from what sql/src/ builds).
+# tests/operations/test_definition.py fails when it differs from what sql/src/ builds).
 SQL_SRC = $(sort $(wildcard sql/src/*.sql))
 SQL_BUILT = sql/$(EXTENSION)--$(EXTVERSION).sql
 
@@ -33,7 +33,7 @@ AS_USER := $(if $(filter 0,$(shell id -u)),runuser -u postgres -- env HOME=/tmp,
 $(SQL_BUILT): $(SQL_SRC) $(EXTENSION).control
 	awk 'FNR == 1 && NR != 1 { print "" } { print }' $(SQL_SRC) > $@
 
-.PHONY: deps venv test demo bench bench-quick node-deps lint stress stress-quick
+.PHONY: deps venv test test-quick demo bench bench-quick node-deps lint stress stress-quick
 
 deps:
 	@bash tools/install-deps
@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# examples/node's npm packages (node-postgres), for tests/test_node_example.py; without node
+# examples/node's npm packages (node-postgres), for tests/integrations/test_node_example.py; without node
 # (not root, so tools/install-deps could not install it) that test is left out.
 node-deps:
 	@if command -v npm >/dev/null; then cd examples/node && npm ci --no-audit --no-fund --loglevel=error; fi
@@ -55,9 +55,15 @@ node-deps:
 lint:
 	bash tools/pgspot
 
+PYTEST = $(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
+	  $$(command -v node >/dev/null || echo --ignore=tests/integrations/test_node_example.py)
+
 test: deps install venv node-deps lint
-	$(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
-	  $$(command -v node >/dev/null || echo --ignore=tests/test_node_example.py) tests
+	$(PYTEST) tests
+
+# Leaves out the tests marked slow and the fault tests that kill processes or stop the server (crash).
+test-quick: deps install venv node-deps
+	$(PYTEST) -m "not slow and not crash" tests
 
 demo: deps install venv
 	$(AS_USER) $(VENV)/bin/bemi-pg demo

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 import bemi_pg
-from bemi_pg.trail import pipe
+from bemi_pg.steps import pipe
 from bench import server
 from bench.report import Cell, Results
 

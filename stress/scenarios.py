@@ -1,5 +1,5 @@
 """Faults and load, counted: writers keep a log of every change they make, then the trail is
-compared with it, change by change. Shared by the fast tests (tests/test_faults.py) and
+compared with it, change by change. Shared by the fast tests (tests/ingest/test_faults.py) and
 by `make stress` (stress/run.py), which runs the same scenarios at full size.
 
 The writers' log is the ground truth. A transaction interrupted by a crash may or may not

@@ -2,30 +2,39 @@
 
 ``bemi_pg.context({...})`` is a context manager and a decorator backed by a
 ``contextvars.ContextVar``, so it is correct under threads and asyncio. Framework
-integrations read it and carry it on the writes a connection sends (``carry``): each write
-goes out with a trailing ``/*Bemi {...} Bemi*/`` comment, which the extension's context
-trigger reads, in a transaction and in autocommit mode alike. No extra statement, no extra
-round trip, nothing session-level that could leak to the next user of the connection; the
-trigger emits a context only when it differs from the one the transaction last emitted.
-With ``include_sql`` the comment also holds the write's own text, normalized by pglast
-(``bemi_pg.normalize``), under the key ``"SQL"``.
-
-Reads are never touched, and writes made outside any context carry nothing.
+integrations read it (``current_context``) and carry it on the writes a connection sends
+(bemi_pg.comment). A context is a mapping of JSON values (``dump_context`` checks it before
+anything is sent).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import re
+import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from bemi_pg.client import Context, dump_context
-from bemi_pg.normalize import normalized
+Context = Mapping[str, Any]
+
+
+def dump_context(context: Context | None) -> str | None:
+    """The JSON text of a context, checked before anything is sent.
+
+    Raises TypeError for anything that is not a mapping of JSON-serialisable values.
+    """
+    if context is None:
+        return None
+    if not isinstance(context, Mapping):
+        raise TypeError(f"bemi: context must be a mapping (a JSON object), not {type(context).__name__}")
+    try:
+        return json.dumps(dict(context), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"bemi: context is not JSON-serialisable: {error}") from error
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,38 +102,3 @@ def request_id(header: str | None) -> str:
     """The id of a request: its X-Request-ID header when it has one (at most 200 characters),
     else a new UUID."""
     return header[:200] if header else str(uuid.uuid4())
-
-
-# Statements that may write: the ones the context must ride on. A WITH query counts when it
-# holds a data-modifying statement; everything else (SELECT, SHOW, SAVEPOINT, ...) is a read.
-_WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|COPY|CALL|DO)\b", re.IGNORECASE)
-_WITH = re.compile(r"\s*WITH\b", re.IGNORECASE)
-_MODIFYING = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
-
-
-def is_write(sql: str) -> bool:
-    """Whether a statement may change rows, judged by its first keyword."""
-    return bool(_WRITE.match(sql) or (_WITH.match(sql) and _MODIFYING.search(sql)))
-
-
-def with_comment(sql: str, payload: str) -> str:
-    """The statement with its context as a trailing ``/*Bemi {...} Bemi*/`` comment.
-
-    ``*`` and ``%`` (only ever inside JSON strings) are sent as \\u escapes, so the JSON can
-    neither close the comment nor be read as a driver placeholder; it parses back the same.
-    The comment starts on a new line, so a trailing ``--`` comment cannot swallow it.
-    """
-    escaped = payload.replace("*", "\\u002a").replace("%", "\\u0025")
-    return f"{sql}\n/*Bemi {escaped} Bemi*/"
-
-
-def carry(sql: str, *, bound: bool, include_sql: bool) -> str:
-    """The statement to send for ``sql``: a write made inside a context gets the context as a
-    trailing comment (with its normalized text under "SQL" when ``include_sql``); anything
-    else is sent as it is. ``bound``: the statement is sent with parameters."""
-    values = _current.get()
-    if not values or not is_write(sql):
-        return sql
-    if include_sql and (text := normalized(sql, bound)) is not None:
-        values = {**values, "SQL": text}
-    return with_comment(sql, dump_context(values) or "{}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from bemi_pg.client import with_context
+from bemi_pg.transaction import with_context
 
 TODO_TABLE = """
 CREATE TABLE todo (id serial PRIMARY KEY, task text NOT NULL, is_completed boolean NOT NULL DEFAULT false);

@@ -1,12 +1,12 @@
 """bemi without CREATE EXTENSION: the plain install ``bemi-pg install`` runs on managed PostgreSQL.
 
-The objects are the extension's own, from the scripts this package ships (bundle.py): a fresh
+The objects are the extension's own, from the scripts this package ships (scripts.py): a fresh
 install runs the newest standalone script (``bemi--1.2.sql``, built from sql/src/), an older
 plain install runs the update scripts it lacks, in order, all in one transaction. The versions a plain install went
 through are recorded in ``bemi.plain_install``; ``installed()`` tells a plain install from the
 extension. What CREATE EXTENSION does around a script is done here: the schema is created and
 ``search_path`` is set to it; what only CREATE EXTENSION can run (the ``\\echo`` guard,
-``pg_extension_config_dump``) is left out (bundle.plain_statements).
+``pg_extension_config_dump``) is left out (scripts.plain_statements).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from bemi_pg import bundle
+from bemi_pg import scripts
 
 VERSION_TABLE = sql.SQL("bemi.plain_install")
 TRAIL_SCHEMA = "bemi_trail"
@@ -54,12 +54,12 @@ def _value(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any
 
 def installed(conn: psycopg.Connection[Any]) -> Installed | None:
     """How bemi is installed in this database, if at all."""
-    version = _value(conn, "SELECT (SELECT extversion FROM pg_extension WHERE extname = %s)", [bundle.EXTENSION])
+    version = _value(conn, "SELECT (SELECT extversion FROM pg_extension WHERE extname = %s)", [scripts.EXTENSION])
     if version is not None:
         return Installed("extension", version)
     if _value(conn, "SELECT to_regclass('bemi.plain_install') IS NOT NULL"):
         versions = [r[0] for r in _rows(conn, sql.SQL("SELECT version FROM {}").format(VERSION_TABLE))]
-        return Installed("plain", max(versions, key=bundle.version_key))
+        return Installed("plain", max(versions, key=scripts.version_key))
     return None
 
 
@@ -114,7 +114,7 @@ def checks(conn: psycopg.Connection[Any]) -> list[Check]:
     senders_used = int(_value(conn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'"))
     own_slots = _rows(conn, OWN_SLOTS)
     current = installed(conn)
-    latest = bundle.latest_version()
+    latest = scripts.latest_version()
     found = [
         Check("wal_level", wal_level == "logical",
               f"{wal_level}" + ("" if wal_level == "logical" else
@@ -172,11 +172,11 @@ def refusals(conn: psycopg.Connection[Any], current: Installed | None, trail_onl
     if current is not None and current.kind == "extension":
         reasons.append(f"bemi is installed as an extension (version {current.version}) in this database: "
                        "upgrade it with ALTER EXTENSION bemi UPDATE, not bemi-pg install")
-    if current is None and _value(conn, SCHEMA_IN_USE, [bundle.SCHEMA]):
+    if current is None and _value(conn, SCHEMA_IN_USE, [scripts.SCHEMA]):
         reasons.append("schema bemi exists and holds objects, but no bemi install (no bemi.plain_install): "
                        "rename or drop it first")
     if current is not None and current.kind == "plain":
-        owner = _value(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", [bundle.SCHEMA])
+        owner = _value(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", [scripts.SCHEMA])
         if not _value(conn, "SELECT pg_has_role(%s::regrole, 'USAGE')", [owner]):
             reasons.append(f"bemi was installed by role {owner}: upgrade it as {owner}")
     return reasons
@@ -195,7 +195,7 @@ def install(conn: psycopg.Connection[Any], notice: Callable[[str], None] = lambd
         raise InstallError("; ".join(reasons))
     before = current.version if current else None
     try:
-        path = bundle.install_path(before, target)
+        path = scripts.install_path(before, target)
     except ValueError as error:
         raise InstallError(str(error)) from error
     if not path:
@@ -205,16 +205,16 @@ def install(conn: psycopg.Connection[Any], notice: Callable[[str], None] = lambd
     with conn.transaction():
         if current is None:
             # An empty schema bemi (DROP EXTENSION leaves it) is used as it is.
-            if not _value(conn, "SELECT to_regnamespace(%s) IS NOT NULL", [bundle.SCHEMA]):
-                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(bundle.SCHEMA)))
+            if not _value(conn, "SELECT to_regnamespace(%s) IS NOT NULL", [scripts.SCHEMA]):
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scripts.SCHEMA)))
             conn.execute(sql.SQL("CREATE TABLE {} (version text PRIMARY KEY, "
                                  "installed_at timestamptz NOT NULL DEFAULT now())").format(VERSION_TABLE))
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
                 VERSION_TABLE, sql.Literal("The versions this plain install (bemi-pg install) went through.")))
         # As CREATE EXTENSION runs a script: with search_path set to the extension's schema.
-        conn.execute("SELECT set_config('search_path', %s, true)", [bundle.SCHEMA])
+        conn.execute("SELECT set_config('search_path', %s, true)", [scripts.SCHEMA])
         for name in path:
-            for statement in bundle.plain_statements(name):
+            for statement in scripts.plain_statements(name):
                 conn.execute(statement)
             conn.execute(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(VERSION_TABLE),
                          [name.split("--")[-1]])

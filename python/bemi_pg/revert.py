@@ -9,7 +9,8 @@ Thin wrappers over ``bemi.revert``, ``bemi.revert_transaction`` and ``bemi.rever
 ``{"bemi_revert": {"change_ids": [...]}}``, and commit or roll back with the caller's
 transaction (on an autocommit connection the revert is its own transaction). With ``trail=``,
 a connection to the database that holds the trail (bemi-pg worker --trail-dsn), the changes
-are read there, only those of ``conn``'s database (bemi_pg.trail).
+are read there, only those of ``conn``'s database (bemi_pg.trail_database). Written once, as
+steps (bemi_pg.steps), for sync and async connections alike.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from bemi_pg.trail import Steps, revert_steps, run, run_async
+from bemi_pg import trail_database
+from bemi_pg.steps import Query, Steps, run, run_async
 
 OnConflict = Literal["error", "skip", "overwrite"]
 
@@ -52,26 +54,34 @@ def check_choice(change_ids: Iterable[int] | None, transaction_id: int | None, c
         raise TypeError("bemi: since goes with context")
 
 
-def revert_query(
+def revert_steps(
     change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
-    since: datetime | str | None, on_conflict: OnConflict,
-) -> tuple[sql.SQL | sql.Composed, list[Any]]:
-    """The revert call for exactly one of change_ids, transaction_id or context."""
+    since: datetime | str | None, on_conflict: OnConflict, trail: bool,
+) -> Steps[list[Reverted]]:
+    """The revert of exactly one of change_ids, transaction_id or context (checked now, before
+    any step), or (trail) its steps on a trail in a database of its own."""
     check_choice(change_ids, transaction_id, context, since)
-    if change_ids is not None:
-        return sql.SQL("SELECT * FROM bemi.revert(%s::bigint[], %s)"), [list(change_ids), on_conflict]
-    if transaction_id is not None:
-        return sql.SQL("SELECT * FROM bemi.revert_transaction(%s, %s)"), [transaction_id, on_conflict]
-    return sql.SQL("SELECT * FROM bemi.revert_context(%s, %s::timestamptz, %s)"), [Jsonb(dict(context or {})), since, on_conflict]
+    if trail:
+        return trail_database.revert_steps(None if change_ids is None else list(change_ids), transaction_id,
+                                           None if context is None else dict(context), since, on_conflict,
+                                           class_row(Reverted))
+    return _revert_here(change_ids, transaction_id, context, since, on_conflict)
 
 
-def trail_steps(
+def _revert_here(
     change_ids: Iterable[int] | None, transaction_id: int | None, context: Mapping[str, Any] | None,
     since: datetime | str | None, on_conflict: OnConflict,
 ) -> Steps[list[Reverted]]:
-    check_choice(change_ids, transaction_id, context, since)
-    return revert_steps(None if change_ids is None else list(change_ids), transaction_id,
-                        None if context is None else dict(context), since, on_conflict, class_row(Reverted))
+    params: list[Any]
+    if change_ids is not None:
+        query, params = sql.SQL("SELECT * FROM bemi.revert(%s::bigint[], %s)"), [list(change_ids), on_conflict]
+    elif transaction_id is not None:
+        query, params = sql.SQL("SELECT * FROM bemi.revert_transaction(%s, %s)"), [transaction_id, on_conflict]
+    else:
+        query, params = (sql.SQL("SELECT * FROM bemi.revert_context(%s, %s::timestamptz, %s)"),
+                         [Jsonb(dict(context or {})), since, on_conflict])
+    done: list[Reverted] = yield Query(query, params, rows=class_row(Reverted))
+    return done
 
 
 def revert(
@@ -84,11 +94,7 @@ def revert(
     A row changed since raises ``psycopg.errors.ObjectNotInPrerequisiteState`` naming it
     (``on_conflict="error"``), or is left alone (``"skip"``) or reverted anyway (``"overwrite"``).
     """
-    if trail is not None:
-        return run(trail_steps(change_ids, transaction_id, context, since, on_conflict), conn, trail)
-    query, params = revert_query(change_ids, transaction_id, context, since, on_conflict)
-    with conn.cursor(row_factory=class_row(Reverted)) as cur:
-        return cur.execute(query, params).fetchall()
+    return run(revert_steps(change_ids, transaction_id, context, since, on_conflict, trail is not None), conn, trail)
 
 
 async def revert_async(
@@ -97,8 +103,5 @@ async def revert_async(
     trail: psycopg.AsyncConnection[Any] | None = None,
 ) -> list[Reverted]:
     """``revert`` for an ``AsyncConnection``."""
-    if trail is not None:
-        return await run_async(trail_steps(change_ids, transaction_id, context, since, on_conflict), conn, trail)
-    query, params = revert_query(change_ids, transaction_id, context, since, on_conflict)
-    async with conn.cursor(row_factory=class_row(Reverted)) as cur:
-        return await (await cur.execute(query, params)).fetchall()
+    return await run_async(revert_steps(change_ids, transaction_id, context, since, on_conflict, trail is not None),
+                           conn, trail)

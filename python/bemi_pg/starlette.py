@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bemi_pg.client import Context
-from bemi_pg.context import context, request_id
+from bemi_pg.context import Context, context, request_id
 
 ContextFunction = Callable[[Request], "Context | None | Awaitable[Context | None]"]
 

@@ -6,7 +6,8 @@
 Thin wrappers over ``bemi.row_at`` and ``bemi.table_at`` (docs/time-travel.md): a moment
 before tracking began, or past what has been ingested, raises ``psycopg.errors.InvalidParameterValue``.
 With ``trail=``, a connection to the database that holds the trail (bemi-pg worker
---trail-dsn), the trail is read there and the table in ``conn`` (bemi_pg.trail).
+--trail-dsn), the trail is read there and the table in ``conn`` (bemi_pg.trail_database).
+Each is written once, as steps (bemi_pg.steps), for sync and async connections alike.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from bemi_pg.trail import Steps, row_steps, run, run_async, table_steps
+from bemi_pg import trail_database
+from bemi_pg.steps import Query, Steps, run, run_async
 
 Table = str | tuple[str, str]
 """A table: a name as SQL reads it ("todo", "public.todo", '"User"'), or (schema, table)."""
@@ -44,32 +46,34 @@ def key_sql(primary_key: Key) -> tuple[sql.Composable, Any]:
     return sql.SQL("(%s::jsonb)::text"), Jsonb(list(primary_key))
 
 
-def row_query(table: Table, primary_key: Key, at: Moment) -> tuple[sql.SQL | sql.Composed, list[Any]]:
+def row_steps(table: Table, primary_key: Key, at: Moment, trail: bool) -> Steps[dict[str, Any] | None]:
+    """bemi.row_at, or (trail) its steps on a trail in a database of its own."""
     key, value = key_sql(primary_key)
-    return sql.SQL("SELECT bemi.row_at({}, {}, %s::timestamptz)").format(relation(table), key), [value, at]
-
-
-def row_trail_steps(table: Table, primary_key: Key, at: Moment) -> Steps[dict[str, Any] | None]:
-    key, value = key_sql(primary_key)
-    return row_steps(relation(table), key, value, at)
-
-
-def table_query(row_type: str, at: Moment) -> tuple[sql.SQL | sql.Composed, list[Any]]:
-    return sql.SQL("SELECT * FROM bemi.table_at(NULL::{}, %s::timestamptz)").format(sql.SQL(row_type)), [at]
+    if trail:
+        found: dict[str, Any] | None = yield from trail_database.row_steps(relation(table), key, value, at)
+        return found
+    rows = yield Query(sql.SQL("SELECT bemi.row_at({}, {}, %s::timestamptz)").format(relation(table), key), [value, at])
+    return rows[0][0] if rows else None
 
 
 ROW_TYPE = "SELECT {}::text AS name"
+
+
+def table_steps(table: Table, at: Moment, trail: bool) -> Steps[list[dict[str, Any]]]:
+    """bemi.table_at, or (trail) its steps on a trail in a database of its own."""
+    if trail:
+        return (yield from trail_database.table_steps(relation(table), at, dict_row))
+    (name,), = yield Query(sql.SQL(ROW_TYPE).format(relation(table)), None)
+    rows: list[dict[str, Any]] = yield Query(
+        sql.SQL("SELECT * FROM bemi.table_at(NULL::{}, %s::timestamptz)").format(sql.SQL(name)), [at], rows=dict_row)
+    return rows
 
 
 def row_at(conn: psycopg.Connection[Any], table: Table, primary_key: Key, at: Moment, *,
            trail: psycopg.Connection[Any] | None = None) -> dict[str, Any] | None:
     """The row as it was after every transaction committed at or before ``at`` (JSON values,
     like ``bemi.changes.after``), or None when it did not exist then."""
-    if trail is not None:
-        return run(row_trail_steps(table, primary_key, at), conn, trail)
-    with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(*row_query(table, primary_key, at)).fetchone()
-    return row[0] if row else None
+    return run(row_steps(table, primary_key, at, trail is not None), conn, trail)
 
 
 async def row_at_async(
@@ -77,30 +81,16 @@ async def row_at_async(
     trail: psycopg.AsyncConnection[Any] | None = None,
 ) -> dict[str, Any] | None:
     """``row_at`` for an ``AsyncConnection``."""
-    if trail is not None:
-        return await run_async(row_trail_steps(table, primary_key, at), conn, trail)
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        row = await (await cur.execute(*row_query(table, primary_key, at))).fetchone()
-    return row[0] if row else None
+    return await run_async(row_steps(table, primary_key, at, trail is not None), conn, trail)
 
 
 def table_at(conn: psycopg.Connection[Any], table: Table, at: Moment, *,
              trail: psycopg.Connection[Any] | None = None) -> list[dict[str, Any]]:
     """Every row of the table as of ``at``, as dicts of typed values."""
-    if trail is not None:
-        return run(table_steps(relation(table), at, dict_row), conn, trail)
-    with conn.cursor(row_factory=dict_row) as cur:
-        name = cur.execute(sql.SQL(ROW_TYPE).format(relation(table))).fetchone()
-        assert name is not None
-        return cur.execute(*table_query(name["name"], at)).fetchall()
+    return run(table_steps(table, at, trail is not None), conn, trail)
 
 
 async def table_at_async(conn: psycopg.AsyncConnection[Any], table: Table, at: Moment, *,
                          trail: psycopg.AsyncConnection[Any] | None = None) -> list[dict[str, Any]]:
     """``table_at`` for an ``AsyncConnection``."""
-    if trail is not None:
-        return await run_async(table_steps(relation(table), at, dict_row), conn, trail)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        name = await (await cur.execute(sql.SQL(ROW_TYPE).format(relation(table)))).fetchone()
-        assert name is not None
-        return await (await cur.execute(*table_query(name["name"], at))).fetchall()
+    return await run_async(table_steps(table, at, trail is not None), conn, trail)

@@ -7,7 +7,7 @@
 
 Where the trail is kept in a database of its own (bemi-pg worker --trail-dsn), name its
 alias: ``as_of(todo, at, trail="trail")``, ``BemiChange.objects.using("trail")...revert(source="default")``
-(bemi_pg.trail does the work, on the psycopg connections under the aliases).
+(bemi_pg.trail_database does the work, on the psycopg connections under the aliases).
 
 Values go through each field's own conversion (``from_db_value``), as for any query.
 Importing this module loads no models, so the app package can re-export ``as_of``.
@@ -25,7 +25,8 @@ from django.db import connections, models, router, transaction
 
 from bemi_pg.revert import revert as revert_changes
 from bemi_pg.timetravel import relation, row_at
-from bemi_pg.trail import DROP_ROWS, TABLE_FROM, copy_table_history, run
+from bemi_pg.steps import run
+from bemi_pg.trail_database import DROP_ROWS, TABLE_FROM, copy_table_history
 
 M = TypeVar("M", bound=models.Model)
 

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from bemi_pg.context import carry
+from bemi_pg.comment import carry
 
 
 class ContextWrapper:

@@ -1,0 +1,32 @@
+"""bemi-pg worker: keeps ingesting until SIGINT/SIGTERM (or, with --drain, until nothing is
+pending), streaming the slot or through bemi.ingest(); see bemi_pg/ingest/worker.py."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+
+from bemi_pg.cli.errors import Failure
+from bemi_pg.cli.output import say
+from bemi_pg.ingest import worker as ingest_worker
+
+
+def worker(args: argparse.Namespace) -> int:
+    if args.batch < 1 or not args.interval > 0:
+        raise Failure("--batch must be a positive number of changes and --interval a positive number of seconds")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    options = ingest_worker.Options(dsn=args.dsn or os.environ.get("DATABASE_URL", ""), batch=args.batch,
+                                    interval=args.interval, drain=args.drain, sql=args.sql, trail_dsn=args.trail_dsn)
+    try:
+        totals = ingest_worker.run(options, stop, lambda line: say(args, line))
+    except ingest_worker.Failure as error:
+        raise Failure(str(error)) from error
+    seconds = time.monotonic() - totals.started
+    say(args, f"worker: {'drained' if args.drain and not stop.is_set() else 'stopped after'} {totals.changes} changes "
+              f"in {seconds:.1f} s ({totals.changes / max(seconds, 1e-6):,.0f}/s)")
+    return 0

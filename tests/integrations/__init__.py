@@ -1,0 +1,1 @@
+"""Integrations: Django, SQLAlchemy, FastAPI/Starlette, pools and proxies, node-postgres."""

@@ -1,0 +1,1 @@
+"""Operations: the command line, install and upgrade, the shipped scripts, retention, privileges."""
