@@ -1,0 +1,88 @@
+"""What differs between PostgreSQL versions, tested on the server the suite runs on (the machine's
+with `make test`; 14, 16, 17 and 18 with `make test-versions`, which sets BEMI_PG_MAJOR)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import ingest
+
+from bemi_pg import worker
+
+EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def server_version(admin: psycopg.Connection[Any]) -> int:
+    return int(admin.execute("SHOW server_version_num").fetchone()["server_version_num"])  # type: ignore[index]
+
+
+def test_the_server_is_the_version_asked_for(admin: psycopg.Connection[Any]) -> None:
+    """make test-versions runs the suite once per version: a wrong PATH would test 15 again."""
+    wanted = os.environ.get("BEMI_PG_MAJOR")
+    if not wanted:
+        pytest.skip("BEMI_PG_MAJOR is set by make test-versions")
+    assert server_version(admin) // 10000 == int(wanted)
+
+
+@pytest.mark.parametrize("microseconds", [
+    0, 1, 999_999, 1_000_000, 2**31 - 1, 2**31, 2**32 + 7,
+    849_924_336_899_095,  # 2026-12-06, the value PostgreSQL 14 could not read
+    4_102_444_800_000_000 - 946_684_800_000_000 + 123_456,  # 2100-01-01 00:00:00.123456
+])
+def test_commit_times_convert_exactly(admin: psycopg.Connection[Any], microseconds: int) -> None:
+    """pgoutput's timestamps (microseconds since 2000-01-01) on the SQL path, on every version."""
+    message = b"\x00" * 3 + microseconds.to_bytes(8, "big")
+    got = admin.execute("SELECT bemi.time_at(%s, 3) AS t", [message]).fetchone()["t"]  # type: ignore[index]
+    assert got == EPOCH + timedelta(microseconds=microseconds)
+
+
+def test_generated_columns_reach_the_trail_from_18_on(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    """Stored generated columns: in before/after on 18 (publish_generated_columns), through both
+    ingest paths alike; left out on 14-17, where pgoutput cannot send them."""
+    admin.execute("CREATE TABLE g (id int PRIMARY KEY, price int, doubled int GENERATED ALWAYS AS (price * 2) STORED)")
+    admin.execute("SELECT bemi.track('g')")
+    copy = "generated_copy"
+    admin.execute("SELECT pg_copy_logical_replication_slot(bemi.slot_name(), %s)", [copy])
+    with psycopg.connect(dsn, autocommit=True) as app:
+        app.execute("INSERT INTO g (id, price) VALUES (1, 10)")
+        app.execute("UPDATE g SET price = 11")
+        app.execute("DELETE FROM g")
+
+    worker.run(worker.Options(dsn, drain=True), threading.Event(), lambda _: None)
+    streamed = admin.execute("SELECT operation, before, after FROM bemi.changes ORDER BY id").fetchall()
+    admin.execute("DELETE FROM bemi.changes")
+    slot = admin.execute("SELECT bemi.slot_name() AS s").fetchone()["s"]  # type: ignore[index]
+    deadline = time.monotonic() + 30  # the worker's walsender lets go of the slot
+    while admin.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()["active"]:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the worker's connection still holds the slot"
+        time.sleep(0.05)
+    admin.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+    admin.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", [copy, slot])
+    admin.execute("SELECT pg_drop_replication_slot(%s)", [copy])
+    admin.execute("UPDATE bemi.progress p SET lsn = s.confirmed_flush_lsn, part_of = NULL, part_stored = 0 "
+                  "FROM pg_replication_slots s WHERE s.slot_name = p.slot_name AND p.slot_name = %s", [slot])
+    ingest(admin)
+    through_sql = admin.execute("SELECT operation, before, after FROM bemi.changes ORDER BY id").fetchall()
+
+    if server_version(admin) >= 180000:
+        expected = [
+            {"operation": "CREATE", "before": {}, "after": {"id": 1, "price": 10, "doubled": 20}},
+            {"operation": "UPDATE", "before": {"id": 1, "price": 10, "doubled": 20},
+             "after": {"id": 1, "price": 11, "doubled": 22}},
+            {"operation": "DELETE", "before": {"id": 1, "price": 11, "doubled": 22}, "after": {}},
+        ]
+    else:
+        expected = [
+            {"operation": "CREATE", "before": {}, "after": {"id": 1, "price": 10}},
+            {"operation": "UPDATE", "before": {"id": 1, "price": 10}, "after": {"id": 1, "price": 11}},
+            {"operation": "DELETE", "before": {"id": 1, "price": 11}, "after": {}},
+        ]
+    assert streamed == expected
+    assert through_sql == expected
+
