@@ -14,6 +14,153 @@
 --    the statement it was written for; reading staged values runs no role's code; no message
 --    stops ingest; ingest pins every setting that changes values; check_trail runs with its
 --    caller's rights. Commit times are exact on PostgreSQL 14 too.
+-- 6. Column rules hold whoever stores and whenever: masked columns stay masked after a rename
+--    and for changes still pending at untrack; an update of a masked column alone is stored
+--    (their tables and bemi.column_rules come first: the functions below use them).
+
+------------------------------------------------------------------------------------------
+-- 6. Column rules (first: bemi.track and bemi.store below use them).
+------------------------------------------------------------------------------------------
+
+ALTER TABLE bemi.tracking ADD COLUMN mask_attnums smallint[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN bemi.tracking.mask_attnums IS 'The masked columns by number: masked under their names now too, when renamed.';
+UPDATE bemi.tracking t SET mask_attnums = ARRAY(SELECT a.attnum FROM pg_catalog.pg_attribute a
+  WHERE a.attrelid = t.relation AND a.attname::text = ANY (t.mask_columns) AND NOT a.attisdropped ORDER BY a.attnum);
+
+CREATE TABLE bemi.untracked (
+  relation oid PRIMARY KEY,
+  ignore_columns text[] NOT NULL,
+  mask_columns text[] NOT NULL,
+  mask_attnums smallint[] NOT NULL,
+  untracked_at pg_lsn NOT NULL
+);
+
+COMMENT ON TABLE bemi.untracked IS
+  'The column rules of tables untracked while their changes may still be pending, until ingest has gone past untracked_at.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.untracked', '');
+REVOKE ALL ON bemi.untracked FROM PUBLIC;
+
+CREATE FUNCTION bemi.column_rules(relid oid, OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(r.ignore_columns, '{}'),
+    coalesce(r.mask_columns, '{}') || ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = relid AND a.attnum = ANY (r.mask_attnums) AND NOT a.attisdropped
+        AND a.attname::text <> ALL (r.mask_columns))
+  FROM (SELECT 1) AS one
+  LEFT JOIN LATERAL (
+    SELECT t.ignore_columns, t.mask_columns, t.mask_attnums, 1 AS rank FROM bemi.tracking t WHERE t.relation = relid
+    UNION ALL
+    SELECT u.ignore_columns, u.mask_columns, u.mask_attnums, 2 FROM bemi.untracked u WHERE u.relation = relid
+    ORDER BY rank LIMIT 1
+  ) AS r ON true;
+END;
+
+
+CREATE OR REPLACE FUNCTION bemi.untrack(relation regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  identity text;
+BEGIN
+  FOR member IN SELECT bemi.members(relation) LOOP
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS bemi_context ON %s', member);
+    IF EXISTS (SELECT FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+               WHERE p.pubname = 'bemi' AND r.prrelid = member) THEN
+      EXECUTE pg_catalog.format('ALTER PUBLICATION bemi DROP TABLE ONLY %s', member);
+    END IF;
+    -- Changes made before may still wait in the slot: they are stored with the rules of now.
+    INSERT INTO bemi.untracked AS u (relation, ignore_columns, mask_columns, mask_attnums, untracked_at)
+    SELECT t.relation, r.ignore_columns, r.mask_columns, t.mask_attnums, pg_catalog.pg_current_wal_insert_lsn()
+    FROM bemi.tracking t, bemi.column_rules(t.relation) r
+    WHERE t.relation = member AND (r.ignore_columns <> '{}' OR r.mask_columns <> '{}')
+    ON CONFLICT ON CONSTRAINT untracked_pkey DO UPDATE SET ignore_columns = excluded.ignore_columns, mask_columns = excluded.mask_columns,
+      mask_attnums = excluded.mask_attnums, untracked_at = excluded.untracked_at;
+    DELETE FROM bemi.tracking t WHERE t.relation = member RETURNING t.replica_identity INTO identity;
+    IF identity IS NOT NULL AND identity <> bemi.replica_identity(member) THEN
+      BEGIN
+        EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY %s', member, identity);
+      EXCEPTION WHEN undefined_object THEN -- its index is gone since
+        EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY DEFAULT', member);
+      END;
+    END IF;
+  END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
+  OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
+               FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
+               ORDER BY x.n),
+    bemi.key_columns_at(relid, at), r.ignore_columns, r.mask_columns
+  FROM bemi.column_rules(relid) AS r;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.convert_sql(r bemi.staged_relations, row_filter text DEFAULT 'true', as_text boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  -- The rules of this database's table, or those its source sent (a trail database).
+  ignore_columns text[] := CASE WHEN r.mask_columns IS NULL
+    THEN (SELECT x.ignore_columns FROM bemi.column_rules(r.relid) AS x) ELSE r.ignore_columns END;
+  masked text[] := ARRAY(SELECT c FROM pg_catalog.unnest(CASE WHEN r.mask_columns IS NULL
+    THEN (SELECT x.mask_columns FROM bemi.column_rules(r.relid) AS x) ELSE r.mask_columns END) AS c WHERE c = ANY (r.columns));
+  -- The key as of the relation's first staged change: a new key comes with a new Relation message.
+  keys text[] := CASE WHEN r.mask_columns IS NULL
+    THEN bemi.key_columns_at(r.relid, (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation))
+    ELSE r.key_columns END;
+  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', masked,
+    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(masked)]));
+  old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', masked) END;
+  new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', masked) END;
+  -- An UPDATE that changed only ignored columns is not stored. Compared as the values were
+  -- written, before masking: a change of a masked column alone is a change.
+  ignored text := CASE WHEN ignore_columns <> '{}' THEN pg_catalog.format(
+    'NOT (s.operation = ''U'' AND NOT s.old_key_only AND s.new_missing IS NULL '
+    'AND pg_catalog.jsonb_object(r.columns, s.old_values) - %1$L::text[] = pg_catalog.jsonb_object(r.columns, s.new_values) - %1$L::text[])',
+    ignore_columns) ELSE 'true' END;
+  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
+  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
+    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
+      ELSE pg_catalog.to_regtype(r.type_names[i]) IS NULL END);
+  problem text := CASE WHEN as_text THEN ''
+    WHEN gone IS NOT NULL THEN 'bemi: the type of ' || gone || ' no longer exists: stored as text' END;
+BEGIN
+  RETURN pg_catalog.format($q$
+    SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
+      CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
+      coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
+      coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
+      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
+      CASE WHEN s.operation = 'U' AND %5$s IS DISTINCT FROM %6$s THEN %5$s END AS previous_key
+    FROM bemi.staged s JOIN bemi.staged_relations r ON r.relation = s.relation
+    CROSS JOIN LATERAL (SELECT
+      CASE WHEN s.old_values IS NULL THEN NULL WHEN s.old_key_only
+        THEN (%1$s) - (SELECT pg_catalog.array_agg(c) FROM ROWS FROM (pg_catalog.unnest(r.columns), pg_catalog.unnest(r.identity)) AS k(c, key) WHERE NOT k.key)
+        ELSE %1$s END AS before,
+      CASE WHEN s.new_values IS NULL AND s.new_missing IS NULL THEN NULL WHEN s.new_missing IS NOT NULL
+        THEN (%2$s) - (SELECT pg_catalog.array_agg(r.columns[m]) FROM pg_catalog.unnest(s.new_missing) AS m)
+        ELSE %2$s END AS after
+      OFFSET 0 -- kept a subquery: each image is built once, not at every use
+    ) AS i
+    WHERE s.relation = %4$s AND %7$s AND %8$s
+    $q$, old_image, new_image, problem, r.relation,
+    bemi.primary_key_sql(keys, 'i.before'), bemi.primary_key_sql(keys, 'i.after'),
+    row_filter, ignored);
+END
+$$;
+
 
 ------------------------------------------------------------------------------------------
 -- 1. The publication.
@@ -89,6 +236,13 @@ BEGIN
     WHERE c.oid = member
     ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET
       ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
+    -- The masked columns by number too (kept when the rules are kept: they may be renamed since).
+    UPDATE bemi.tracking t SET mask_attnums = ARRAY(SELECT a.attnum FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = member AND NOT a.attisdropped
+        AND (a.attname::text = ANY (t.mask_columns) OR (track.mask_columns IS NULL AND a.attnum = ANY (t.mask_attnums)))
+      ORDER BY a.attnum)
+    WHERE t.relation = member;
+    DELETE FROM bemi.untracked u WHERE u.relation = member;
     PERFORM bemi.remember_key(member);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
@@ -288,6 +442,7 @@ BEGIN
   END IF;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
+  DELETE FROM bemi.untracked u WHERE u.untracked_at <= through;
   -- (A trail database gets its source's progress row with the first batch it stores.)
   INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
   VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)

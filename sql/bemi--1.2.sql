@@ -267,13 +267,29 @@ CREATE TABLE bemi.tracking (
   tracked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   replica_identity text NOT NULL,
   ignore_columns text[] NOT NULL DEFAULT '{}',
-  mask_columns text[] NOT NULL DEFAULT '{}'
+  mask_columns text[] NOT NULL DEFAULT '{}',
+  mask_attnums smallint[] NOT NULL DEFAULT '{}'
 );
 
 COMMENT ON TABLE bemi.tracking IS
   'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, and the column rules.';
 COMMENT ON COLUMN bemi.tracking.ignore_columns IS 'An UPDATE that changes only these columns is not stored.';
 COMMENT ON COLUMN bemi.tracking.mask_columns IS 'These columns never reach the trail: their values are stored as "[masked]".';
+COMMENT ON COLUMN bemi.tracking.mask_attnums IS 'The masked columns by number: masked under their names now too, when renamed.';
+
+-- The rules of tables untracked while changes of theirs may still wait in the slot: storing
+-- applies them until ingest has gone past the untrack (bemi.store forgets them then), so a
+-- masked column never reaches the trail in clear.
+CREATE TABLE bemi.untracked (
+  relation oid PRIMARY KEY,
+  ignore_columns text[] NOT NULL,
+  mask_columns text[] NOT NULL,
+  mask_attnums smallint[] NOT NULL,
+  untracked_at pg_lsn NOT NULL
+);
+
+COMMENT ON TABLE bemi.untracked IS
+  'The column rules of tables untracked while their changes may still be pending, until ingest has gone past untracked_at.';
 
 -- The primary key columns of a table, in key order (1.0's bemi.primary_key, names only).
 CREATE FUNCTION bemi.key_columns(relation oid) RETURNS text[]
@@ -284,6 +300,26 @@ BEGIN ATOMIC
 END;
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.tracking', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.untracked', '');
+
+-- The column rules storing applies to a relation's changes: bemi.track's or, after untrack,
+-- the ones it had then (bemi.untracked). A masked column is masked under its name when it was
+-- tracked and under its name now: a rename never lets it through.
+CREATE FUNCTION bemi.column_rules(relid oid, OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(r.ignore_columns, '{}'),
+    coalesce(r.mask_columns, '{}') || ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = relid AND a.attnum = ANY (r.mask_attnums) AND NOT a.attisdropped
+        AND a.attname::text <> ALL (r.mask_columns))
+  FROM (SELECT 1) AS one
+  LEFT JOIN LATERAL (
+    SELECT t.ignore_columns, t.mask_columns, t.mask_attnums, 1 AS rank FROM bemi.tracking t WHERE t.relation = relid
+    UNION ALL
+    SELECT u.ignore_columns, u.mask_columns, u.mask_attnums, 2 FROM bemi.untracked u WHERE u.relation = relid
+    ORDER BY rank LIMIT 1
+  ) AS r ON true;
+END;
 
 -- The primary key of each tracked table over time, so that a change's primary_key follows the
 -- key its table had when the change was made: written by track and, where bemi may have an
@@ -443,6 +479,13 @@ BEGIN
     WHERE c.oid = member
     ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET
       ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
+    -- The masked columns by number too (kept when the rules are kept: they may be renamed since).
+    UPDATE bemi.tracking t SET mask_attnums = ARRAY(SELECT a.attnum FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = member AND NOT a.attisdropped
+        AND (a.attname::text = ANY (t.mask_columns) OR (track.mask_columns IS NULL AND a.attnum = ANY (t.mask_attnums)))
+      ORDER BY a.attnum)
+    WHERE t.relation = member;
+    DELETE FROM bemi.untracked u WHERE u.relation = member;
     PERFORM bemi.remember_key(member);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
@@ -483,6 +526,13 @@ BEGIN
                WHERE p.pubname = 'bemi' AND r.prrelid = member) THEN
       EXECUTE pg_catalog.format('ALTER PUBLICATION bemi DROP TABLE ONLY %s', member);
     END IF;
+    -- Changes made before may still wait in the slot: they are stored with the rules of now.
+    INSERT INTO bemi.untracked AS u (relation, ignore_columns, mask_columns, mask_attnums, untracked_at)
+    SELECT t.relation, r.ignore_columns, r.mask_columns, t.mask_attnums, pg_catalog.pg_current_wal_insert_lsn()
+    FROM bemi.tracking t, bemi.column_rules(t.relation) r
+    WHERE t.relation = member AND (r.ignore_columns <> '{}' OR r.mask_columns <> '{}')
+    ON CONFLICT ON CONSTRAINT untracked_pkey DO UPDATE SET ignore_columns = excluded.ignore_columns, mask_columns = excluded.mask_columns,
+      mask_attnums = excluded.mask_attnums, untracked_at = excluded.untracked_at;
     DELETE FROM bemi.tracking t WHERE t.relation = member RETURNING t.replica_identity INTO identity;
     IF identity IS NOT NULL AND identity <> bemi.replica_identity(member) THEN
       BEGIN
@@ -498,7 +548,7 @@ $$;
 COMMENT ON FUNCTION bemi.untrack(regclass) IS
   'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
 
-REVOKE ALL ON bemi.tracking, bemi.keys FROM PUBLIC;
+REVOKE ALL ON bemi.tracking, bemi.untracked, bemi.keys FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys() FROM PUBLIC;
 COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
@@ -1222,9 +1272,8 @@ BEGIN ATOMIC
   SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
                FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
                ORDER BY x.n),
-    bemi.key_columns_at(relid, at),
-    coalesce((SELECT t.ignore_columns FROM bemi.tracking t WHERE t.relation = relid), '{}'),
-    coalesce((SELECT t.mask_columns FROM bemi.tracking t WHERE t.relation = relid), '{}');
+    bemi.key_columns_at(relid, at), r.ignore_columns, r.mask_columns
+  FROM bemi.column_rules(relid) AS r;
 END;
 
 -- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
@@ -1316,21 +1365,34 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  rules bemi.tracking := CASE WHEN r.mask_columns IS NULL THEN (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid)
-    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.ignore_columns, r.mask_columns)::bemi.tracking END;
+  -- The rules of this database's table, or those its source sent (a trail database).
+  ignore_columns text[] := CASE WHEN r.mask_columns IS NULL
+    THEN (SELECT x.ignore_columns FROM bemi.column_rules(r.relid) AS x) ELSE r.ignore_columns END;
+  masked text[] := ARRAY(SELECT c FROM pg_catalog.unnest(CASE WHEN r.mask_columns IS NULL
+    THEN (SELECT x.mask_columns FROM bemi.column_rules(r.relid) AS x) ELSE r.mask_columns END) AS c WHERE c = ANY (r.columns));
   -- The key as of the relation's first staged change: a new key comes with a new Relation message.
   keys text[] := CASE WHEN r.mask_columns IS NULL
     THEN bemi.key_columns_at(r.relid, (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation))
     ELSE r.key_columns END;
-  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
-    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
+  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', masked,
+    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(masked)]));
   old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', rules.mask_columns) END;
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', masked) END;
   new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', rules.mask_columns) END;
-  -- An UPDATE that changed only ignored columns is not stored.
-  ignored text := CASE WHEN rules.ignore_columns <> '{}' THEN pg_catalog.format(
-    'NOT (s.operation = ''U'' AND i.before - %1$L::text[] = i.after - %1$L::text[])', rules.ignore_columns) ELSE 'true' END;
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', masked) END;
+  -- An UPDATE that changed only ignored columns is not stored. Compared as the values were
+  -- written, before masking: a change of a masked column alone is a change.
+  ignored text := CASE WHEN ignore_columns <> '{}' THEN pg_catalog.format(
+    'NOT (s.operation = ''U'' AND NOT s.old_key_only AND s.new_missing IS NULL '
+    'AND pg_catalog.jsonb_object(r.columns, s.old_values) - %1$L::text[] = pg_catalog.jsonb_object(r.columns, s.new_values) - %1$L::text[])',
+    ignore_columns) ELSE 'true' END;
+  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
+  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
+    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
+      ELSE pg_catalog.to_regtype(r.type_names[i]) IS NULL END);
+  problem text := CASE WHEN as_text THEN ''
+    WHEN gone IS NOT NULL THEN 'bemi: the type of ' || gone || ' no longer exists: stored as text' END;
 BEGIN
   RETURN pg_catalog.format($q$
     SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
@@ -1350,7 +1412,7 @@ BEGIN
       OFFSET 0 -- kept a subquery: each image is built once, not at every use
     ) AS i
     WHERE s.relation = %4$s AND %7$s AND %8$s
-    $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
+    $q$, old_image, new_image, problem, r.relation,
     bemi.primary_key_sql(keys, 'i.before'), bemi.primary_key_sql(keys, 'i.after'),
     row_filter, ignored);
 END
@@ -1418,6 +1480,7 @@ BEGIN
   END IF;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
+  DELETE FROM bemi.untracked u WHERE u.untracked_at <= through;
   -- (A trail database gets its source's progress row with the first batch it stores.)
   INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
   VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)

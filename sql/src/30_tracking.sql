@@ -41,13 +41,29 @@ CREATE TABLE bemi.tracking (
   tracked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
   replica_identity text NOT NULL,
   ignore_columns text[] NOT NULL DEFAULT '{}',
-  mask_columns text[] NOT NULL DEFAULT '{}'
+  mask_columns text[] NOT NULL DEFAULT '{}',
+  mask_attnums smallint[] NOT NULL DEFAULT '{}'
 );
 
 COMMENT ON TABLE bemi.tracking IS
   'Tracked tables and their members: when tracking began, the replica identity (as an ALTER TABLE clause) untrack restores, and the column rules.';
 COMMENT ON COLUMN bemi.tracking.ignore_columns IS 'An UPDATE that changes only these columns is not stored.';
 COMMENT ON COLUMN bemi.tracking.mask_columns IS 'These columns never reach the trail: their values are stored as "[masked]".';
+COMMENT ON COLUMN bemi.tracking.mask_attnums IS 'The masked columns by number: masked under their names now too, when renamed.';
+
+-- The rules of tables untracked while changes of theirs may still wait in the slot: storing
+-- applies them until ingest has gone past the untrack (bemi.store forgets them then), so a
+-- masked column never reaches the trail in clear.
+CREATE TABLE bemi.untracked (
+  relation oid PRIMARY KEY,
+  ignore_columns text[] NOT NULL,
+  mask_columns text[] NOT NULL,
+  mask_attnums smallint[] NOT NULL,
+  untracked_at pg_lsn NOT NULL
+);
+
+COMMENT ON TABLE bemi.untracked IS
+  'The column rules of tables untracked while their changes may still be pending, until ingest has gone past untracked_at.';
 
 -- The primary key columns of a table, in key order (1.0's bemi.primary_key, names only).
 CREATE FUNCTION bemi.key_columns(relation oid) RETURNS text[]
@@ -58,6 +74,26 @@ BEGIN ATOMIC
 END;
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.tracking', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.untracked', '');
+
+-- The column rules storing applies to a relation's changes: bemi.track's or, after untrack,
+-- the ones it had then (bemi.untracked). A masked column is masked under its name when it was
+-- tracked and under its name now: a rename never lets it through.
+CREATE FUNCTION bemi.column_rules(relid oid, OUT ignore_columns text[], OUT mask_columns text[])
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT coalesce(r.ignore_columns, '{}'),
+    coalesce(r.mask_columns, '{}') || ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = relid AND a.attnum = ANY (r.mask_attnums) AND NOT a.attisdropped
+        AND a.attname::text <> ALL (r.mask_columns))
+  FROM (SELECT 1) AS one
+  LEFT JOIN LATERAL (
+    SELECT t.ignore_columns, t.mask_columns, t.mask_attnums, 1 AS rank FROM bemi.tracking t WHERE t.relation = relid
+    UNION ALL
+    SELECT u.ignore_columns, u.mask_columns, u.mask_attnums, 2 FROM bemi.untracked u WHERE u.relation = relid
+    ORDER BY rank LIMIT 1
+  ) AS r ON true;
+END;
 
 -- The primary key of each tracked table over time, so that a change's primary_key follows the
 -- key its table had when the change was made: written by track and, where bemi may have an
@@ -217,6 +253,13 @@ BEGIN
     WHERE c.oid = member
     ON CONFLICT ON CONSTRAINT tracking_pkey DO UPDATE SET
       ignore_columns = coalesce(track.ignore_columns, t.ignore_columns), mask_columns = coalesce(track.mask_columns, t.mask_columns);
+    -- The masked columns by number too (kept when the rules are kept: they may be renamed since).
+    UPDATE bemi.tracking t SET mask_attnums = ARRAY(SELECT a.attnum FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = member AND NOT a.attisdropped
+        AND (a.attname::text = ANY (t.mask_columns) OR (track.mask_columns IS NULL AND a.attnum = ANY (t.mask_attnums)))
+      ORDER BY a.attnum)
+    WHERE t.relation = member;
+    DELETE FROM bemi.untracked u WHERE u.relation = member;
     PERFORM bemi.remember_key(member);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
@@ -257,6 +300,13 @@ BEGIN
                WHERE p.pubname = 'bemi' AND r.prrelid = member) THEN
       EXECUTE pg_catalog.format('ALTER PUBLICATION bemi DROP TABLE ONLY %s', member);
     END IF;
+    -- Changes made before may still wait in the slot: they are stored with the rules of now.
+    INSERT INTO bemi.untracked AS u (relation, ignore_columns, mask_columns, mask_attnums, untracked_at)
+    SELECT t.relation, r.ignore_columns, r.mask_columns, t.mask_attnums, pg_catalog.pg_current_wal_insert_lsn()
+    FROM bemi.tracking t, bemi.column_rules(t.relation) r
+    WHERE t.relation = member AND (r.ignore_columns <> '{}' OR r.mask_columns <> '{}')
+    ON CONFLICT ON CONSTRAINT untracked_pkey DO UPDATE SET ignore_columns = excluded.ignore_columns, mask_columns = excluded.mask_columns,
+      mask_attnums = excluded.mask_attnums, untracked_at = excluded.untracked_at;
     DELETE FROM bemi.tracking t WHERE t.relation = member RETURNING t.replica_identity INTO identity;
     IF identity IS NOT NULL AND identity <> bemi.replica_identity(member) THEN
       BEGIN
@@ -272,7 +322,7 @@ $$;
 COMMENT ON FUNCTION bemi.untrack(regclass) IS
   'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
 
-REVOKE ALL ON bemi.tracking, bemi.keys FROM PUBLIC;
+REVOKE ALL ON bemi.tracking, bemi.untracked, bemi.keys FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys() FROM PUBLIC;
 COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';

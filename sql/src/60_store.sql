@@ -276,9 +276,8 @@ BEGIN ATOMIC
   SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
                FROM ROWS FROM (pg_catalog.unnest(types), pg_catalog.unnest(typmods)) WITH ORDINALITY AS x(type, typmod, n)
                ORDER BY x.n),
-    bemi.key_columns_at(relid, at),
-    coalesce((SELECT t.ignore_columns FROM bemi.tracking t WHERE t.relation = relid), '{}'),
-    coalesce((SELECT t.mask_columns FROM bemi.tracking t WHERE t.relation = relid), '{}');
+    bemi.key_columns_at(relid, at), r.ignore_columns, r.mask_columns
+  FROM bemi.column_rules(relid) AS r;
 END;
 
 -- The SQL expression of one row image as jsonb, from a text[] expression holding its values:
@@ -370,21 +369,34 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  rules bemi.tracking := CASE WHEN r.mask_columns IS NULL THEN (SELECT t FROM bemi.tracking t WHERE t.relation = r.relid)
-    ELSE ROW(r.relid, r.relid, r.schema, r."table", pg_catalog.now(), '', r.ignore_columns, r.mask_columns)::bemi.tracking END;
+  -- The rules of this database's table, or those its source sent (a trail database).
+  ignore_columns text[] := CASE WHEN r.mask_columns IS NULL
+    THEN (SELECT x.ignore_columns FROM bemi.column_rules(r.relid) AS x) ELSE r.ignore_columns END;
+  masked text[] := ARRAY(SELECT c FROM pg_catalog.unnest(CASE WHEN r.mask_columns IS NULL
+    THEN (SELECT x.mask_columns FROM bemi.column_rules(r.relid) AS x) ELSE r.mask_columns END) AS c WHERE c = ANY (r.columns));
   -- The key as of the relation's first staged change: a new key comes with a new Relation message.
   keys text[] := CASE WHEN r.mask_columns IS NULL
     THEN bemi.key_columns_at(r.relid, (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation))
     ELSE r.key_columns END;
-  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', coalesce(rules.mask_columns, '{}'),
-    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(coalesce(rules.mask_columns, '{}'))]));
+  masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', masked,
+    pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(masked)]));
   old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', rules.mask_columns) END;
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', masked) END;
   new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
-    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', rules.mask_columns) END;
-  -- An UPDATE that changed only ignored columns is not stored.
-  ignored text := CASE WHEN rules.ignore_columns <> '{}' THEN pg_catalog.format(
-    'NOT (s.operation = ''U'' AND i.before - %1$L::text[] = i.after - %1$L::text[])', rules.ignore_columns) ELSE 'true' END;
+    ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.new_values', masked) END;
+  -- An UPDATE that changed only ignored columns is not stored. Compared as the values were
+  -- written, before masking: a change of a masked column alone is a change.
+  ignored text := CASE WHEN ignore_columns <> '{}' THEN pg_catalog.format(
+    'NOT (s.operation = ''U'' AND NOT s.old_key_only AND s.new_missing IS NULL '
+    'AND pg_catalog.jsonb_object(r.columns, s.old_values) - %1$L::text[] = pg_catalog.jsonb_object(r.columns, s.new_values) - %1$L::text[])',
+    ignore_columns) ELSE 'true' END;
+  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
+  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
+    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
+      ELSE pg_catalog.to_regtype(r.type_names[i]) IS NULL END);
+  problem text := CASE WHEN as_text THEN ''
+    WHEN gone IS NOT NULL THEN 'bemi: the type of ' || gone || ' no longer exists: stored as text' END;
 BEGIN
   RETURN pg_catalog.format($q$
     SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
@@ -404,7 +416,7 @@ BEGIN
       OFFSET 0 -- kept a subquery: each image is built once, not at every use
     ) AS i
     WHERE s.relation = %4$s AND %7$s AND %8$s
-    $q$, old_image, new_image, CASE WHEN as_text THEN '' END, r.relation,
+    $q$, old_image, new_image, problem, r.relation,
     bemi.primary_key_sql(keys, 'i.before'), bemi.primary_key_sql(keys, 'i.after'),
     row_filter, ignored);
 END
@@ -472,6 +484,7 @@ BEGIN
   END IF;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
+  DELETE FROM bemi.untracked u WHERE u.untracked_at <= through;
   -- (A trail database gets its source's progress row with the first batch it stores.)
   INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
   VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)

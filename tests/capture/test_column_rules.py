@@ -3,12 +3,14 @@ in the trail), on partitions and after ALTER TABLE; and bemi.erase for erasure r
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
-from tests.helpers.trail import changes, ingest
+from tests.helpers.trail import changes, drain, ingest
 
 
 def images(admin: psycopg.Connection[Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -55,6 +57,74 @@ def test_masked_columns_stay_masked_in_changes_that_cannot_be_converted(admin: p
     ingest(admin)
     row = changes(admin, "after", "problem")[0]
     assert row["problem"] is not None and row["after"]["secret"] == "[masked]"
+
+
+# Masking holds whoever stores: bemi.ingest(), the streaming worker, and the worker storing into
+# a trail database (which gets the rules from the source, bemi.describe_relation).
+PATHS = ["sql", "worker", "trail database"]
+
+
+def store(path: str, dsn: str, admin: psycopg.Connection[Any], trail: str) -> AbstractContextManager[Any]:
+    """Stores what is pending by path; gives a connection to where the trail is."""
+    if path == "sql":
+        ingest(admin)
+    else:
+        drain(dsn, trail if path == "trail database" else dsn)
+    if path == "trail database":
+        return psycopg.connect(trail, autocommit=True, row_factory=dict_row)
+    return nullcontext(admin)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_masking_holds_across_untrack_and_renames_with_changes_pending(
+        path: str, dsn: str, admin: psycopg.Connection[Any], trail: str) -> None:
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, ssn text, pin text)")
+    admin.execute("SELECT bemi.track('t', mask_columns => ARRAY['ssn', 'pin'])")
+    admin.execute("INSERT INTO t VALUES (1, 'ssn-before-rename', 'pin-1')")
+    admin.execute("ALTER TABLE t RENAME COLUMN ssn TO social")
+    admin.execute("INSERT INTO t VALUES (2, 'ssn-after-rename', 'pin-2')")
+    admin.execute("SELECT bemi.track('t')")  # tracking again keeps the rules, renamed columns too
+    admin.execute("INSERT INTO t VALUES (3, 'ssn-tracked-again', 'pin-3')")
+    admin.execute("SELECT bemi.untrack('t')")  # with all three changes still in the slot
+    with store(path, dsn, admin, trail) as where:
+        rows = [r["after"] for r in changes(where, "after")]
+        assert rows == [{"id": 1, "ssn": "[masked]", "pin": "[masked]"},
+                        {"id": 2, "social": "[masked]", "pin": "[masked]"},
+                        {"id": 3, "social": "[masked]", "pin": "[masked]"}]
+        leaked = where.execute("SELECT count(*) AS n FROM bemi.changes WHERE after::text ~ 'ssn-|pin-'").fetchone()
+        assert leaked == {"n": 0}
+    # Once ingest has gone past the untrack, its rules are no longer needed.
+    if path != "trail database":
+        assert admin.execute("SELECT count(*) AS n FROM bemi.untracked").fetchone() == {"n": 0}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_update_of_only_a_masked_column_is_stored_when_other_columns_are_ignored(
+        path: str, dsn: str, admin: psycopg.Connection[Any], trail: str) -> None:
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, secret text, seen int)")
+    admin.execute("SELECT bemi.track('t', ignore_columns => ARRAY['seen'], mask_columns => ARRAY['secret'])")
+    admin.execute("INSERT INTO t VALUES (1, 'a', 0)")
+    admin.execute("UPDATE t SET secret = 'b'")  # stored: a change, though both images read [masked]
+    admin.execute("UPDATE t SET seen = 1")  # not stored: ignored
+    with store(path, dsn, admin, trail) as where:
+        assert [(r["operation"], r["after"]) for r in changes(where, "operation", "after")] == [
+            ("CREATE", {"id": 1, "secret": "[masked]", "seen": 0}),
+            ("UPDATE", {"id": 1, "secret": "[masked]", "seen": 0})]
+
+
+def test_values_of_a_type_dropped_with_changes_pending_are_stored_as_text_and_marked(
+        admin: psycopg.Connection[Any]) -> None:
+    admin.execute("CREATE DOMAIN small AS int CHECK (VALUE < 100)")
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, n small, keep int)")
+    admin.execute("SELECT bemi.track('t')")
+    admin.execute("INSERT INTO t VALUES (1, 5, 6)")
+    admin.execute("DROP DOMAIN small CASCADE")  # drops the column n, with the INSERT pending
+    admin.execute("INSERT INTO t VALUES (2, 7)")
+    ingest(admin)
+    first, second = changes(admin, "after", "problem")
+    assert first["after"] == {"id": 1, "n": "5", "keep": 6}
+    assert first["problem"] == "bemi: the type of n no longer exists: stored as text"
+    assert second == {"after": {"id": 2, "keep": 7}, "problem": None}
 
 
 def test_rules_are_checked(admin: psycopg.Connection[Any]) -> None:
