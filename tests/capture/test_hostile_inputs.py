@@ -223,3 +223,24 @@ def test_primary_key_is_the_key_the_table_had_at_the_change(admin: psycopg.Conne
     admin.execute("ALTER TABLE t ADD PRIMARY KEY (b)")  # before any of it is ingested
     ingest(admin)
     assert [r["primary_key"] for r in changes(admin, "primary_key")] == ["1", "[2, 2]", None]
+
+
+def test_the_values_contract_holds_at_its_edges(admin: psycopg.Connection[Any]) -> None:
+    """README's values contract, exactly: each stored image reads back into the table's row type
+    equal to the row, for the edges where JSON cannot say everything (array bounds, -0, json
+    text, hstore, a role's range, a composite holding a domain)."""
+    admin.execute("CREATE EXTENSION hstore")
+    admin.execute("CREATE DOMAIN positive AS int CHECK (VALUE > 0)")
+    admin.execute("CREATE TYPE pair AS (a positive, b text)")
+    admin.execute("CREATE TYPE floatrange AS RANGE (subtype = float8)")
+    track(admin, "id int PRIMARY KEY, zero_based int[], f float8, j json, h hstore, r floatrange, p pair, ps pair[]")
+    admin.execute("""INSERT INTO t VALUES (1, '[0:1]={1,2}', '-0', '{"b": 1,  "a": [1, 2]}', 'x=>1, y=>NULL',
+                     '[1.5,2)', '(3,z)', ARRAY['(4,w)']::pair[])""")
+    ingest(admin)
+    assert [r["after"] for r in changes(admin, "after")] == [
+        {"id": 1, "zero_based": "[0:1]={1,2}", "f": 0, "j": {"a": [1, 2], "b": 1}, "h": '"x"=>"1", "y"=>NULL',
+         "r": "[1.5,2)", "p": "(3,z)", "ps": ["(4,w)"]}]
+    same = admin.execute("""SELECT (x.zero_based, x.f, x.h, x.r, x.p, x.ps) = (t.zero_based, t.f, t.h, t.r, t.p, t.ps)
+                              AND array_lower(x.zero_based, 1) = 0 AND x.j::jsonb = t.j::jsonb AS same
+                            FROM bemi.changes c, jsonb_populate_record(NULL::t, c.after) x, t""").fetchone()
+    assert same == {"same": True}
