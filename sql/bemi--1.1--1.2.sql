@@ -871,9 +871,13 @@ $$;
 ------------------------------------------------------------------------------------------
 
 -- Contexts: marked with their transaction, one statement's comment for that statement.
-CREATE OR REPLACE FUNCTION bemi.transaction_mark() RETURNS text
+CREATE FUNCTION bemi.transaction_mark() RETURNS text
 LANGUAGE sql STABLE
-RETURN pg_catalog.extract('epoch', pg_catalog.now())::pg_catalog.text;
+RETURN pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.now()), 'hex');
+
+CREATE FUNCTION bemi.marked(setting text) RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE WHEN pg_catalog.starts_with(setting, bemi.transaction_mark()) THEN pg_catalog.substr(setting, 17) ELSE '' END;
 
 CREATE OR REPLACE FUNCTION bemi.set_context(context jsonb) RETURNS void
 LANGUAGE plpgsql
@@ -882,9 +886,6 @@ DECLARE
   body pg_catalog.text := context::pg_catalog.text;
   setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
   limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
-  mark pg_catalog.text := bemi.transaction_mark();
-  emitted pg_catalog.text := CASE WHEN pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark
-    THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
   written pg_catalog.pg_lsn;
 BEGIN
   IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
@@ -895,25 +896,21 @@ BEGIN
     RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
   END IF;
-  -- NULL and an empty object are no context at all. Assignments, not PERFORM: PL/pgSQL
-  -- evaluates them as simple expressions, without running a query.
-  body := CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END;
-  setting := pg_catalog.set_config('bemi.context', body, true);
-  setting := pg_catalog.set_config('bemi.emitted', emitted, true);
-  setting := pg_catalog.set_config('bemi.mark', mark, true);
-  -- After a write with another context, the new one goes into the WAL now: a later statement
-  -- whose trigger does not fire (disabled by the table's owner) must not carry the old one.
-  IF emitted OPERATOR(pg_catalog.<>) '' AND emitted OPERATOR(pg_catalog.<>) body THEN
+  -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
+  -- evaluates it as a simple expression, without running a query.
+  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||)
+    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true), 17);
+  setting := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
+  IF setting OPERATOR(pg_catalog.<>) '' AND setting OPERATOR(pg_catalog.<>) body THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi', CASE WHEN body OPERATOR(pg_catalog.=) '' THEN '{}' ELSE body END);
-    setting := pg_catalog.set_config('bemi.emitted', body, true);
+    setting := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) body, true);
   END IF;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION bemi.context() RETURNS jsonb
 LANGUAGE sql STABLE
-RETURN CASE WHEN pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) bemi.transaction_mark()
-  THEN NULLIF(pg_catalog.current_setting('bemi.context', true), '')::pg_catalog.jsonb END;
+RETURN NULLIF(bemi.marked(pg_catalog.current_setting('bemi.context', true)), '')::pg_catalog.jsonb;
 
 CREATE OR REPLACE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
 LANGUAGE plpgsql STABLE
@@ -921,12 +918,16 @@ AS $$
 DECLARE
   setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
   limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
-  tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
+  tail pg_catalog.text;
   opening pg_catalog.int4;
   head pg_catalog.text;
   body pg_catalog.text;
   parsed pg_catalog.jsonb;
 BEGIN
+  IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0 THEN
+    query := bemi.statement_text(query);
+  END IF;
+  tail := pg_catalog.rtrim(query, E' \t\r\n;');
   IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
     RETURN '';
   END IF;
@@ -996,20 +997,16 @@ CREATE OR REPLACE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  mark pg_catalog.text := bemi.transaction_mark();
-  marked pg_catalog.bool := pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark;
-  pending pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.context', true) ELSE '' END;
-  emitted pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
+  pending pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.context', true));
+  emitted pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
   IF pending OPERATOR(pg_catalog.=) '' THEN
     query := pg_catalog.current_query();
-    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0
-       AND pg_catalog.upper(pg_catalog.left(pg_catalog.ltrim(query), 7)) OPERATOR(pg_catalog.=) 'EXECUTE' THEN
-      query := bemi.statement_text(query);
-    END IF;
-    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
+    -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 OR (CASE pg_catalog.ascii(query)
+         WHEN 69 THEN true WHEN 101 THEN true WHEN 32 THEN true WHEN 10 THEN true WHEN 9 THEN true ELSE false END) THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
   END IF;
@@ -1017,11 +1014,7 @@ BEGIN
   IF pending OPERATOR(pg_catalog.<>) emitted THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi',
       CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    query := pg_catalog.set_config('bemi.emitted', pending, true);
-    IF marked IS NOT TRUE THEN
-      query := pg_catalog.set_config('bemi.context', '', true);
-      query := pg_catalog.set_config('bemi.mark', mark, true);
-    END IF;
+    query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
   END IF;
   RETURN NULL;
 END

@@ -5,7 +5,7 @@
 ------------------------------------------------------------------------------------------
 
 -- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, as written; '' when there
--- is none that counts. The rules (docs/frameworks.md): the comment must end the query string
+-- is none that counts. For EXECUTE of a statement prepared with PREPARE, the PREPARE's comment. The rules (docs/frameworks.md): the comment must end the query string
 -- (a string literal cannot end with */, so data cannot pose as context); it counts only when
 -- the query string holds one statement (no ; before it: current_query() is the whole string,
 -- so in "INSERT ...; INSERT ... /*Bemi ... Bemi*/" no statement could be told its own), and
@@ -18,12 +18,16 @@ AS $$
 DECLARE
   setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
   limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
-  tail pg_catalog.text := pg_catalog.rtrim(query, E' \t\r\n;');
+  tail pg_catalog.text;
   opening pg_catalog.int4;
   head pg_catalog.text;
   body pg_catalog.text;
   parsed pg_catalog.jsonb;
 BEGIN
+  IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0 THEN
+    query := bemi.statement_text(query);
+  END IF;
+  tail := pg_catalog.rtrim(query, E' \t\r\n;');
   IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
     RETURN '';
   END IF;
@@ -96,28 +100,25 @@ $$;
 
 -- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
 -- the context: one current_query() read and one strpos per statement, never per row.
--- The settings count only when this transaction set them (bemi.mark). Assignments, not
--- PERFORM: PL/pgSQL evaluates them as simple expressions instead of running a query for each.
--- Remembering what was emitted (a transaction-local set_config, only when emitting) is what
--- keeps emissions to the changes of context.
+-- bemi.context and bemi.emitted count only when they hold this transaction's mark
+-- (bemi.marked). Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions
+-- instead of running a query for each, and each is set up once per transaction, so there are
+-- few. Remembering what was emitted (a transaction-local set_config, only when emitting) is
+-- what keeps emissions to the changes of context.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  mark pg_catalog.text := bemi.transaction_mark();
-  marked pg_catalog.bool := pg_catalog.current_setting('bemi.mark', true) OPERATOR(pg_catalog.=) mark;
-  pending pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.context', true) ELSE '' END;
-  emitted pg_catalog.text := CASE WHEN marked THEN pg_catalog.current_setting('bemi.emitted', true) ELSE '' END;
+  pending pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.context', true));
+  emitted pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
   IF pending OPERATOR(pg_catalog.=) '' THEN
     query := pg_catalog.current_query();
-    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0
-       AND pg_catalog.upper(pg_catalog.left(pg_catalog.ltrim(query), 7)) OPERATOR(pg_catalog.=) 'EXECUTE' THEN
-      query := bemi.statement_text(query);
-    END IF;
-    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 THEN
+    -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 OR (CASE pg_catalog.ascii(query)
+         WHEN 69 THEN true WHEN 101 THEN true WHEN 32 THEN true WHEN 10 THEN true WHEN 9 THEN true ELSE false END) THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
   END IF;
@@ -125,11 +126,7 @@ BEGIN
   IF pending OPERATOR(pg_catalog.<>) emitted THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi',
       CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    query := pg_catalog.set_config('bemi.emitted', pending, true);
-    IF marked IS NOT TRUE THEN
-      query := pg_catalog.set_config('bemi.context', '', true);
-      query := pg_catalog.set_config('bemi.mark', mark, true);
-    END IF;
+    query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
   END IF;
   RETURN NULL;
 END

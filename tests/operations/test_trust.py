@@ -156,8 +156,12 @@ def test_a_context_set_at_session_level_is_never_taken(dsn: str, admin: psycopg.
     with psycopg.connect(dsn, autocommit=True) as session:
         # What a pooled server connection may carry from another client's session.
         session.execute("SET bemi.context = '{\"user\": \"previous client\"}'")
-        session.execute("SET bemi.emitted = '{\"user\": \"mine\"}'")
-        session.execute("SET bemi.mark = '1'")
+        # Even with the mark of an earlier transaction of this session.
+        with session.transaction():
+            mark = session.execute("SELECT bemi.transaction_mark()").fetchone()
+        assert mark is not None
+        session.execute("SELECT set_config('bemi.context', %s, false)", [mark[0] + '{"user": "previous client"}'])
+        session.execute("SELECT set_config('bemi.emitted', %s, false)", [mark[0] + '{"user": "mine"}'])
         session.execute("INSERT INTO t VALUES (1)")
         assert session.execute("SELECT bemi.context()").fetchone() == (None,)
         with session.transaction():
