@@ -176,6 +176,7 @@ COMMENT ON FUNCTION bemi.comment_context(text, text) IS
 -- the PREPARE (its /*Bemi ... Bemi*/ comment is the statement's).
 CREATE FUNCTION bemi.statement_text(query_string text) RETURNS text
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   prepared pg_catalog.text := pg_catalog.substring(query_string, '^\s*(?:[eE][xX][eE][cC][uU][tT][eE])\s+("(?:[^"]|"")+"|[^\s(;"]+)\s*(?:\([^;]*\))?\s*;?\s*$');
@@ -207,8 +208,8 @@ BEGIN
   IF pending OPERATOR(pg_catalog.=) '' THEN
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
-    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0 OR (CASE pg_catalog.ascii(query)
-         WHEN 69 THEN true WHEN 101 THEN true WHEN 32 THEN true WHEN 10 THEN true WHEN 9 THEN true ELSE false END) THEN
+    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0
+       OR pg_catalog.strpos(E'Ee \t\n', pg_catalog.left(query, 1)) OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
   END IF;

@@ -33,7 +33,7 @@ CREATE_EXTENSION_PATH = f"pg_catalog, {EXTENSION_SCHEMA}, pg_temp"
 
 
 def plain_body(statement: str, search_path: str | None) -> str:
-    if not re.search(r"^CREATE (FUNCTION|PROCEDURE) ", statement, re.MULTILINE):
+    if not re.search(r"^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE) ", statement, re.MULTILINE):
         return statement
     pinned = SEARCH_PATH.search(statement)  # a SET clause of its own already binds the body
     bound = f"SET search_path = {search_path}\n" if search_path and not pinned else ""
