@@ -62,6 +62,9 @@ def test_check_reports_what_the_role_may_do_and_changes_nothing(new_database: Ne
     result = cli(dsn, "install", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
     found = check_lines(result.stdout)
+    with psycopg.connect(dsn) as conn:
+        server = conn.execute("SHOW server_version").fetchone()
+    assert server and found["server"] == ("ok", f"PostgreSQL {server[0]}")
     assert found["wal_level"] == ("ok", "logical")
     assert found["replication"][0] == "ok" and "may create and read replication slots" in found["replication"][1]
     assert found["free slots"][0] == "ok" and "of max_replication_slots 20" in found["free slots"][1]
