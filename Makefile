@@ -52,7 +52,9 @@ $(GATE_STEP): $(SQL_BUILT)
 	@mkdir -p $(@D)
 	cp $< $@
 
-# What make install puts in the extension directory, one file a line (tools/pg-versions reads it).
+# What make install puts in the extension directory, one file a line (tools/pg-versions reads it);
+# written each time, so that a script gone from sql/ leaves the list.
+.PHONY: build/extension.files
 build/extension.files: $(EXTENSION).control $(DATA) $(DATA_built)
 	@mkdir -p $(@D)
 	printf '%s\n' $^ > $@

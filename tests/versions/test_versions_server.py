@@ -145,3 +145,21 @@ def test_without_the_event_trigger_track_restores_the_replica_identity(new_datab
         ingest(admin)
         assert admin.execute("SELECT operation, before FROM bemi.changes ORDER BY id").fetchall() == [
             {"operation": "CREATE", "before": {}}, {"operation": "UPDATE", "before": {"k": 1, "a": 1}}]
+
+
+def test_a_tracked_table_keeps_replica_identity_full(admin: psycopg.Connection[Any]) -> None:
+    """The ALTER TABLE event trigger refuses another replica identity on a tracked table (NOTHING
+    would make its UPDATE and DELETE fail, DEFAULT would cut "before" to the key); once
+    untracked, the table's identity is the user's again."""
+    admin.execute("CREATE TABLE t (k int PRIMARY KEY, a int)")
+    admin.execute("SELECT bemi.track('t')")
+    for identity in ("NOTHING", "DEFAULT", "USING INDEX t_pkey"):
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as refused:
+            admin.execute(f"ALTER TABLE t REPLICA IDENTITY {identity}")
+        assert refused.value.diag.message_primary == "bemi: public.t is tracked, which needs REPLICA IDENTITY FULL"
+        assert "SELECT bemi.untrack('public.t');" in (refused.value.diag.message_hint or "")
+    admin.execute("INSERT INTO t VALUES (1, 1)")
+    admin.execute("UPDATE t SET a = 2")
+    admin.execute("SELECT bemi.untrack('t')")
+    admin.execute("ALTER TABLE t REPLICA IDENTITY NOTHING")
+    assert admin.execute("SELECT relreplident AS r FROM pg_class WHERE oid = 't'::regclass").fetchone() == {"r": "n"}
