@@ -170,14 +170,23 @@ $$;
 -- Publications never belong to an extension: pg_dump keeps it, with its tables, like any
 -- publication. So the install makes it (below) except in a restore, where the dump brings its
 -- own (docs/backup.md), and bemi.track and bemi.create_slot make it when it is missing. One
--- left by an earlier install is used as it is.
+-- left by an earlier install is used as it is, but from PostgreSQL 18 on it publishes stored
+-- generated columns (see the end: PostgreSQL versions).
 CREATE FUNCTION bemi.create_publication() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  generated "char";
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
     CREATE PUBLICATION bemi WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);
+  END IF;
+  IF pg_catalog.current_setting('server_version_num')::integer >= 180000 THEN
+    EXECUTE 'SELECT p.pubgencols FROM pg_catalog.pg_publication p WHERE p.pubname = ''bemi''' INTO generated;
+    IF generated <> 's' THEN
+      EXECUTE 'ALTER PUBLICATION bemi SET (publish_generated_columns = stored)';
+    END IF;
   END IF;
 END
 $$;
@@ -227,6 +236,11 @@ BEGIN
     ELSIF persistence = 'u' THEN
       RAISE EXCEPTION 'bemi: % is unlogged, so its changes never reach the WAL', member
         USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
+    ELSIF bemi.virtual_columns(member) IS NOT NULL THEN
+      RAISE EXCEPTION 'bemi: % has virtual generated columns (%), which PostgreSQL cannot publish: tracked, its UPDATE and DELETE would fail',
+        member, bemi.virtual_columns(member)
+        USING ERRCODE = 'feature_not_supported',
+          HINT = 'Make them STORED (drop each and add it again as GENERATED ALWAYS AS (...) STORED), or leave the table untracked.';
     END IF;
     -- The replica identity it had before bemi, recorded once, for untrack.
     INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, ignore_columns, mask_columns)
@@ -1324,7 +1338,13 @@ BEGIN
   END LOOP;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
-  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
+  -- PostgreSQL 14's pgoutput sends the begin and commit of every transaction, of those that
+  -- changed no published table too (15 and later skip them): such a pair is nothing pending.
+  RETURN QUERY SELECT e.lsn, e.xid, e.data
+  FROM ROWS FROM (pg_catalog.jsonb_to_recordset(result) AS (lsn pg_lsn, xid xid, data jsonb)) WITH ORDINALITY AS e(lsn, xid, data, n)
+  WHERE e.data ->> 'action' NOT IN ('B', 'C') OR e.xid IN (
+    SELECT o.xid FROM pg_catalog.jsonb_to_recordset(result) AS o(xid xid, data jsonb) WHERE o.data ->> 'action' NOT IN ('B', 'C'))
+  ORDER BY e.n;
 END
 $$;
 
@@ -1377,3 +1397,122 @@ $$;
 
 REVOKE ALL ON FUNCTION bemi.ingested_until(name), bemi.retained_from() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+
+------------------------------------------------------------------------------------------
+-- PostgreSQL versions (issue 18): on 18, stored generated columns are published (in the trail,
+-- and tracked tables with them can be updated again); tables with virtual generated columns
+-- (18) are refused by bemi.track, skipped by bemi.track_new_tables and refused by the ALTER
+-- TABLE event trigger; so is a replica identity other than FULL on a tracked table.
+------------------------------------------------------------------------------------------
+
+-- A table's virtual generated columns (PostgreSQL 18), which bemi cannot track.
+CREATE FUNCTION bemi.virtual_columns(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+  FROM pg_catalog.pg_attribute a
+  WHERE a.attrelid = relation AND a.attgenerated = 'v' AND a.attnum > 0 AND NOT a.attisdropped;
+END;
+
+-- The ALTER TABLE event trigger refuses a replica identity other than FULL and virtual generated
+-- columns on a tracked table.
+CREATE OR REPLACE FUNCTION bemi.remember_keys() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  altered regclass;
+BEGIN
+  FOR altered IN SELECT DISTINCT c.objid::pg_catalog.regclass FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+    JOIN bemi.tracking t ON t.relation = c.objid
+  WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  LOOP
+    IF (SELECT r.relreplident FROM pg_catalog.pg_class r WHERE r.oid = altered) <> 'f' THEN
+      RAISE EXCEPTION 'bemi: % is tracked, which needs REPLICA IDENTITY FULL', altered
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+          HINT = pg_catalog.format('Untrack it first: SELECT bemi.untrack(%L); restores the replica identity it had before bemi.', altered::text);
+    END IF;
+    IF bemi.virtual_columns(altered) IS NOT NULL THEN
+      RAISE EXCEPTION 'bemi: % is tracked, and its virtual generated columns (%) would make its UPDATE and DELETE fail',
+        altered, bemi.virtual_columns(altered)
+        USING ERRCODE = 'feature_not_supported',
+          HINT = 'Add the column as GENERATED ALWAYS AS (...) STORED, or untrack the table first.';
+    END IF;
+    PERFORM bemi.remember_key(altered);
+  END LOOP;
+END
+$$;
+
+-- New tables with virtual generated columns are skipped, with a warning.
+CREATE OR REPLACE FUNCTION bemi.track_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  created record;
+  top regclass;
+BEGIN
+  -- The ALTER TABLE commands bemi.track runs itself.
+  IF pg_catalog.current_setting('bemi.tracking_new', true) = 'on' THEN
+    RETURN;
+  END IF;
+  FOR created IN
+    SELECT DISTINCT d.objid, d.command_tag, c.relpersistence, n.nspname
+    FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    JOIN pg_catalog.pg_class c ON c.oid = d.objid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE d.object_type = 'table' AND NOT d.in_extension AND c.relkind IN ('r', 'p')
+      AND c.relpersistence <> 't' AND n.nspname NOT IN ('bemi', 'bemi_trail')
+  LOOP
+    -- The table it is a partition or child of, at the top.
+    WITH RECURSIVE up(relation, depth) AS (
+      SELECT created.objid, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up u JOIN pg_catalog.pg_inherits i ON i.inhrelid = u.relation
+    )
+    SELECT u.relation::pg_catalog.regclass INTO top FROM up u ORDER BY u.depth DESC LIMIT 1;
+    IF EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      IF NOT EXISTS (SELECT FROM bemi.members(top) AS m(member)
+                     WHERE NOT EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = m.member)) THEN
+        CONTINUE; -- every member is tracked already
+      END IF;
+    ELSIF top <> created.objid::pg_catalog.regclass
+       OR created.command_tag NOT IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+       OR NOT EXISTS (SELECT FROM bemi.auto_tracked a WHERE a.schema = created.nspname) THEN
+      CONTINUE;
+    ELSIF created.relpersistence = 'u' THEN
+      RAISE WARNING 'bemi: not tracking %, which is unlogged: its changes never reach the WAL', top;
+      CONTINUE;
+    END IF;
+    -- bemi.track would refuse it (bemi.virtual_columns): the user's DDL goes ahead untracked.
+    IF EXISTS (SELECT FROM bemi.members(top) AS m(member) WHERE bemi.virtual_columns(m.member) IS NOT NULL) THEN
+      RAISE WARNING 'bemi: not tracking the new tables of %: virtual generated columns cannot be published', top
+        USING HINT = 'Make them STORED (GENERATED ALWAYS AS (...) STORED) to track the table.';
+      CONTINUE;
+    END IF;
+    PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
+    PERFORM bemi.track(top);
+    PERFORM pg_catalog.set_config('bemi.tracking_new', '', true);
+  END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION bemi.virtual_columns(regclass) FROM PUBLIC;
+
+-- On 18: the publication gets publish_generated_columns = stored (bemi.create_publication), and
+-- tracked tables PostgreSQL will not let be updated while tracked are named.
+DO $$
+DECLARE
+  refused text;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    PERFORM bemi.create_publication();
+  END IF;
+  SELECT pg_catalog.string_agg(t.relation::text, ', ' ORDER BY t.relation::text) INTO refused
+  FROM bemi.tracking t WHERE bemi.virtual_columns(t.relation) IS NOT NULL;
+  IF refused IS NOT NULL THEN
+    RAISE WARNING 'bemi: tracked tables with virtual generated columns fail on UPDATE and DELETE: %', refused
+      USING HINT = 'Untrack them (SELECT bemi.untrack(...)), or make the columns STORED.';
+  END IF;
+END
+$$;

@@ -228,8 +228,8 @@ $$;
 --    IDENTITY FULL) and is a member of the publication the slot decodes.
 --    Holds: bemi.tracked, bemi.tracking, bemi.keys and the functions that keep them
 --    (primary_key, key_columns, remember_key, key_columns_at, the event trigger
---    bemi_remember_keys), bemi.members, bemi.replica_identity, bemi.create_publication,
---    bemi.track, bemi.untrack.
+--    bemi_remember_keys), bemi.members, bemi.virtual_columns, bemi.replica_identity,
+--    bemi.create_publication, bemi.track, bemi.untrack.
 ------------------------------------------------------------------------------------------
 
 CREATE VIEW bemi.tracked AS
@@ -362,15 +362,35 @@ BEGIN
 END
 $$;
 
--- After ALTER TABLE of a tracked table, its key as it is now (whoever altered it).
+-- After ALTER TABLE of a tracked table, its key as it is now (whoever altered it). It refuses
+-- what would break the table's writes or its trail: a replica identity other than FULL (with
+-- NOTHING, PostgreSQL refuses the UPDATE and DELETE of a published table; with DEFAULT or USING
+-- INDEX, "before" would hold only the key), and a virtual generated column (bemi.virtual_columns).
+-- bemi.track and bemi.untrack pass: a table is FULL while it is in bemi.tracking.
 CREATE FUNCTION bemi.remember_keys() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  altered regclass;
 BEGIN
-  PERFORM bemi.remember_key(c.objid) FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+  FOR altered IN SELECT DISTINCT c.objid::pg_catalog.regclass FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+    JOIN bemi.tracking t ON t.relation = c.objid
   WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-    AND c.objid IN (SELECT t.relation FROM bemi.tracking t);
+  LOOP
+    IF (SELECT r.relreplident FROM pg_catalog.pg_class r WHERE r.oid = altered) <> 'f' THEN
+      RAISE EXCEPTION 'bemi: % is tracked, which needs REPLICA IDENTITY FULL', altered
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+          HINT = pg_catalog.format('Untrack it first: SELECT bemi.untrack(%L); restores the replica identity it had before bemi.', altered::text);
+    END IF;
+    IF bemi.virtual_columns(altered) IS NOT NULL THEN
+      RAISE EXCEPTION 'bemi: % is tracked, and its virtual generated columns (%) would make its UPDATE and DELETE fail',
+        altered, bemi.virtual_columns(altered)
+        USING ERRCODE = 'feature_not_supported',
+          HINT = 'Add the column as GENERATED ALWAYS AS (...) STORED, or untrack the table first.';
+    END IF;
+    PERFORM bemi.remember_key(altered);
+  END LOOP;
 END
 $$;
 
@@ -396,6 +416,18 @@ BEGIN ATOMIC
   SELECT tree.member::pg_catalog.regclass FROM tree;
 END;
 
+-- A table's virtual generated columns (PostgreSQL 18), NULL when it has none. PostgreSQL
+-- cannot publish them, and refuses the UPDATE and DELETE of a published table whose replica
+-- identity (FULL) holds one: bemi cannot track such a table. Before 18 every generated column is
+-- stored.
+CREATE FUNCTION bemi.virtual_columns(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+  FROM pg_catalog.pg_attribute a
+  WHERE a.attrelid = relation AND a.attgenerated = 'v' AND a.attnum > 0 AND NOT a.attisdropped;
+END;
+
 -- A table's replica identity as the ALTER TABLE clause that sets it.
 CREATE FUNCTION bemi.replica_identity(relation regclass) RETURNS text
 LANGUAGE sql STABLE
@@ -414,13 +446,25 @@ END;
 -- publication. So the install makes it (below) except in a restore, where the dump brings its
 -- own (docs/backup.md); bemi.track and bemi.create_slot make it when it is missing (after a
 -- restore of schema bemi alone). One left by an earlier install is used as it is.
+-- From PostgreSQL 18 on it publishes stored generated columns, and sets one left by an earlier
+-- install or version so: their values are in the trail, and they must be published, as a
+-- replica identity (FULL) may not hold an unpublished one: the table's UPDATE and DELETE would
+-- fail. Before 18 pgoutput never sends generated columns, and nothing is checked.
 CREATE FUNCTION bemi.create_publication() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  generated "char";
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
     CREATE PUBLICATION bemi WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);
+  END IF;
+  IF pg_catalog.current_setting('server_version_num')::integer >= 180000 THEN
+    EXECUTE 'SELECT p.pubgencols FROM pg_catalog.pg_publication p WHERE p.pubname = ''bemi''' INTO generated;
+    IF generated <> 's' THEN
+      EXECUTE 'ALTER PUBLICATION bemi SET (publish_generated_columns = stored)';
+    END IF;
   END IF;
 END
 $$;
@@ -469,6 +513,11 @@ BEGIN
     ELSIF persistence = 'u' THEN
       RAISE EXCEPTION 'bemi: % is unlogged, so its changes never reach the WAL', member
         USING ERRCODE = 'wrong_object_type', HINT = pg_catalog.format('Make it logged first: ALTER TABLE %s SET LOGGED;', member);
+    ELSIF bemi.virtual_columns(member) IS NOT NULL THEN
+      RAISE EXCEPTION 'bemi: % has virtual generated columns (%), which PostgreSQL cannot publish: tracked, its UPDATE and DELETE would fail',
+        member, bemi.virtual_columns(member)
+        USING ERRCODE = 'feature_not_supported',
+          HINT = 'Make them STORED (drop each and add it again as GENERATED ALWAYS AS (...) STORED), or leave the table untracked.';
     END IF;
     -- The replica identity it had before bemi, recorded once, for untrack.
     INSERT INTO bemi.tracking AS t (relation, root, schema, "table", replica_identity, ignore_columns, mask_columns)
@@ -553,7 +602,7 @@ COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
 
 -- bemi.key_columns only reads the catalog: time travel and revert call it as their caller.
-REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.replica_identity(regclass),
+REVOKE ALL ON FUNCTION bemi.members(regclass), bemi.virtual_columns(regclass), bemi.replica_identity(regclass),
   bemi.track(regclass, text[], text[]), bemi.create_publication() FROM PUBLIC;
 
 -- What is tracked is the administrator's choice, not the application's (docs/security.md).
@@ -592,7 +641,8 @@ SELECT pg_catalog.pg_extension_config_dump('bemi.auto_tracked', '');
 -- At the end of CREATE TABLE (AS), SELECT INTO and ALTER TABLE: tracks a new table of an
 -- auto-tracked schema, and a tracked table again when it gained a partition or child (CREATE
 -- TABLE ... PARTITION OF, ATTACH PARTITION, INHERIT). SECURITY DEFINER: whoever runs the DDL
--- need not be allowed to track. Unlogged tables are skipped: their changes never reach the WAL.
+-- need not be allowed to track. Unlogged tables are skipped: their changes never reach the WAL;
+-- and tables with virtual generated columns, which bemi.track refuses.
 CREATE FUNCTION bemi.track_new_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -631,6 +681,12 @@ BEGIN
       CONTINUE;
     ELSIF created.relpersistence = 'u' THEN
       RAISE WARNING 'bemi: not tracking %, which is unlogged: its changes never reach the WAL', top;
+      CONTINUE;
+    END IF;
+    -- bemi.track would refuse it (bemi.virtual_columns): the user's DDL goes ahead untracked.
+    IF EXISTS (SELECT FROM bemi.members(top) AS m(member) WHERE bemi.virtual_columns(m.member) IS NOT NULL) THEN
+      RAISE WARNING 'bemi: not tracking the new tables of %: virtual generated columns cannot be published', top
+        USING HINT = 'Make them STORED (GENERATED ALWAYS AS (...) STORED) to track the table.';
       CONTINUE;
     END IF;
     PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
@@ -1608,7 +1664,13 @@ BEGIN
   END LOOP;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
-  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
+  -- PostgreSQL 14's pgoutput sends the begin and commit of every transaction, of those that
+  -- changed no published table too (15 and later skip them): such a pair is nothing pending.
+  RETURN QUERY SELECT e.lsn, e.xid, e.data
+  FROM ROWS FROM (pg_catalog.jsonb_to_recordset(result) AS (lsn pg_lsn, xid xid, data jsonb)) WITH ORDINALITY AS e(lsn, xid, data, n)
+  WHERE e.data ->> 'action' NOT IN ('B', 'C') OR e.xid IN (
+    SELECT o.xid FROM pg_catalog.jsonb_to_recordset(result) AS o(xid xid, data jsonb) WHERE o.data ->> 'action' NOT IN ('B', 'C'))
+  ORDER BY e.n;
 END
 $$;
 

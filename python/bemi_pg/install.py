@@ -22,6 +22,9 @@ from psycopg.rows import tuple_row
 from bemi_pg import scripts
 
 VERSION_TABLE = sql.SQL("bemi.plain_install")
+# The oldest server bemi runs on (server_version_num): pgoutput sends logical messages, which carry
+# each change's context, from 14 on. CREATE EXTENSION checks the same (sql/bemi--0.sql).
+MINIMUM_SERVER = 140000
 TRAIL_SCHEMA = "bemi_trail"
 
 
@@ -115,7 +118,12 @@ def checks(conn: psycopg.Connection[Any]) -> list[Check]:
     own_slots = _rows(conn, OWN_SLOTS)
     current = installed(conn)
     latest = scripts.latest_version()
+    server = conn.info.server_version
     found = [
+        Check("server", server >= MINIMUM_SERVER,
+              f"PostgreSQL {_value(conn, 'SHOW server_version')}" + ("" if server >= MINIMUM_SERVER else
+              ": bemi needs PostgreSQL 14 or newer (pgoutput sends the logical messages that carry each "
+              "change's context from 14 on; upgrade the server)")),
         Check("wal_level", wal_level == "logical",
               f"{wal_level}" + ("" if wal_level == "logical" else
                                 " (needs logical: ALTER SYSTEM SET wal_level = logical and a restart; "
@@ -167,7 +175,8 @@ def refusals(conn: psycopg.Connection[Any], current: Installed | None, trail_onl
     """Why install must not go ahead (empty: it may). A trail-only database has no slot: its
     installer needs no REPLICATION."""
     found = checks(conn)
-    needed = ("create schema", "leftover slot") if trail_only else ("replication", "create schema", "leftover slot")
+    needed = ("server", "create schema", "leftover slot") if trail_only else (
+        "server", "replication", "create schema", "leftover slot")
     reasons = [c.detail for c in found if not c.ok and c.name in needed]
     if current is not None and current.kind == "extension":
         reasons.append(f"bemi is installed as an extension (version {current.version}) in this database: "

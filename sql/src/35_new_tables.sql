@@ -19,7 +19,8 @@ SELECT pg_catalog.pg_extension_config_dump('bemi.auto_tracked', '');
 -- At the end of CREATE TABLE (AS), SELECT INTO and ALTER TABLE: tracks a new table of an
 -- auto-tracked schema, and a tracked table again when it gained a partition or child (CREATE
 -- TABLE ... PARTITION OF, ATTACH PARTITION, INHERIT). SECURITY DEFINER: whoever runs the DDL
--- need not be allowed to track. Unlogged tables are skipped: their changes never reach the WAL.
+-- need not be allowed to track. Unlogged tables are skipped: their changes never reach the WAL;
+-- and tables with virtual generated columns, which bemi.track refuses.
 CREATE FUNCTION bemi.track_new_tables() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -58,6 +59,12 @@ BEGIN
       CONTINUE;
     ELSIF created.relpersistence = 'u' THEN
       RAISE WARNING 'bemi: not tracking %, which is unlogged: its changes never reach the WAL', top;
+      CONTINUE;
+    END IF;
+    -- bemi.track would refuse it (bemi.virtual_columns): the user's DDL goes ahead untracked.
+    IF EXISTS (SELECT FROM bemi.members(top) AS m(member) WHERE bemi.virtual_columns(m.member) IS NOT NULL) THEN
+      RAISE WARNING 'bemi: not tracking the new tables of %: virtual generated columns cannot be published', top
+        USING HINT = 'Make them STORED (GENERATED ALWAYS AS (...) STORED) to track the table.';
       CONTINUE;
     END IF;
     PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);

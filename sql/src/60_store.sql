@@ -613,7 +613,13 @@ BEGIN
   END LOOP;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
-  RETURN QUERY SELECT e.lsn, e.xid, e.data FROM pg_catalog.jsonb_to_recordset(result) AS e(lsn pg_lsn, xid xid, data jsonb);
+  -- PostgreSQL 14's pgoutput sends the begin and commit of every transaction, of those that
+  -- changed no published table too (15 and later skip them): such a pair is nothing pending.
+  RETURN QUERY SELECT e.lsn, e.xid, e.data
+  FROM ROWS FROM (pg_catalog.jsonb_to_recordset(result) AS (lsn pg_lsn, xid xid, data jsonb)) WITH ORDINALITY AS e(lsn, xid, data, n)
+  WHERE e.data ->> 'action' NOT IN ('B', 'C') OR e.xid IN (
+    SELECT o.xid FROM pg_catalog.jsonb_to_recordset(result) AS o(xid xid, data jsonb) WHERE o.data ->> 'action' NOT IN ('B', 'C'))
+  ORDER BY e.n;
 END
 $$;
 

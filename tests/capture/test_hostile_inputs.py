@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import bemi_pg
-from tests.helpers.trail import changes, ingest
+from tests.helpers.trail import changes, ingest, set_replica_identity
 
 
 def track(admin: psycopg.Connection[Any], definition: str, table: str = "t") -> None:
@@ -70,7 +70,7 @@ def test_fixed_length_arrays_keep_their_length(admin: psycopg.Connection[Any]) -
 def test_old_image_with_only_the_key_is_partial_not_invented(admin: psycopg.Connection[Any]) -> None:
     track(admin, "id int PRIMARY KEY, v text, w int")
     admin.execute("INSERT INTO t VALUES (1, 'a', NULL), (2, 'b', 7)")
-    admin.execute("ALTER TABLE t REPLICA IDENTITY DEFAULT")  # a user changes it after track
+    set_replica_identity(admin, "t", "DEFAULT")  # a user changes it after track
     admin.execute("UPDATE t SET v = 'x' WHERE id = 1")
     admin.execute("DELETE FROM t WHERE id = 2")
     ingest(admin)
@@ -86,7 +86,7 @@ def test_a_table_without_replica_identity_refuses_deletes_instead_of_losing_them
     hold: nothing is lost silently, and the trail goes on."""
     track(admin, "id int, v text")
     admin.execute("INSERT INTO t VALUES (1, 'a')")
-    admin.execute("ALTER TABLE t REPLICA IDENTITY NOTHING")
+    set_replica_identity(admin, "t", "NOTHING")
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="replica identity"):
         admin.execute("DELETE FROM t")
     admin.execute("SELECT bemi.track('t')")  # tracking again restores FULL

@@ -64,9 +64,9 @@ SELECT line FROM (
                 e.evttags, e.evtowner::regrole)
   FROM pg_event_trigger e
   UNION ALL
-  SELECT format('publication %s %s %s %s %s %s %s', p.pubname, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete,
-                p.pubtruncate, p.pubviaroot)
-  FROM pg_publication p
+  SELECT format('publication %s %s %s %s %s %s %s generated columns %s', p.pubname, p.puballtables, p.pubinsert,
+                p.pubupdate, p.pubdelete, p.pubtruncate, p.pubviaroot, coalesce(to_jsonb(p) ->> 'pubgencols', '-'))
+  FROM pg_publication p  -- pubgencols: PostgreSQL 18 on
   UNION ALL
   SELECT format('publication %s table %s', p.pubname, r.prrelid::regclass)
   FROM pg_publication p JOIN pg_publication_rel r ON r.prpubid = p.oid

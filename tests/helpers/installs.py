@@ -17,13 +17,23 @@ from tests.helpers.trail import ingest
 STORED, PENDING = 5, 2
 
 
-def use(dsn: str) -> None:
-    """Tracks the example's table, stores its five changes and leaves two more pending."""
+def stores(dsn: str, version: str | None) -> bool:
+    """Whether bemi.ingest() of this version runs on the server. 1.1's fails on PostgreSQL 14
+    (its time_at reads an interval literal 14 cannot, fixed in 1.2): there a 1.1 install is
+    updated with all its changes still in the slot."""
+    with psycopg.connect(dsn) as conn:
+        return not (version == "1.1" and conn.info.server_version < 150000)
+
+
+def use(dsn: str, store: bool = True) -> None:
+    """Tracks the example's table, stores its five changes (unless store is false) and leaves
+    two more pending."""
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute("SELECT bemi.create_slot()")
         with psycopg.connect(dsn) as conn:
             bemi_pg.seed_example(conn)
-        assert ingest(admin) == STORED
+        if store:
+            assert ingest(admin) == STORED
         with psycopg.connect(dsn) as conn:
             with bemi_pg.with_context(conn, {"endpoint": "/pending"}):
                 conn.execute("UPDATE todo SET task = task || '!' WHERE id = 26")
@@ -46,7 +56,7 @@ def extension(dsn: str, version: str | None = None) -> None:
     """CREATE EXTENSION bemi (of version, then used and updated to the latest)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bemi" + (f" VERSION '{version}'" if version else ""))
-    use(dsn)
+    use(dsn, stores(dsn, version))
     if version:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ALTER EXTENSION bemi UPDATE")
@@ -60,7 +70,7 @@ def plain(dsn: str, version: str | None = None) -> None:
     """bemi-pg install (of version, then used and upgraded to the latest)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert install.install(conn, target=version) == (None, version or "1.2")
-    use(dsn)
+    use(dsn, stores(dsn, version))
     if version:
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert install.install(conn) == (version, "1.2")

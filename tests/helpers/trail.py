@@ -41,3 +41,14 @@ def drain(dsn: str, trail: str) -> None:
     """Stores everything written to dsn so far into the trail database (bemi-pg worker
     --drain --trail-dsn, in this process)."""
     run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event(), lambda _: None)
+
+
+def set_replica_identity(admin: psycopg.Connection[Any], table: str, identity: str) -> None:
+    """ALTER TABLE ... REPLICA IDENTITY on a tracked table, as where bemi was installed without a
+    superuser: there no event trigger refuses it (elsewhere bemi_remember_keys does). admin is
+    an autocommit superuser connection."""
+    admin.execute("ALTER EVENT TRIGGER bemi_remember_keys DISABLE")
+    try:
+        admin.execute(f"ALTER TABLE {table} REPLICA IDENTITY {identity}")
+    finally:
+        admin.execute("ALTER EVENT TRIGGER bemi_remember_keys ENABLE")

@@ -24,7 +24,7 @@ from bemi_pg.ingest.worker import Options
 from bemi_pg.ingest.worker import _connect as worker_connect
 from bemi_pg.ingest.worker import run as run_worker
 from tests.helpers.example import SEED
-from tests.helpers.trail import changes
+from tests.helpers.trail import changes, set_replica_identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "stress"))
 from scenarios import wait_for  # noqa: E402
@@ -127,7 +127,7 @@ def test_old_images_that_hold_only_the_key(dsn: str, admin: psycopg.Connection[A
     """Replica identity changed after track: an UPDATE sends no old tuple (the key stands as
     before, partial) and an unchanged TOASTed value it cannot fill is left out (partial)."""
     admin.execute("CREATE TABLE k (id int PRIMARY KEY, n int, big text); SELECT bemi.track('k')")
-    admin.execute("ALTER TABLE k REPLICA IDENTITY DEFAULT")
+    set_replica_identity(admin, "k", "DEFAULT")
     big = "".join(uuid.uuid4().hex for _ in range(400))
     admin.execute("INSERT INTO k VALUES (1, 1, %s)", [big])
     admin.execute("UPDATE k SET n = 2")

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 import bemi_pg
+from tests.helpers.trail import set_replica_identity
 
 BEMI_PG = [sys.executable, "-m", "bemi_pg.cli"]
 
@@ -111,7 +112,7 @@ def test_status_json_shows_the_worker_problems_and_identities(dsn: str, conn: ps
                                                               admin: psycopg.Connection[Any]) -> None:
     bemi_pg.seed_example(conn)
     admin.execute("SELECT bemi.ingest()")
-    admin.execute("ALTER TABLE todo REPLICA IDENTITY DEFAULT")
+    set_replica_identity(admin, "todo", "DEFAULT")
     admin.execute("INSERT INTO bemi.changes (schema, \"table\", operation, committed_at, transaction_id, position, "
                   "ordinal, problem) VALUES ('public', 'todo', 'CREATE', now(), 1, '0/1', 1, 'bad value')")
     slot = admin.execute("SELECT bemi.slot_name() AS name").fetchone()["name"]  # type: ignore[index]

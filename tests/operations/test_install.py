@@ -5,6 +5,7 @@ tables; two databases of one cluster at once."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -62,6 +63,9 @@ def test_check_reports_what_the_role_may_do_and_changes_nothing(new_database: Ne
     result = cli(dsn, "install", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
     found = check_lines(result.stdout)
+    with psycopg.connect(dsn) as conn:
+        server = conn.execute("SHOW server_version").fetchone()
+    assert server and found["server"] == ("ok", f"PostgreSQL {server[0]}")
     assert found["wal_level"] == ("ok", "logical")
     assert found["replication"][0] == "ok" and "may create and read replication slots" in found["replication"][1]
     assert found["free slots"][0] == "ok" and "of max_replication_slots 20" in found["free slots"][1]
@@ -158,8 +162,12 @@ def test_uninstall_refuses_while_a_reader_holds_the_slot(new_database: NewDataba
     dsn = new_database(as_owner=True)
     assert cli(dsn, "install").returncode == 0
     slot = rows(dsn, "SELECT bemi.create_slot(), bemi.slot_name() AS name")[0]["name"]
-    bindir = subprocess.check_output(["pg_config", "--bindir"], text=True).strip()
-    reader = subprocess.Popen([os.path.join(bindir, "pg_recvlogical"), "-d", dsn, "--slot", slot, "--start",
+    # The server's own pg_recvlogical, else the machine's: the servers of make test-versions come
+    # without one, and it speaks every version's replication protocol.
+    recvlogical = os.path.join(subprocess.check_output(["pg_config", "--bindir"], text=True).strip(), "pg_recvlogical")
+    if not os.path.exists(recvlogical):
+        recvlogical = shutil.which("pg_recvlogical") or recvlogical
+    reader = subprocess.Popen([recvlogical, "-d", dsn, "--slot", slot, "--start",
                                "-o", "proto_version=1", "-o", "publication_names=bemi", "-f", "/dev/null"])
     try:
         while not rows(dsn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot)[0]["active"]:

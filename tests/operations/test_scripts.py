@@ -27,14 +27,19 @@ def test_every_security_definer_function_pins_search_path() -> None:
 
 
 def test_installed_scripts_are_the_packaged_ones() -> None:
-    sharedir = subprocess.check_output(["pg_config", "--sharedir"], text=True).strip()
+    """make install installs every packaged script, but the standalone script of the latest
+    version as the step after the gate (bemi--0--1.2.sql): CREATE EXTENSION then runs the gate's
+    version check first (sql/bemi--0.sql, the Makefile)."""
+    extension = Path(subprocess.check_output(["pg_config", "--sharedir"], text=True).strip(), "extension")
+    latest = scripts.latest_version()
     for name in scripts.scripts():
-        installed = Path(sharedir, "extension", f"bemi--{name}.sql").read_text(encoding="utf-8")
-        assert installed == scripts.script(name), name
+        file = f"bemi--0--{name}.sql" if name == latest else f"bemi--{name}.sql"
+        assert (extension / file).read_text(encoding="utf-8") == scripts.script(name), name
+    assert not (extension / f"bemi--{latest}.sql").exists()
 
 
 def test_the_package_ships_a_path_from_every_version_to_the_latest() -> None:
-    assert scripts.scripts() == ["1.0", "1.0--1.1", "1.2", "1.1--1.2"]
+    assert scripts.scripts() == ["0", "1.0", "1.0--1.1", "1.2", "1.1--1.2"]
     assert scripts.updates() == {"1.0": "1.1", "1.1": "1.2"}
     assert scripts.latest_version() == "1.2"
     # A fresh install runs the standalone script of the latest version, an older one the updates.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.helpers.commands import BEMI_PG
+
 BINDIR = os.environ.get("BEMI_PG13_BINDIR")
-BEMI_PG = [sys.executable, "-m", "bemi_pg.cli"]
 
 pytestmark = pytest.mark.skipif(not BINDIR, reason="no PostgreSQL 13: run by make test-versions (BEMI_PG13_BINDIR)")
 

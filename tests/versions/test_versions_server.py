@@ -11,9 +11,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ingest
+from psycopg.rows import dict_row
 
-from bemi_pg import worker
+from bemi_pg.ingest import worker
+from tests.fixtures.database import NewDatabase
+from tests.helpers.trail import ingest
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
@@ -86,3 +88,78 @@ def test_generated_columns_reach_the_trail_from_18_on(dsn: str, admin: psycopg.C
     assert streamed == expected
     assert through_sql == expected
 
+
+
+def test_the_update_to_1_2_publishes_generated_columns(new_database: NewDatabase) -> None:
+    """A table with a stored generated column, tracked under 1.1: after ALTER EXTENSION bemi
+    UPDATE its writes succeed on every version, and on 18 its generated values reach the trail."""
+    dsn = new_database()
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as admin:
+        admin.execute("CREATE EXTENSION bemi VERSION '1.1'")
+        admin.execute("SELECT bemi.create_slot()")
+        admin.execute("CREATE TABLE g (id int PRIMARY KEY, price int, doubled int GENERATED ALWAYS AS (price * 2) STORED)")
+        admin.execute("SELECT bemi.track('g')")
+        admin.execute("INSERT INTO g (id, price) VALUES (1, 10)")
+        admin.execute("ALTER EXTENSION bemi UPDATE")
+        admin.execute("UPDATE g SET price = 11")
+        admin.execute("DELETE FROM g")
+        ingest(admin)
+        got = admin.execute("SELECT operation, before, after FROM bemi.changes ORDER BY id").fetchall()
+        published = admin.execute("SELECT coalesce(to_jsonb(p) ->> 'pubgencols', '-') AS g "
+                                  "FROM pg_publication p WHERE pubname = 'bemi'").fetchone()
+        if server_version(admin) >= 180000:
+            assert published == {"g": "s"}
+            doubled = [{"doubled": 20}, {"doubled": 22}]
+        else:
+            assert published == {"g": "-"}
+            doubled = [{}, {}]
+    # The INSERT was written before the update: pgoutput decodes it with the publication as it was.
+    assert got == [
+        {"operation": "CREATE", "before": {}, "after": {"id": 1, "price": 10}},
+        {"operation": "UPDATE", "before": {"id": 1, "price": 10, **doubled[0]},
+         "after": {"id": 1, "price": 11, **doubled[1]}},
+        {"operation": "DELETE", "before": {"id": 1, "price": 11, **doubled[1]}, "after": {}},
+    ]
+
+
+def test_without_the_event_trigger_track_restores_the_replica_identity(new_database: NewDatabase) -> None:
+    """Installed by a role that may not create event triggers (a managed platform's), nothing
+    stops ALTER TABLE ... REPLICA IDENTITY on a tracked table; NOTHING then makes PostgreSQL refuse
+    the table's UPDATE and DELETE (docs/tracking.md says so). bemi.track called again restores
+    FULL, and the writes succeed again with whole rows in the trail."""
+    dsn = new_database(as_owner=True)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as admin:
+        admin.execute("CREATE EXTENSION bemi")
+        admin.execute("SELECT bemi.create_slot()")
+        assert admin.execute("SELECT count(*) AS n FROM pg_event_trigger WHERE evtname = 'bemi_remember_keys'"
+                             ).fetchone() == {"n": 0}
+        admin.execute("CREATE TABLE t (k int PRIMARY KEY, a int)")
+        admin.execute("SELECT bemi.track('t')")
+        admin.execute("INSERT INTO t VALUES (1, 1)")
+        admin.execute("ALTER TABLE t REPLICA IDENTITY NOTHING")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="does not have a replica identity"):
+            admin.execute("UPDATE t SET a = 2")
+        admin.execute("SELECT bemi.track('t')")
+        assert admin.execute("SELECT relreplident AS r FROM pg_class WHERE oid = 't'::regclass").fetchone() == {"r": "f"}
+        admin.execute("UPDATE t SET a = 2")
+        ingest(admin)
+        assert admin.execute("SELECT operation, before FROM bemi.changes ORDER BY id").fetchall() == [
+            {"operation": "CREATE", "before": {}}, {"operation": "UPDATE", "before": {"k": 1, "a": 1}}]
+
+
+def test_a_tracked_table_keeps_replica_identity_full(admin: psycopg.Connection[Any]) -> None:
+    """The ALTER TABLE event trigger refuses another replica identity on a tracked table (NOTHING
+    would make its UPDATE and DELETE fail, DEFAULT would cut "before" to the key); once
+    untracked, the table's identity is the user's again."""
+    admin.execute("CREATE TABLE t (k int PRIMARY KEY, a int)")
+    admin.execute("SELECT bemi.track('t')")
+    for identity in ("NOTHING", "DEFAULT", "USING INDEX t_pkey"):
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as refused:
+            admin.execute(f"ALTER TABLE t REPLICA IDENTITY {identity}")
+        assert refused.value.diag.message_primary == "bemi: public.t is tracked, which needs REPLICA IDENTITY FULL"
+        assert "SELECT bemi.untrack('public.t');" in (refused.value.diag.message_hint or "")
+    admin.execute("INSERT INTO t VALUES (1, 1)")
+    admin.execute("UPDATE t SET a = 2")
+    admin.execute("SELECT bemi.untrack('t')")
+    admin.execute("ALTER TABLE t REPLICA IDENTITY NOTHING")
+    assert admin.execute("SELECT relreplident AS r FROM pg_class WHERE oid = 't'::regclass").fetchone() == {"r": "n"}

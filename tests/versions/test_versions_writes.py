@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ingest
+
+from tests.helpers.trail import ingest
 
 # An ordinary audit trigger: what PostgreSQL itself says each statement changed.
 TRUTH = """
