@@ -230,12 +230,11 @@ def revert_preview(request: Request, who: Who) -> Response:
     revert_allowed(request, who)
     selection = selection_of(request.query_params)
     # The plan locks the rows it reads: a transaction that may write, rolled back.
-    with queries.transaction(who.connections, who.viewer, read_only=False) as conn:
+    with queries.transaction(who.connections, who.viewer, read_only=False, rolled_back=True) as conn:
         ids = queries.selected_ids(conn, selection)
         if not ids:
             raise BadRequest("No changes to revert were found.")
         planned = queries.preview(conn, ids)
-        conn.rollback()
     return render(request, who, "revert.html", selection=selection, ids=ids, through=max(ids), planned=planned,
                   conflicts=sum(p.conflict for p in planned))
 

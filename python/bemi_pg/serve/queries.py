@@ -36,12 +36,12 @@ FULL_CHANGE = sql.SQL("{}, c.before, c.after").format(CHANGE)
 
 
 @contextmanager
-def transaction(connections: Connections, viewer: Viewer, *, read_only: bool = True,
+def transaction(connections: Connections, viewer: Viewer, *, read_only: bool = True, rolled_back: bool = False,
                 time_zone: str | None = None) -> Iterator[Conn]:
     """A transaction on one of the viewer's connections, with the viewer's role (token
     viewers: SET LOCAL ROLE), read-only unless asked, a statement timeout and the viewer's
-    time zone (times typed into the filters are read in it)."""
-    with connections.borrow() as conn, conn.transaction():
+    time zone (times typed into the filters are read in it); rolled_back: always rolled back."""
+    with connections.borrow() as conn, conn.transaction(force_rollback=rolled_back):
         conn.execute(
             "SELECT pg_catalog.set_config('transaction_read_only', %s, true), "
             "pg_catalog.set_config('statement_timeout', %s, true), "

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -23,6 +24,12 @@ def shown(value: Any) -> str:
     copy would act on) as \\xNN or \\uNNNN escapes. Escaping for HTML is Jinja's job after."""
     text = "" if value is None else str(value)
     return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+def field(value: Any) -> Markup:
+    """Text for a form field's value, exactly as given (so a form sent again asks the same),
+    escaped: control characters as character references, never raw."""
+    return Markup(CONTROL.sub(lambda m: f"&#x{ord(m.group()):x};", str(escape("" if value is None else value))))
 
 
 def as_json(value: Any) -> str:
@@ -46,7 +53,7 @@ def local_input(moment: datetime | None) -> str:
 def make_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(shown=shown, json=as_json, iso=iso, utc=utc, local_input=local_input)
+    env.filters.update(shown=shown, field=field, json=as_json, iso=iso, utc=utc, local_input=local_input)
     return env
 
 
