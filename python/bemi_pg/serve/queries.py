@@ -313,11 +313,11 @@ def selected_ids(conn: Conn, selection: Selection) -> list[int]:
     if selection.change_ids:
         return sorted(i for i in selection.change_ids if i <= through)
     if selection.transaction is not None:
-        row = conn.execute("SELECT pg_catalog.array(SELECT i FROM pg_catalog.unnest(bemi.transaction_changes(%s)) AS i "
+        row = conn.execute("SELECT ARRAY(SELECT i FROM pg_catalog.unnest(bemi.transaction_changes(%s)) AS i "
                            "WHERE i <= %s ORDER BY i) AS ids", [selection.transaction, through]).fetchone()
         return list(row["ids"]) if row else []
     condition, params = context_condition(list(selection.context))
-    row = conn.execute(sql.SQL("SELECT pg_catalog.array(SELECT c.id FROM bemi.changes AS c WHERE {} AND c.id <= %s "
+    row = conn.execute(sql.SQL("SELECT ARRAY(SELECT c.id FROM bemi.changes AS c WHERE {} AND c.id <= %s "
                                "ORDER BY c.id) AS ids").format(condition), [*params, through]).fetchone()
     return list(row["ids"]) if row else []
 

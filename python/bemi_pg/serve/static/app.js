@@ -50,5 +50,11 @@
     document.querySelectorAll("input[data-time-zone]").forEach(function (el) { if (!el.value) { el.value = zone; } });
     localize(document);
     tail();
+    // Shorter URLs to share: empty filters are not sent.
+    document.querySelectorAll("form[method=get]").forEach(function (form) {
+      form.addEventListener("submit", function () {
+        form.querySelectorAll("input, select").forEach(function (el) { if (!el.value) { el.disabled = true; } });
+      });
+    });
   });
 })();
