@@ -49,12 +49,12 @@ def serve(args: argparse.Namespace) -> int:
         if given or args.token_role:
             raise Failure(str(refused).removeprefix("bemi: ")) from None
         # A generated token only where it is safe; signing in with a role still works.
-        print(f"token viewing is off: {str(refused).removeprefix('bemi: ')}")
+        print(f"token viewing is off: {str(refused).removeprefix('bemi: ')}", flush=True)
         settings = Settings(dsn=dsn, token=None, allow_revert=args.allow_revert, https_only=args.https_only)
         app = create_app(settings)
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}{args.root_path}"
     if not args.quiet:
-        print(f"bemi-pg serve on {where}/ (revert {'on' if args.allow_revert else 'off'}); sign in with a database role")
+        print(f"bemi-pg serve on {where}/ (revert {'on' if args.allow_revert else 'off'}); sign in with a database role", flush=True)
         if settings.token and not given:
             print(f"read-only token: {settings.token}  (or open {where}/signin?token={settings.token})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, root_path=args.root_path, log_level="warning" if args.quiet else "info",

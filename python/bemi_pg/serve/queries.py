@@ -280,14 +280,15 @@ def table_at(conn: Conn, schema: str, table: str, at: datetime, after: dict[str,
         "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY pg_catalog.array_position(i.indkey, a.attnum)",
         [relation])]
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in keys) if keys else sql.SQL("1")
-    where = sql.SQL("")
+    where: sql.Composable = sql.SQL("")
     params: list[Any] = [at]
     if keys and after:
         where = sql.SQL(" WHERE ({}) > (SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{}, %s) AS k)").format(
             order, sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(k)) for k in keys), name)
         params.append(Jsonb(after))
     rows = [r["image"] for r in conn.execute(
-        sql.SQL("SELECT pg_catalog.to_jsonb(t.*) AS image FROM bemi.table_at(NULL::{}, %s) AS t{} ORDER BY {} LIMIT %s").format(
+        sql.SQL("SELECT pg_catalog.to_jsonb(p.*) AS image FROM (SELECT t.* FROM bemi.table_at(NULL::{}, %s) AS t{} "
+                "ORDER BY {} LIMIT %s) AS p").format(
             name, where, order), [*params, PAGE + 1])]
     more = len(rows) > PAGE
     rows = rows[:PAGE]
