@@ -31,10 +31,13 @@ def check_token_role(settings: Settings) -> None:
     if not settings.token:
         return
     with psycopg.connect(settings.dsn, row_factory=dict_row, application_name=auth.APPLICATION_NAME) as conn:
-        row = conn.execute("SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles AS r "
-                           "WHERE r.rolname = coalesce(%s, current_user)", [settings.token_role]).fetchone()
+        row = conn.execute("SELECT r.rolname, r.rolsuper, pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') AS may_become "
+                           "FROM pg_catalog.pg_roles AS r WHERE r.rolname = coalesce(%s, current_user)",
+                           [settings.token_role]).fetchone()
     if row is None:
         raise Refused(f"bemi: the role {settings.token_role} does not exist")
+    if not row["may_become"]:
+        raise Refused(f"bemi: the server's role cannot SET ROLE {row['rolname']}: GRANT {row['rolname']} TO the --dsn role")
     if row["rolsuper"]:
         raise Refused(f"bemi: token viewers would read as {row['rolname']}, a superuser; pass --token-role with a role "
                       "that may only read the trail (GRANT SELECT ON bemi.changes TO bemi_reader)")

@@ -59,7 +59,7 @@ class Connections:
     def borrow(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         with self.lock:
             conn = self.idle.pop() if self.idle else None
-        if conn is None:
+        if conn is None or conn.broken or conn.closed:  # a server restart ends idle connections
             conn = self.connect()
         try:
             yield conn

@@ -173,7 +173,10 @@ async def tail_events(request: Request) -> Response:
     who = state.who(request)
     if who is None:
         return Response("sign in first", status_code=401)
-    start = number(request.headers.get("last-event-id") or text(request, "after"), "after")
+    try:
+        start = number(request.headers.get("last-event-id") or text(request, "after"), "after")
+    except BadRequest as error:
+        return Response(str(error), status_code=400)
 
     def poll(after: int | None) -> tuple[int, list[str]]:
         with queries.transaction(who.connections, who.viewer) as conn:
