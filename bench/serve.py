@@ -94,7 +94,8 @@ def pages(dsn: str, results: Results, keys: int, start: str, log: Callable[[str]
                  [Jsonb({"endpoint": "/todo/4242"})]),
                 (f"the table at a moment ({keys:,} rows, 1,000 changes since)",
                  "/table?" + urlencode({"table": "todo", "at": recently.isoformat()}),
-                 "SELECT to_jsonb(t.*) FROM bemi.table_at(NULL::todo, %s) AS t ORDER BY t.id LIMIT 51", [recently]),
+                 "SELECT to_jsonb(p.*) FROM (SELECT t.* FROM bemi.table_at(NULL::todo, %s) AS t ORDER BY t.id LIMIT 51) AS p",
+                 [recently]),
                 ("live tail: page", "/tail", f"SELECT {CHANGE} FROM bemi.changes AS c ORDER BY c.id DESC LIMIT 51", []),
             ]
             measured: dict[str, Any] = {"changes": newest - oldest + 1, "pages": {}}
