@@ -178,3 +178,14 @@ def test_the_revert_form_needs_its_csrf_token(client: Client, person: Person, se
         assert done.status_code == 403 and "did not come from this page" in done.text
     assert len(admin.execute("SELECT id FROM todo").fetchall()) == 2
     assert re.search(r"DELETE", str(changes(admin, "operation")[-1]))
+
+
+def test_a_new_token_signs_out_the_old_ones_viewers(client: Client, person: Person, seeded: dict[str, int]) -> None:
+    reader = person(*READER)
+    old = client(token="old-token", token_role=reader, secret_key="kept across restarts")
+    assert old.get("/signin", params={"token": "old-token"}).status_code == 303
+    assert "old-token" not in old.cookies["bemi_serve"]
+    new = client(token="new-token", token_role=reader, secret_key="kept across restarts")
+    new.cookies.set("bemi_serve", old.cookies["bemi_serve"])
+    assert old.get("/").status_code == 200
+    assert new.get("/").status_code == 303

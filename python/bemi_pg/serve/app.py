@@ -85,7 +85,7 @@ def signed_in(request: Request, state: State, viewer: auth.Viewer | None, target
     request.session.clear()
     request.session["csrf"] = auth.new_csrf()
     if viewer is None:
-        request.session["token"] = True
+        request.session["token"] = auth.token_mark(state.settings.token)
     else:
         request.session["sid"] = state.sessions.start(viewer)
     return RedirectResponse(url(request, target), status_code=303)

@@ -11,6 +11,7 @@ and holds a session id and a CSRF token only.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -150,6 +151,12 @@ def sign_in(base_conninfo: str, role: str, password: str) -> Viewer:
 def same(given: str | None, expected: str | None) -> bool:
     """Constant-time comparison of a token or CSRF value; empty never matches."""
     return bool(given) and bool(expected) and hmac.compare_digest(str(given), str(expected))
+
+
+def token_mark(token: str | None) -> str:
+    """What a token viewer's cookie holds: a digest of the token, so a new token signs out
+    everyone who signed in with the old one (and the cookie never holds the token)."""
+    return hashlib.sha256(f"bemi-pg serve token {token}".encode()).hexdigest() if token else ""
 
 
 def new_csrf() -> str:

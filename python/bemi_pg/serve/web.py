@@ -70,7 +70,8 @@ class State:
             return Who(session.viewer, session.connections)
         header = request.headers.get("authorization", "")
         bearer = header[7:] if header.lower().startswith("bearer ") else None
-        if self.token_viewer and (request.session.get("token") or auth.same(bearer, self.settings.token)):
+        if self.token_viewer and (auth.same(request.session.get("token"), auth.token_mark(self.settings.token))
+                                  or auth.same(bearer, self.settings.token)):
             return Who(self.token_viewer, self.token_connections)
         return None
 
@@ -114,7 +115,8 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 STATUS_OF_SQLSTATE = {"42501": 403, "42P01": 404, "55000": 409, "22023": 400, "22007": 400, "22008": 400,
-                      "0A000": 400, "22000": 400, "23503": 409, "23505": 409, "25006": 403}
+                      "0A000": 400, "22000": 400, "22P02": 400, "42704": 404, "23503": 409, "23505": 409, "25006": 403,
+                      "57014": 503}
 
 
 def error_page(request: Request, viewer: auth.Viewer | None, error: Exception) -> Response:
