@@ -1,6 +1,7 @@
 """The trail at scale: the history of one row and a context containment query on a trail of
 CHANGES[mode] changes in ten monthly partitions, over all of it and over one month, with the
-partitions each plan scans (partition pruning: the one-month queries scan one).
+partitions each plan scans (partition pruning: the one-month queries scan one); then each page
+of bemi-pg serve on the same trail (bench.serve).
 
 The trail is generated straight into bemi.changes (INSERT ... SELECT, prune.GENERATE): a tenth
 of the changes in each month, each row changed ten times a month (100 changes in all), contexts
@@ -18,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from bench import server
+from bench import serve, server
 from bench.prune import GENERATE
 from bench.report import Cell, Results
 from bench.timetravel import median_ms, query
@@ -45,6 +46,9 @@ def scale(dsn: str, results: Results, mode: str, log: Callable[[str], None]) -> 
         admin.execute(f"CREATE DATABASE {DATABASE}")
     try:
         measured = measure(psycopg.conninfo.make_conninfo(dsn, dbname=DATABASE), CHANGES[mode], log)
+        log("  bemi-pg serve: each page, next to its SQL query")
+        measured["serve"] = serve.pages(psycopg.conninfo.make_conninfo(dsn, dbname=DATABASE), results,
+                                        CHANGES[mode] // MONTHS // CHANGES_OF_A_ROW, START, log)
     finally:
         with server.connect(dsn) as admin:
             admin.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")

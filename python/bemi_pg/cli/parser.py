@@ -8,7 +8,7 @@ from typing import Any
 
 import bemi_pg
 from bemi_pg import scripts
-from bemi_pg.cli import demo, install, retention, status, trail, worker
+from bemi_pg.cli import demo, install, retention, serve, status, trail, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("restore-archive", help="put back a partition written by prune --archive")
     a.add_argument("file", type=Path, help="the archive's .copy (or .json) file")
     a.set_defaults(run=retention.restore_archive)
+
+    serve.register(sub)
 
     # --dsn and -q are accepted after the subcommand too.
     for command in sub.choices.values():
