@@ -394,7 +394,7 @@ DECLARE
   gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
     FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
     WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
-      ELSE pg_catalog.to_regtype(r.type_names[i]) IS NULL END);
+      ELSE r.type_names[i] IS NULL END);
   problem text := CASE WHEN as_text THEN ''
     WHEN gone IS NOT NULL THEN 'bemi: the type of ' || gone || ' no longer exists: stored as text' END;
 BEGIN
