@@ -266,6 +266,9 @@ def test_sigterm_is_honoured_while_the_server_is_busy_and_nothing_is_lost_or_dou
         assert worker.returncode == 0, err
         assert re.search(r"^worker: stopped after 0 changes in", out, re.M), out
         assert changes(admin) == []
+        # Nothing half staged is left behind for the next store.
+        assert admin.execute("SELECT (SELECT count(*) FROM bemi.staged) + (SELECT count(*) FROM bemi.staged_relations)"
+                             " AS n").fetchone() == {"n": 0}
     drain(dsn)
     assert [(r["table"], r["primary_key"], r["operation"]) for r in changes(admin, "table", "primary_key", "operation")] \
         == [("t", str(k), "CREATE") for k in range(1, 3001)] + [("u", "1", "CREATE"), ("t", None, "TRUNCATE"),

@@ -235,8 +235,8 @@ def cancelled_on(stop: threading.Event, conn: psycopg.Connection[Any]) -> Iterat
     def watch() -> None:
         while not done.is_set():
             if stop.wait(0.2):
-                cancel(conn)
-                return
+                cancel(conn)  # and again while the session lasts: a statement may begin just after
+                done.wait(1.0)
 
     watcher = threading.Thread(target=watch, name="bemi-pg cancel", daemon=True)
     watcher.start()

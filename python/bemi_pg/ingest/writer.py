@@ -178,13 +178,18 @@ class Writer:
         run, so a batch half staged or half stored is rolled back (the stream sends it again at
         the next start, from the progress row), and ends the threads without storing more."""
         self.aborted = True
-        for conn in self.conns:
-            cancel(conn)
         with contextlib.suppress(queue.Full):
             self.queue.put_nowait(None)
         self.free.put(None)
         self.staged.put(None)
-        self.join()
+        while self.is_alive():  # again until they end: a statement may begin just after a cancel
+            for conn in self.conns:
+                cancel(conn)
+            for thread in self.threads:
+                thread.join(timeout=1.0)
+        for conn in self.conns:  # what was staged and not stored must not be committed on close
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
 
     def put(self, batch: Batch | None, timeout: float) -> bool:
         """Hands a batch over (None: stop once the batches handed are stored); False when
