@@ -49,8 +49,8 @@ SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits
 SET bytea_output = 'hex' SET timezone = 'UTC' SET lc_monetary = 'C' SET client_encoding = 'UTF8'
 AS $$
 DECLARE
-  -- pgoutput sends names and values in the client encoding, UTF8 here (an SQL_ASCII database
-  -- sends its bytes as they are, which no conversion could make valid).
+  -- pgoutput sends names and values in the client encoding: UTF8 here, except in an SQL_ASCII
+  -- database, whose bytes go as they are (no conversion could make them valid).
   encoding name := CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END;
   message record;
   m bytea;
@@ -80,6 +80,11 @@ DECLARE
   i integer;
   relids integer;
 BEGIN
+  -- Sent as UTF8, an SQL_ASCII database's bytes would first be checked as UTF8, and the first
+  -- value that is not would stop ingest. (The SET clause restores client_encoding on return.)
+  IF encoding = 'SQL_ASCII' THEN
+    PERFORM pg_catalog.set_config('client_encoding', 'SQL_ASCII', true);
+  END IF;
   seq := 0;
   FOR message IN
     SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), NULL, max_changes,

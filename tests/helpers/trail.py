@@ -3,7 +3,9 @@ trail database, the rows of bemi.changes."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -35,6 +37,28 @@ def changes(admin: psycopg.Connection[Any], *columns: str) -> list[dict[str, Any
     """The rows of bemi.changes in id order, with the given columns (all by default)."""
     select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
     return admin.execute(f"SELECT {select} FROM bemi.changes ORDER BY id").fetchall()  # type: ignore[return-value]
+
+
+# Settings a session or a database may have, each of which once changed what ingest stored
+# (or stopped it): ingest pins what it needs on both paths (docs/ingest.md).
+HOSTILE_SETTINGS = {"array_nulls": "off", "xmloption": "document", "DateStyle": "SQL, DMY",
+                    "IntervalStyle": "sql_standard", "extra_float_digits": "-15", "search_path": "nowhere",
+                    "TimeZone": "Pacific/Chatham", "bytea_output": "escape", "lc_monetary": "C", "lock_timeout": "1"}
+
+
+@contextlib.contextmanager
+def database_settings(admin: psycopg.Connection[Any], settings: dict[str, str]) -> Iterator[None]:
+    """The database's settings (ALTER DATABASE ... SET), for the sessions opened meanwhile."""
+    row = admin.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    database = row["current_database"] if isinstance(row, dict) else row[0]
+    for name, value in settings.items():
+        admin.execute(f"ALTER DATABASE \"{database}\" SET {name} = '{value}'")
+    try:
+        yield
+    finally:
+        for name in settings:
+            admin.execute(f'ALTER DATABASE "{database}" RESET {name}')
 
 
 def drain(dsn: str, trail: str) -> None:

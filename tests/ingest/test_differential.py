@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 import bemi_pg
 from bemi_pg.ingest import worker
-from tests.helpers.trail import ingest
+from tests.helpers.trail import HOSTILE_SETTINGS, database_settings, ingest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "stress"))
 from scenarios import wait_for  # noqa: E402
@@ -172,6 +172,25 @@ def replace_slot_with(conn: psycopg.Connection[Any], copy: str) -> None:
 @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(workload=workloads())
 def test_worker_and_sql_path_store_the_same_trail(dsn: str, workload: Any) -> None:
+    same_trail_both_ways(dsn, workload)
+
+
+# What the database may set for every session, ingest's included: the settings that once
+# changed what ingest stored, and timeouts that would stop the worker's own sessions.
+DATABASE_SETTINGS = {**HOSTILE_SETTINGS, "statement_timeout": "1", "idle_in_transaction_session_timeout": "1"}
+
+
+@pytest.mark.slow
+@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(workload=workloads())
+def test_worker_and_sql_path_store_the_same_trail_whatever_the_database_settings(dsn: str, workload: Any) -> None:
+    same_trail_both_ways(dsn, workload, DATABASE_SETTINGS)
+
+
+def same_trail_both_ways(dsn: str, workload: Any, database: dict[str, str] | None = None) -> None:
+    """The workload's trail, through the worker and through bemi.ingest(): identical, and what
+    was committed. With ``database``, both read the slot in sessions of a database with those
+    settings (the workload itself is written and checked in a session of its own settings)."""
     tables, transactions = workload
     n = next(counter)
     names = [f"d{n}_{i}" for i in range(len(tables))]
@@ -193,12 +212,16 @@ def test_worker_and_sql_path_store_the_same_trail(dsn: str, workload: Any) -> No
 
         expected = run_workload(conn, names, tables, transactions)
 
-        totals = worker.run(worker.Options(dsn, drain=True), threading.Event(), lambda _: None)
+        with database_settings(conn, database or {}):
+            totals = worker.run(worker.Options(dsn, drain=True), threading.Event(), lambda _: None)
         streamed = trail(conn, since)
         assert totals.changes == len(streamed)
         conn.execute("DELETE FROM bemi.changes WHERE id > %s", [since])
         replace_slot_with(conn, copy)
-        ingest(conn)
+        with database_settings(conn, database or {}), psycopg.connect(dsn, autocommit=True) as session:
+            # bemi.ingest() is one statement of its caller's: the caller's statement_timeout applies.
+            session.execute("SET statement_timeout = 0")
+            ingest(session)
         through_sql = trail(conn, since)
 
     assert streamed == through_sql
@@ -206,14 +229,21 @@ def test_worker_and_sql_path_store_the_same_trail(dsn: str, workload: Any) -> No
     assert all(r[11] is None and r[12] is False for r in streamed)  # no problem, nothing partial
 
 
-def test_hard_cases_explicitly(dsn: str) -> None:
-    """Cases the property test may not draw: text forms that are easy to get wrong, an
-    unchanged out-of-line value, a partitioned table truncated."""
+@pytest.mark.parametrize("database", [None, DATABASE_SETTINGS], ids=["default settings", "hostile database settings"])
+def test_hard_cases_explicitly(dsn: str, database: dict[str, str] | None) -> None:
+    """Cases the property test may not draw: text forms that are easy to get wrong (and that
+    settings change), an unchanged out-of-line value, a partitioned table truncated."""
     big = random.Random(8).randbytes(3000).hex()  # stored out of line
-    test_worker_and_sql_path_store_the_same_trail.hypothesis.inner_test(  # type: ignore[attr-defined]
+    at = datetime.datetime(2024, 2, 29, 13, 14, 15, 123456, tzinfo=datetime.timezone.utc)
+    same_trail_both_ways(
         dsn, ([Table(("numeric", "double precision", "text", "character(3)[]", "text "), True, False),
-               Table(("text",), False, True)],
+               Table(("text",), False, True),
+               Table(("timestamp with time zone", "date", "interval", "bytea", "text[]"), True, False)],
               [(None, [("insert", 0, 1, [decimal.Decimal("1.50"), 0.1, 'a\\"\tb\n', ["ab", None, "x\""], big]),
                        ("update", 0, 1, {0: decimal.Decimal("-0.000"), 1: 1e300, 2: "", 3: []})]),
                ({"user_id": 1, "note": ""}, [("insert", 1, 2, ["low"]), ("insert", 1, 7, ["high"]),
-                                             ("update", 1, 7, {0: None}), ("truncate", 1, None, None)])]))
+                                             ("update", 1, 7, {0: None}), ("truncate", 1, None, None)]),
+               ({"user_id": 2, "note": "José €"},
+                [("insert", 2, 3, [at, at.date(), datetime.timedelta(days=-1, seconds=-7384), b"\x00\xff",
+                                   [None, "NULL", "x"]])])]),
+        database)

@@ -238,6 +238,43 @@ def test_sigterm_stops_cleanly_and_confirms_what_is_stored(dsn: str, admin: psyc
     assert [r["primary_key"] for r in changes(admin, "primary_key")] == [str(k) for k in range(51)]
 
 
+WAITING = """SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+
+@pytest.mark.parametrize("path", [[], ["--sql"]], ids=["streaming", "sql"])
+def test_sigterm_is_honoured_while_the_server_is_busy_and_nothing_is_lost_or_doubled(
+        dsn: str, admin: psycopg.Connection[Any], path: list[str]) -> None:
+    """SIGTERM stops the worker whatever the server is doing (a 1,000-table TRUNCATE once kept
+    it for minutes): what it was staging or storing is rolled back, and the next run stores it,
+    once. Here the server is busy because every store waits for a lock held by another session."""
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)")
+    admin.execute("SELECT bemi.track('t'); SELECT bemi.track('u')")
+    admin.execute("INSERT INTO t SELECT generate_series(1, 3000)")  # a transaction stored in parts
+    admin.execute("INSERT INTO u VALUES (1)")
+    admin.execute("TRUNCATE t, u")
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('bemi.ingest'))")  # what bemi.store takes
+        worker = start(dsn, "--batch", "1000", *path)
+        try:
+            assert wait_for(lambda: admin.execute(WAITING).fetchone()["n"] > 0)  # type: ignore[index]
+            worker.send_signal(signal.SIGTERM)
+            out, err = worker.communicate(timeout=300)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert worker.returncode == 0, err
+        assert re.search(r"^worker: stopped after 0 changes in", out, re.M), out
+        assert changes(admin) == []
+        # Nothing half staged is left behind for the next store.
+        assert admin.execute("SELECT (SELECT count(*) FROM bemi.staged) + (SELECT count(*) FROM bemi.staged_relations)"
+                             " AS n").fetchone() == {"n": 0}
+    drain(dsn)
+    assert [(r["table"], r["primary_key"], r["operation"]) for r in changes(admin, "table", "primary_key", "operation")] \
+        == [("t", str(k), "CREATE") for k in range(1, 3001)] + [("u", "1", "CREATE"), ("t", None, "TRUNCATE"),
+                                                                 ("u", None, "TRUNCATE")]
+
+
 # ---------------------------------------------------------------------------------------
 # Failing fast: what retrying cannot fix is an error at once, exit status 1.
 

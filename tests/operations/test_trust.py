@@ -5,6 +5,7 @@ What ingest does is checked on both paths: bemi.ingest() and the streaming worke
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from tests.helpers.trail import changes, ingest
+from tests.helpers.trail import HOSTILE_SETTINGS, changes, ingest
 
 
 Store = Callable[..., None]
@@ -242,9 +243,7 @@ def test_whether_the_trail_holds_a_tables_changes_is_told_only_to_its_readers(
 
 
 # Settings a session or a database may have, each of which once changed what ingest stored.
-SETTINGS = {"array_nulls": "off", "xmloption": "document", "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard",
-            "extra_float_digits": "-15", "search_path": "nowhere", "TimeZone": "Pacific/Chatham",
-            "bytea_output": "escape", "lc_monetary": "C", "lock_timeout": "1"}
+SETTINGS = HOSTILE_SETTINGS
 
 
 def test_ingest_stores_the_same_values_whatever_the_settings(dsn: str, admin: psycopg.Connection[Any],
@@ -269,3 +268,60 @@ def test_ingest_stores_the_same_values_whatever_the_settings(dsn: str, admin: ps
         admin.execute(f'ALTER DATABASE "{database["d"]}" RESET {name}')
     assert [r["after"] for r in changes(admin, "after")] == [expected]
 
+
+
+# ---------------------------------------------------------------------------------------
+# Encodings: whoever ingests, from whatever client encoding, into whatever database encoding.
+
+def stored_text(admin: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """context, after and problem of each stored change, read as the bytes the database holds
+    (an SQL_ASCII database's bytes need not be UTF-8: those that are not come back as
+    surrogates, str.encode("utf-8", "surrogateescape") gives them back)."""
+    rows = admin.execute("""SELECT convert_to(context::text, e) AS context, convert_to(after::text, e) AS after, problem
+                            FROM bemi.changes, (SELECT CASE getdatabaseencoding() WHEN 'SQL_ASCII' THEN 'SQL_ASCII'
+                                                ELSE 'UTF8' END AS e) AS e ORDER BY id""").fetchall()
+    return [{"context": json.loads(r["context"].decode("utf-8", "surrogateescape")),
+             "after": json.loads(r["after"].decode("utf-8", "surrogateescape")), "problem": r["problem"]} for r in rows]
+
+
+@pytest.mark.parametrize("path", ["sql", "sql from a LATIN1 session", "worker"])
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_ingest_stores_the_same_values_in_every_database_encoding(new_database: Any, encoding: str,
+                                                                  path: str) -> None:
+    dsn = new_database(bemi=True, encoding=encoding)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row, client_encoding="UTF8") as admin:
+        admin.execute("CREATE TABLE t (id int PRIMARY KEY, v text, a text[]); SELECT bemi.track('t')")
+        with admin.transaction():
+            admin.execute("""SELECT bemi.set_context('{"user": "José"}')""")
+            admin.execute("INSERT INTO t VALUES (1, 'café', ARRAY['café', 'x', NULL])")
+        expected = [{"context": {"user": "José"}, "after": {"id": 1, "v": "café", "a": ["café", "x", None]},
+                     "problem": None}]
+        if encoding == "SQL_ASCII":  # any bytes are text here: a LATIN1 é, from a client that sends it so
+            with admin.transaction():
+                admin.execute("""SELECT bemi.set_context(E'{"user": "Jos\\xe9"}')""")
+                admin.execute("INSERT INTO t VALUES (2, E'caf\\xe9', ARRAY[E'caf\\xe9'])")
+            expected.append({"context": {"user": "Jos\udce9"}, "after": {"id": 2, "v": "caf\udce9", "a": ["caf\udce9"]},
+                             "problem": None})
+        if path == "worker":
+            done = subprocess.run([sys.executable, "-m", "bemi_pg.cli", "--dsn", dsn, "worker", "--drain"],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+        else:
+            with psycopg.connect(dsn, autocommit=True, row_factory=dict_row,
+                                 client_encoding="LATIN1" if "LATIN1" in path else "UTF8") as session:
+                ingest(session)
+        assert stored_text(admin) == expected
+        assert admin.execute("SELECT count(*) AS n FROM bemi.wal").fetchone() == {"n": 0}
+
+
+def test_ingest_from_a_latin1_session_stores_what_the_application_wrote(dsn: str, admin: psycopg.Connection[Any]) -> None:
+    """A session whose client encoding cannot hold what was written (€ is not LATIN1) still
+    ingests it exactly: decoding never goes through the caller's client encoding."""
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT bemi.track('t')")
+    with admin.transaction():
+        admin.execute("SELECT bemi.set_context(%s)", [Jsonb({"user": "José Müller"})])
+        admin.execute("INSERT INTO t VALUES (1, 'café à 3 €')")
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row, client_encoding="LATIN1") as session:
+        ingest(session)
+    assert changes(admin, "context", "after", "problem") == [
+        {"context": {"user": "José Müller"}, "after": {"id": 1, "v": "café à 3 €"}, "problem": None}]

@@ -127,9 +127,11 @@ _MESSAGE_HEAD = struct.Struct(">BQ")
 
 
 def _string(data: bytes, offset: int) -> tuple[str, int]:
-    """A NUL-terminated string at offset, and the offset after it."""
+    """A NUL-terminated string at offset, and the offset after it. Bytes that are not UTF-8 (an
+    SQL_ASCII database's names) are kept as they are: ``encode("utf-8", "surrogateescape")``
+    gives them back."""
     end = data.index(b"\0", offset)
-    return data[offset:end].decode("utf-8", "replace"), end + 1
+    return data[offset:end].decode("utf-8", "surrogateescape"), end + 1
 
 
 def parse_tuple(data: bytes, offset: int) -> tuple[Tuple, int]:

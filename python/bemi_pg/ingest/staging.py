@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, cast
 
 import psycopg
+from psycopg._encodings import pg2pyenc
 
 from bemi_pg.ingest import pgoutput
 from bemi_pg.ingest.stream import format_lsn
@@ -63,10 +64,14 @@ def timestamp(us_since_2000: int) -> bytes:
     return (POSTGRES_EPOCH + datetime.timedelta(microseconds=us_since_2000)).isoformat().encode()
 
 
+def _name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")  # as the stream sent it (see pgoutput._string)
+
+
 def relation_row(number: int, relation: pgoutput.Relation, described: bytes = LOCAL) -> bytes:
-    columns = text_array([c.encode() for c in relation.columns])
+    columns = text_array([_name(c) for c in relation.columns])
     return b"%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" % (
-        number, relation.relid, copy_escape(relation.namespace.encode()), copy_escape(relation.name.encode()),
+        number, relation.relid, copy_escape(_name(relation.namespace)), copy_escape(_name(relation.name)),
         columns, number_array(list(relation.types)), number_array(list(relation.typmods)),
         b"{" + b",".join(b"t" if i else b"f" for i in relation.identity) + b"}", described)
 
@@ -78,6 +83,28 @@ def describe(source: psycopg.Connection[Any], relation: pgoutput.Relation, posit
                                     format_lsn(position)]).fetchone()
     assert row is not None
     return b"\t".join(b"\\N" if v is None else text_array([x.encode() for x in v]) for v in row)
+
+
+def python_codec(server_encoding: str) -> str | None:
+    """The Python codec of a database encoding, to read bemi messages with (None for SQL_ASCII);
+    psycopg.NotSupportedError when Python has none (MULE_INTERNAL)."""
+    return None if server_encoding == "SQL_ASCII" else pg2pyenc(server_encoding.encode())
+
+
+def message_text(content: bytes, codec: str | None) -> bytes:
+    """What bemi.message_text makes of a bemi message's content, in the stream's encoding: its
+    text, when it is text of the database's encoding (``codec``, the Python codec of that
+    encoding; None for SQL_ASCII, whose text is any bytes) without a NUL byte; else, as for
+    any bytes, \\x and their hex digits (bytea's text), which bemi.store then marks as an
+    invalid context (docs/security.md: a hostile message never stops ingest)."""
+    if b"\0" not in content:
+        if codec is None:
+            return content
+        try:
+            return content.decode(codec).encode()
+        except UnicodeDecodeError:
+            pass
+    return b"\\x" + content.hex().encode()
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,8 +145,10 @@ class Stager:
     described, the open transaction (its context and ordinals) and the batch being built."""
 
     def __init__(self, start: int, part_of: int | None = None, part_stored: int = 0,
-                 described: Callable[[pgoutput.Relation, int], bytes] | None = None) -> None:
+                 described: Callable[[pgoutput.Relation, int], bytes] | None = None,
+                 codec: str | None = "utf-8") -> None:
         self.received_end = start  # everything before this is in a batch (or was stored)
+        self.codec = codec  # of the source database's encoding, for bemi messages (message_text)
         self.described = described  # for a trail in another database: what the source says of a relation
         self.resume = (part_of, part_stored)
         self.shapes: dict[int, _Shape] = {}
@@ -190,9 +219,8 @@ class Stager:
         transaction = self.transaction
         if transaction is None or not message.transactional or message.prefix != "bemi":
             return
-        content = message.content.decode("utf-8", "replace").replace("\0", "\ufffd").encode()
         transaction.fields = b"%d\t%s\t%s" % (transaction.xid, timestamp(transaction.commit_time),
-                                              copy_escape(content))
+                                              copy_escape(message_text(message.content, self.codec)))
 
     def _change(self, position: int, operation: bytes, relid: int, old: pgoutput.Tuple | None,
                 old_key_only: bool, new: pgoutput.Tuple | None) -> None:

@@ -18,7 +18,7 @@ import datetime
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +26,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bemi_pg.ingest import pgoutput
-from bemi_pg.ingest.staging import Stager, describe
-from bemi_pg.ingest.stream import Keepalive, ReplicationStream, XLogData, format_lsn, keepalives, now_us, parse_lsn
-from bemi_pg.ingest.writer import WAL_MARK, Source, Stored, Writer
+from bemi_pg.ingest.staging import Stager, describe, python_codec
+from bemi_pg.ingest.stream import (Keepalive, ReplicationStream, XLogData, format_lsn, keepalives, now_us, parse_lsn,
+                                   session_options, stream_encoding)
+from bemi_pg.ingest.writer import WAL_MARK, Source, Stored, Writer, cancel
 
 
 class Failure(Exception):
@@ -74,14 +75,11 @@ def is_transient(error: psycopg.Error) -> bool:
 
 
 def _connect(dsn: str, application_name: str = "bemi-pg", **kwargs: Any) -> psycopg.Connection[Any]:
-    """A normal connection whose queries resolve names in pg_catalog only, whatever the
-    search_path the DSN or the role brings (names of bemi are schema-qualified)."""
-    conn = psycopg.connect(dsn, client_encoding="UTF8", application_name=application_name, connect_timeout=10,
-                           **keepalives(dsn), **kwargs)
-    conn.execute("SET search_path = pg_catalog, pg_temp")
-    if not conn.autocommit:
-        conn.commit()
-    return conn
+    """A normal connection with the worker's settings (stream.session_options), whatever the
+    database, the role or the DSN bring: its queries resolve names in pg_catalog only (names
+    of bemi are schema-qualified), psycopg reads dates in ISO style, and no timeout stops it."""
+    return psycopg.connect(dsn, client_encoding="UTF8", application_name=application_name, connect_timeout=10,
+                           options=session_options(dsn), **keepalives(dsn), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,7 +90,8 @@ SELECT current_database() AS database, current_user AS role,
   (SELECT extversion FROM pg_extension WHERE extname = 'bemi') AS version,
   EXISTS (SELECT FROM pg_proc WHERE pronamespace = to_regnamespace('bemi') AND proname = 'store') AS has_store,
   to_regprocedure('bemi.slot_name()') IS NOT NULL AS has_slot_name,
-  (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user) AS replication
+  (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user) AS replication,
+  current_setting('server_encoding') AS encoding
 """
 SLOT = "SELECT bemi.slot_name() AS name, EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = bemi.slot_name()) AS exists"
 PRIVILEGES = """
@@ -113,6 +112,7 @@ class Plan:
     sql: bool  # the SQL path, not streaming
     note: str = ""  # why the SQL path, when it was not asked for
     reads_progress: bool = True  # may read bemi.progress (for the pending WAL in progress lines)
+    encoding: str = "UTF8"  # the database's (server_encoding)
 
 
 def preflight(dsn: str, want_sql: bool) -> Plan:
@@ -134,15 +134,20 @@ def preflight(dsn: str, want_sql: bool) -> Plan:
         may = conn.execute(PRIVILEGES).fetchone()
         assert may is not None
     can_stream = bool(info["replication"]) and may["store"] and may["stage"] and may["progress"]
-    if want_sql or not can_stream:
+    why_not = None if can_stream else f'role "{role}" lacks ' + (
+        "the REPLICATION attribute" if not info["replication"] else "the grants for streaming")
+    try:
+        python_codec(info["encoding"])
+    except psycopg.NotSupportedError:
+        why_not = f'Python cannot read the database encoding {info["encoding"]}'
+    if want_sql or why_not:
         if not may["ingest"]:
             raise Failure(f'role "{role}" may not call bemi.ingest()' + (
-                "" if want_sql else f" nor stream (that needs {STREAM_GRANTS})") + ": see docs/security.md")
-        note = "" if want_sql else (
-            f'role "{role}" lacks ' + ("the REPLICATION attribute" if not info["replication"] else
-                                       "the grants for streaming") + ", so ingesting through SQL (bemi.ingest)")
+                "" if want_sql else f" nor stream (that needs {STREAM_GRANTS})" if not can_stream else
+                f" and {why_not}") + ": see docs/security.md")
+        note = "" if want_sql else f"{why_not}, so ingesting through SQL (bemi.ingest)"
         return Plan(database, slot["name"], sql=True, note=note, reads_progress=bool(may["progress"]))
-    return Plan(database, slot["name"], sql=False)
+    return Plan(database, slot["name"], sql=False, encoding=info["encoding"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,6 +227,26 @@ class Session:
             self.reported_at, self.reported_idle = now, True
 
 
+@contextlib.contextmanager
+def cancelled_on(stop: threading.Event, conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Cancels what ``conn`` runs as soon as ``stop`` is set (SIGTERM while bemi.ingest runs)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(0.2):
+                cancel(conn)  # and again while the session lasts: a statement may begin just after
+                done.wait(1.0)
+
+    watcher = threading.Thread(target=watch, name="bemi-pg cancel", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 class SqlSession(Session):
     """The SQL path: bemi.ingest(batch) until stopped (or, with --drain, until it returns 0)."""
 
@@ -229,14 +254,19 @@ class SqlSession(Session):
                 "WHERE slot_name = bemi.slot_name()")
 
     def run(self) -> bool:
-        with _connect(self.options.dsn, autocommit=True) as conn:
+        with _connect(self.options.dsn, autocommit=True) as conn, cancelled_on(self.stop, conn):
             self.lock(conn)
             target = self.drain_target(conn)
             self.say(f"worker: ingesting from slot {self.plan.slot} of {self.plan.database} through bemi.ingest "
                      f"(batch {self.options.batch})")
             stored_to = None
             while not self.stop.is_set():
-                row = conn.execute("SELECT bemi.ingest(%s)", [self.options.batch]).fetchone()
+                try:
+                    row = conn.execute("SELECT bemi.ingest(%s)", [self.options.batch]).fetchone()
+                except psycopg.errors.QueryCanceled:
+                    if self.stop.is_set():  # SIGTERM: that ingest is rolled back, and done again at the next start
+                        return True
+                    raise
                 n = int(row[0]) if row else 0
                 self.totals.changes += n
                 progress = conn.execute(self.PROGRESS).fetchone() if self.plan.reads_progress else None
@@ -275,18 +305,22 @@ class StreamSession(Session):
             conn.commit()
             start, part_of, part_stored = (parse_lsn(row[0]), row[1] and parse_lsn(row[1]), row[2]) if row else (0, None, 0)
             source = Source(origin, self.plan.slot, self.plan.database) if options.trail_dsn else None
-            writer = Writer([conn, second], start, source)
+            encoding = stream_encoding(self.plan.encoding)
+            writer = Writer([conn, second], start, source, encoding)
             if target is not None:  # drained, the trail is complete up to the drain's start
                 writer.mark = (self.totals.drain_at, target)  # type: ignore[assignment]
             stager = Stager(start, part_of, part_stored,
-                            None if source is None else lambda relation, position: describe(origin, relation, position))
-            with ReplicationStream(options.dsn, self.plan.slot, start) as stream:
+                            None if source is None else lambda relation, position: describe(origin, relation, position),
+                            python_codec(self.plan.encoding))
+            with ReplicationStream(options.dsn, self.plan.slot, start, encoding=encoding) as stream:
                 self.say(f"worker: streaming slot {self.plan.slot} of {self.plan.database} from {format_lsn(start)} "
                          f"(batches of up to {options.batch} changes)")
                 writer.start()
                 try:
                     return self.loop(stream, stager, writer, target)
                 finally:
+                    if self.stop.is_set():  # SIGTERM: now, not once what is handed is stored
+                        writer.abort()
                     while writer.is_alive() and not writer.put(None, timeout=0.5):
                         pass
                     writer.join()
@@ -348,6 +382,8 @@ class StreamSession(Session):
         while not writer.put(batch, timeout=1.0):
             if writer.error is not None:
                 raise writer.error
+            if self.stop.is_set():  # dropped: not stored, it is streamed again at the next start
+                return
             stream.confirm(writer.stored)
 
     def collect(self, writer: Writer, force: bool = False, caught_up: bool = False) -> bool:

@@ -6,6 +6,7 @@ the server).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import queue
 import threading
@@ -17,11 +18,13 @@ import psycopg
 from bemi_pg.ingest.staging import Batch
 from bemi_pg.ingest.stream import format_lsn, parse_lsn
 
+# In the stream's encoding (stream.stream_encoding): an SQL_ASCII database's bytes are staged as
+# they came, whatever the connection's client encoding.
 STAGED_RELATIONS_COPY = (
     'COPY bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity, '
-    'type_names, key_columns, ignore_columns, mask_columns) FROM STDIN')
+    "type_names, key_columns, ignore_columns, mask_columns) FROM STDIN (ENCODING '{}')")
 STAGED_COPY = ("COPY bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, "
-               "context, old_values, old_key_only, new_values, new_missing) FROM STDIN")
+               "context, old_values, old_key_only, new_values, new_missing) FROM STDIN (ENCODING '{}')")
 STORE = "SELECT bemi.store(%s::pg_lsn, %s::pg_lsn, %s, %s, %s, %s)"
 # An LSN past every commit made before the returned time: once that much is stored, the
 # trail is complete up to that time (bemi.store's caught_up_at).
@@ -45,14 +48,14 @@ class Stored:
     newest_commit: int | None
 
 
-def stage(conn: psycopg.Connection[Any], batch: Batch) -> None:
-    """Opens the batch's transaction and copies its rows into the staging tables."""
+def stage(conn: psycopg.Connection[Any], batch: Batch, encoding: str = "UTF8") -> None:
+    """Opens the batch's transaction and copies its rows (bytes in ``encoding``) into the staging tables."""
     with conn.cursor() as cur:
         if batch.relations:
-            with cur.copy(STAGED_RELATIONS_COPY) as copy:
+            with cur.copy(STAGED_RELATIONS_COPY.format(encoding)) as copy:
                 copy.write(b"".join(batch.relations.values()))
         if batch.rows:
-            with cur.copy(STAGED_COPY) as copy:
+            with cur.copy(STAGED_COPY.format(encoding)) as copy:
                 copy.write(b"".join(batch.rows))
 
 
@@ -89,8 +92,10 @@ class Writer:
     (bemi.store empties the staging tables with DELETE, which does not wait for the other
     connection's uncommitted rows: they are invisible to it.)"""
 
-    def __init__(self, conns: list[psycopg.Connection[Any]], stored: int, source: Source | None = None) -> None:
-        self.source = source
+    def __init__(self, conns: list[psycopg.Connection[Any]], stored: int, source: Source | None = None,
+                 encoding: str = "UTF8") -> None:
+        self.conns, self.source, self.encoding = conns, source, encoding
+        self.aborted = False  # stopping at once: store nothing more (abort)
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # from the stream
         # Staged batches, waiting for their store (at most one per connection).
         self.staged: queue.Queue[tuple[psycopg.Connection[Any], Batch] | None] = queue.Queue()
@@ -126,8 +131,9 @@ class Writer:
 
     def _stage_all(self) -> None:
         try:
-            while (batch := self.queue.get()) is not None and (conn := self.free.get()) is not None:
-                stage(conn, batch)
+            while (batch := self.queue.get()) is not None and (conn := self.free.get()) is not None \
+                    and not self.aborted:
+                stage(conn, batch, self.encoding)
                 self.staged.put((conn, batch))
         except BaseException as error:  # handed to the stream's thread, which stops
             self.error = self.error or error
@@ -136,7 +142,7 @@ class Writer:
 
     def _store_all(self) -> None:
         try:
-            while (item := self.staged.get()) is not None and self.error is None:
+            while (item := self.staged.get()) is not None and self.error is None and not self.aborted:
                 conn, batch = item
                 self._store(conn, batch)
                 self.free.put(conn)
@@ -167,6 +173,24 @@ class Writer:
                 conn.commit()
             self.mark = (at, parse_lsn(lsn))
 
+    def abort(self) -> None:
+        """Stops at once (SIGTERM), whatever the server is doing: cancels what the connections
+        run, so a batch half staged or half stored is rolled back (the stream sends it again at
+        the next start, from the progress row), and ends the threads without storing more."""
+        self.aborted = True
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(None)
+        self.free.put(None)
+        self.staged.put(None)
+        while self.is_alive():  # again until they end: a statement may begin just after a cancel
+            for conn in self.conns:
+                cancel(conn)
+            for thread in self.threads:
+                thread.join(timeout=1.0)
+        for conn in self.conns:  # what was staged and not stored must not be committed on close
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+
     def put(self, batch: Batch | None, timeout: float) -> bool:
         """Hands a batch over (None: stop once the batches handed are stored); False when
         the writer is still busy after ``timeout`` seconds."""
@@ -181,3 +205,12 @@ class Writer:
                 with self.lock:
                     self.in_flight -= 1
             return False
+
+
+def cancel(conn: psycopg.Connection[Any]) -> None:
+    """Cancels what ``conn`` runs, if anything (from another thread, or a signal's)."""
+    with contextlib.suppress(psycopg.Error):
+        if hasattr(conn, "cancel_safe"):  # psycopg 3.2
+            conn.cancel_safe(timeout=10)
+        else:
+            conn.cancel()
