@@ -183,6 +183,8 @@ BEGIN
     'WHERE operation = ''TRUNCATE''', partition);
   -- Revert (section 9): the changes of one transaction.
   EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+  -- Monitoring (bemi-pg status): the changes with a problem, counted without reading the rest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (id) WHERE problem IS NOT NULL', partition);
 END
 $$;
 
@@ -1228,3 +1230,56 @@ $$;
 
 REVOKE ALL ON FUNCTION bemi.ingested_until(name), bemi.retained_from() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+
+
+------------------------------------------------------------------------------------------
+-- Operations (issue 19): bemi.track_all leaves unlogged tables out with a NOTICE; the
+-- partial index of changes with a problem (bemi.index_partition, above) that bemi-pg
+-- status counts them with.
+------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION bemi.track_all(schema_name name DEFAULT 'public', auto boolean DEFAULT NULL) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass;
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
+    RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
+  END IF;
+  IF schema_name IN ('bemi', 'bemi_trail', 'pg_catalog', 'information_schema') THEN
+    RAISE EXCEPTION 'bemi: the tables of schema "%" cannot be tracked', schema_name
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track the schemas that hold your application''s tables.';
+  END IF;
+  IF auto AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
+                          WHERE e.evtname = 'bemi_track_new_tables' AND e.evtenabled <> 'D') THEN
+    RAISE EXCEPTION 'bemi: tables created later in schema "%" cannot be tracked automatically: the event trigger bemi_track_new_tables is missing', schema_name
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Only a superuser may create event triggers, and bemi was installed by a role that may not. Call bemi.track() after each CREATE TABLE instead, or reinstall bemi as a superuser.';
+  END IF;
+  IF auto THEN
+    INSERT INTO bemi.auto_tracked (schema) VALUES (schema_name) ON CONFLICT (schema) DO NOTHING;
+  ELSIF NOT auto THEN
+    DELETE FROM bemi.auto_tracked a WHERE a.schema = schema_name;
+  END IF;
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+    ORDER BY c.relname
+  LOOP
+    -- An unlogged table (or partition) never reaches the WAL: it is left out, and said so.
+    IF EXISTS (SELECT FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m WHERE c.relpersistence = 'u') THEN
+      RAISE NOTICE 'bemi: % is not tracked: it is unlogged, so its changes never reach the WAL', relation
+        USING HINT = pg_catalog.format('Make it logged, then track it: ALTER TABLE %s SET LOGGED; SELECT bemi.track(%L);',
+                                       relation, relation::text);
+      CONTINUE;
+    END IF;
+    PERFORM bemi.track(relation);
+    RETURN NEXT relation;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
+  'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';

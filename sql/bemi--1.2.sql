@@ -639,6 +639,13 @@ BEGIN
     WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
     ORDER BY c.relname
   LOOP
+    -- An unlogged table (or partition) never reaches the WAL: it is left out, and said so.
+    IF EXISTS (SELECT FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m WHERE c.relpersistence = 'u') THEN
+      RAISE NOTICE 'bemi: % is not tracked: it is unlogged, so its changes never reach the WAL', relation
+        USING HINT = pg_catalog.format('Make it logged, then track it: ALTER TABLE %s SET LOGGED; SELECT bemi.track(%L);',
+                                       relation, relation::text);
+      CONTINUE;
+    END IF;
     PERFORM bemi.track(relation);
     RETURN NEXT relation;
   END LOOP;
@@ -646,7 +653,7 @@ END
 $$;
 
 COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
-  'Tracks every ordinary and partitioned table of a schema; auto => true also tracks tables created there later (false stops that).';
+  'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';
 
 REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
 REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
@@ -1052,6 +1059,8 @@ BEGIN
     'WHERE operation = ''TRUNCATE''', partition);
   -- Revert (section 9): the changes of one transaction.
   EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+  -- Monitoring (bemi-pg status): the changes with a problem, counted without reading the rest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (id) WHERE problem IS NOT NULL', partition);
 END
 $$;
 
