@@ -38,7 +38,7 @@ ARCHIVE_FORMAT = "bemi-archive 1"
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 CHUNK = 1 << 20
 
-DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 

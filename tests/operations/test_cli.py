@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -95,6 +96,12 @@ def test_demo_prints_the_example_trail() -> None:
         ("26", "CREATE"), ("27", "CREATE"), ("28", "CREATE"), ("26", "UPDATE"), ("27", "DELETE"),
     ]
     assert '"endpoint": "/todo/complete"' in result.stdout
+    # The README shows these very rows, as the demo prints them (without committed_at).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    shown = [line for line in readme.split("```")[1].splitlines() if "| todo " in line]
+    printed = [" | ".join(cell.strip() for cell in line.split("|")[:6]) for line in result.stdout.splitlines()
+               if "| todo " in line]
+    assert [" | ".join(cell.strip() for cell in line.split("|")) for line in shown] == printed
 
 
 def test_options_go_before_or_after_the_subcommand(dsn: str, conn: psycopg.Connection[Any],
