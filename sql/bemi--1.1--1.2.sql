@@ -1244,6 +1244,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   relation regclass;
+  unlogged regclass;
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
     RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
@@ -1269,10 +1270,12 @@ BEGIN
     ORDER BY c.relname
   LOOP
     -- An unlogged table (or partition) never reaches the WAL: it is left out, and said so.
-    IF EXISTS (SELECT FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m WHERE c.relpersistence = 'u') THEN
-      RAISE NOTICE 'bemi: % is not tracked: it is unlogged, so its changes never reach the WAL', relation
+    SELECT m INTO unlogged FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m
+    WHERE c.relpersistence = 'u' LIMIT 1;
+    IF FOUND THEN
+      RAISE NOTICE 'bemi: % is not tracked: % is unlogged, so its changes never reach the WAL', relation, unlogged
         USING HINT = pg_catalog.format('Make it logged, then track it: ALTER TABLE %s SET LOGGED; SELECT bemi.track(%L);',
-                                       relation, relation::text);
+                                       unlogged, relation::text);
       CONTINUE;
     END IF;
     PERFORM bemi.track(relation);
