@@ -103,9 +103,18 @@ def slot_name(conn: psycopg.Connection[Any]) -> str:
 
 
 def bounded(conn: psycopg.Connection[Any], seconds: float) -> None:
-    """Every query of this session, and every lock it waits for, gives up after seconds."""
-    ms = max(1, int(seconds * 1000))
-    conn.execute(f"SET statement_timeout = {ms}; SET lock_timeout = {ms}")
+    """Every query of this session gives up after seconds; a lock it waits for a little sooner,
+    so that a lock says it was one (55P03, not 57014)."""
+    ms = max(2, int(seconds * 1000))
+    conn.execute(f"SET statement_timeout = {ms}; SET lock_timeout = {ms * 4 // 5}")
+
+
+def lsn(text: str | None) -> int | None:
+    """A pg_lsn's text as a number."""
+    if text is None:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 def require_bemi(conn: psycopg.Connection[Any]) -> None:
@@ -190,6 +199,11 @@ def warnings_of(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
     elif slot["retained_bytes"] is not None and slot["retained_bytes"] > args.max_retained_mb * 1024 * 1024:
         found.append(f"the slot retains {human_bytes(slot['retained_bytes'])} of WAL, over "
                      f"{args.max_retained_mb} MB: is bemi-pg worker running?")
+    confirmed, stored = lsn(slot and slot["confirmed_flush_lsn"]), lsn(report["ingested_lsn"])
+    if confirmed is not None and (stored is None or confirmed > stored):
+        found.append(f"the slot has confirmed up to {slot['confirmed_flush_lsn']}, past what this trail holds "
+                     f"({report['ingested_lsn'] or 'nothing'}): those changes were stored elsewhere (a trail "
+                     "database: pass --trail-dsn) or are lost")
     if slot is not None and report["lag"]["seconds"] is not None and report["lag"]["seconds"] > args.max_lag:
         found.append(f"the trail is {report['lag']['seconds']:.0f} s behind, over {args.max_lag:g} s "
                      f"(complete up to {report['ingested_until']}): is bemi-pg worker running?")
