@@ -32,8 +32,7 @@ SELECT now() AS server_time, current_database() AS database, current_setting('wa
 SLOT = """
 SELECT s.slot_name, s.plugin, s.active, s.active_pid, s.wal_status,
        s.restart_lsn::text AS restart_lsn, s.confirmed_flush_lsn::text AS confirmed_flush_lsn,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes
 FROM pg_replication_slots s
 WHERE s.slot_name = %(slot)s AND s.database = current_database()
 """
@@ -155,7 +154,10 @@ def status_report(conn: psycopg.Connection[Any], trail: psycopg.Connection[Any] 
     source = one(conn, SOURCE)
     found = conn.execute(SLOT, {"slot": slot}).fetchone()
     progress = store.execute(PROGRESS, {"slot": slot}).fetchone() or {}
-    lag_bytes = found["lag_bytes"] if found else None
+    # Read up to the slot's confirmed position, or further where the trail's progress is (the
+    # slot is confirmed after the store commits).
+    read_to = max(lsn(found["confirmed_flush_lsn"]) or 0, lsn(progress.get("lsn")) or 0) if found else None
+    lag_bytes = None if read_to is None else max(0, (lsn(source["current_lsn"]) or 0) - read_to)
     until = progress.get("ingested_until")
     behind = None if until is None else max(0.0, (source["server_time"] - until).total_seconds())
     return {
@@ -171,8 +173,9 @@ def status_report(conn: psycopg.Connection[Any], trail: psycopg.Connection[Any] 
             "restart_lsn": found["restart_lsn"], "confirmed_flush_lsn": found["confirmed_flush_lsn"],
             "retained_bytes": found["retained_bytes"],
         },
-        # Behind: the WAL written since the slot's confirmed position (an upper bound of what
-        # is pending: it counts other databases' WAL too), and the time since the newest
+        # Behind: the WAL written since the slot's confirmed position or the trail's progress,
+        # whichever is further (an upper bound of what is pending: it counts other databases'
+        # WAL too), and the time since the newest
         # moment the trail is complete up to (0 when nothing is pending).
         "lag": {"bytes": lag_bytes, "seconds": 0.0 if lag_bytes == 0 else behind},
         "pending": {"wal_bytes": lag_bytes, "transaction_in_parts": progress.get("part_of")},
