@@ -351,6 +351,8 @@ BEGIN
     'WHERE operation = ''TRUNCATE''', partition);
   -- Revert (section 9): the changes of one transaction.
   EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+  -- Monitoring (bemi-pg status): the changes with a problem, counted without reading the rest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (id) WHERE problem IS NOT NULL', partition);
 END
 $$;
 
@@ -1521,3 +1523,170 @@ BEGIN
   END IF;
 END
 $$;
+
+
+------------------------------------------------------------------------------------------
+-- Operations (issue 19): bemi.track_all leaves unlogged tables out with a NOTICE; the
+-- partial index of changes with a problem (bemi.index_partition, above) that bemi-pg
+-- status counts them with.
+------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION bemi.track_all(schema_name name DEFAULT 'public', auto boolean DEFAULT NULL) RETURNS SETOF regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass;
+  unlogged regclass;
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
+    RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
+  END IF;
+  IF schema_name IN ('bemi', 'bemi_trail', 'pg_catalog', 'information_schema') THEN
+    RAISE EXCEPTION 'bemi: the tables of schema "%" cannot be tracked', schema_name
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Track the schemas that hold your application''s tables.';
+  END IF;
+  IF auto AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
+                          WHERE e.evtname = 'bemi_track_new_tables' AND e.evtenabled <> 'D') THEN
+    RAISE EXCEPTION 'bemi: tables created later in schema "%" cannot be tracked automatically: the event trigger bemi_track_new_tables is missing', schema_name
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Only a superuser may create event triggers, and bemi was installed by a role that may not. Call bemi.track() after each CREATE TABLE instead, or reinstall bemi as a superuser.';
+  END IF;
+  IF auto THEN
+    INSERT INTO bemi.auto_tracked (schema) VALUES (schema_name) ON CONFLICT (schema) DO NOTHING;
+  ELSIF NOT auto THEN
+    DELETE FROM bemi.auto_tracked a WHERE a.schema = schema_name;
+  END IF;
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+    ORDER BY c.relname
+  LOOP
+    -- An unlogged table (or partition) never reaches the WAL: it is left out, and said so.
+    SELECT m INTO unlogged FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m
+    WHERE c.relpersistence = 'u' LIMIT 1;
+    IF FOUND THEN
+      RAISE NOTICE 'bemi: % is not tracked: % is unlogged, so its changes never reach the WAL', relation, unlogged
+        USING HINT = pg_catalog.format('Make it logged, then track it: ALTER TABLE %s SET LOGGED; SELECT bemi.track(%L);',
+                                       unlogged, relation::text);
+      CONTINUE;
+    END IF;
+    PERFORM bemi.track(relation);
+    RETURN NEXT relation;
+  END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
+  'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';
+
+-- bemi.uninstall: a kept trail in the way is moved aside by renaming its schema (renaming the
+-- table alone makes the next uninstall fail).
+CREATE OR REPLACE FUNCTION bemi.uninstall(drop_trail boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  as_extension boolean := EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'bemi');
+  reader integer;
+  relation regclass;
+  sequence regclass;
+  tied text;
+  trigger_name name;
+  slot name;
+BEGIN
+  SELECT s.active_pid INTO reader FROM pg_catalog.pg_replication_slots s
+  WHERE s.database = pg_catalog.current_database() AND s.slot_name IN (bemi.slot_name(), 'bemi') AND s.active;
+  IF reader IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: process % is reading the slot of this database', reader
+      USING ERRCODE = 'object_in_use', HINT = 'Stop bemi-pg worker (and any bemi.ingest() schedule) first.';
+  END IF;
+  IF NOT drop_trail AND pg_catalog.to_regclass('bemi_trail.changes') IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: bemi_trail.changes exists already (the trail an earlier uninstall kept)'
+      USING ERRCODE = 'duplicate_table',
+            HINT = 'Rename its schema first (ALTER SCHEMA bemi_trail RENAME TO bemi_trail_before), or pass drop_trail => true.';
+  END IF;
+
+  DELETE FROM bemi.auto_tracked;
+  FOR relation IN SELECT DISTINCT t.root FROM bemi.tracking t JOIN pg_catalog.pg_class c ON c.oid = t.root LOOP
+    PERFORM bemi.untrack(relation);
+  END LOOP;
+  -- Context triggers bemi.tracking does not know of (copied by hand, or left by 1.0).
+  FOR relation, trigger_name IN
+    SELECT t.tgrelid, t.tgname FROM pg_catalog.pg_trigger t
+    WHERE t.tgfoid = 'bemi.context_trigger()'::pg_catalog.regprocedure
+  LOOP
+    EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger_name, relation);
+  END LOOP;
+  -- DROP EXTENSION would leave the publication: publications never belong to an extension.
+  IF EXISTS (SELECT FROM pg_catalog.pg_publication p WHERE p.pubname = 'bemi') THEN
+    DROP PUBLICATION bemi;
+  END IF;
+
+  IF NOT drop_trail THEN
+    IF pg_catalog.to_regnamespace('bemi_trail') IS NULL THEN
+      CREATE SCHEMA bemi_trail;
+    END IF;
+    -- The trail and, if it is partitioned, its partitions, parent first.
+    FOR relation IN
+      SELECT p.relid FROM (SELECT 'bemi.changes'::pg_catalog.regclass AS relid, 0 AS level
+                           UNION ALL
+                           SELECT t.relid, t.level FROM pg_catalog.pg_partition_tree('bemi.changes') t WHERE t.level > 0) p
+      JOIN pg_catalog.pg_class c ON c.oid = p.relid
+      WHERE c.relnamespace = 'bemi'::pg_catalog.regnamespace ORDER BY p.level
+    LOOP
+      -- Indexes, constraints and defaults that call bemi's functions serve bemi alone and
+      -- would tie the kept trail to the extension: they go.
+      FOR tied IN
+        SELECT pg_catalog.format('DROP INDEX %s', i.indexrelid::pg_catalog.regclass)
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE i.indrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+        UNION
+        SELECT pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', relation, co.conname)
+        FROM pg_catalog.pg_constraint co
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE co.conrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+        UNION
+        SELECT pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', relation, a.attname)
+        FROM pg_catalog.pg_attrdef ad
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+        JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND f.oid = d.refobjid
+        WHERE ad.adrelid = relation AND f.pronamespace = 'bemi'::pg_catalog.regnamespace
+      LOOP
+        EXECUTE tied;
+      END LOOP;
+      -- Partitions made after CREATE EXTENSION (by ingest) are no members.
+      IF as_extension AND EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                  AND e.objid = relation AND e.deptype = 'e') THEN
+        EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP TABLE %s', relation);
+        -- Its identity sequence is a member too.
+        FOR sequence IN
+          SELECT d.objid FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+          JOIN pg_catalog.pg_depend e ON e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e'
+          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = relation AND d.deptype IN ('a', 'i')
+        LOOP
+          EXECUTE pg_catalog.format('ALTER EXTENSION bemi DROP SEQUENCE %s', sequence);
+        END LOOP;
+      END IF;
+      EXECUTE pg_catalog.format('ALTER TABLE %s SET SCHEMA bemi_trail', relation);
+    END LOOP;
+    EXECUTE pg_catalog.format('COMMENT ON TABLE bemi_trail.changes IS %L', pg_catalog.format(
+      'The audit trail bemi recorded, kept by bemi.uninstall() at %s.', pg_catalog.now()));
+  END IF;
+
+  FOR slot IN SELECT s.slot_name FROM pg_catalog.pg_replication_slots s
+    WHERE s.database = pg_catalog.current_database() AND s.slot_name IN (bemi.slot_name(), 'bemi')
+  LOOP
+    PERFORM pg_catalog.pg_drop_replication_slot(slot);
+  END LOOP;
+  DELETE FROM bemi.progress;
+  RETURN CASE WHEN drop_trail THEN 'the trail is dropped with bemi'
+    ELSE 'the trail is kept in bemi_trail.changes' END;
+END
+$$;
+

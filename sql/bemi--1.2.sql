@@ -720,6 +720,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   relation regclass;
+  unlogged regclass;
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
     RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
@@ -744,6 +745,15 @@ BEGIN
     WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
     ORDER BY c.relname
   LOOP
+    -- An unlogged table (or partition) never reaches the WAL: it is left out, and said so.
+    SELECT m INTO unlogged FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m
+    WHERE c.relpersistence = 'u' LIMIT 1;
+    IF FOUND THEN
+      RAISE NOTICE 'bemi: % is not tracked: % is unlogged, so its changes never reach the WAL', relation, unlogged
+        USING HINT = pg_catalog.format('Make it logged, then track it: ALTER TABLE %s SET LOGGED; SELECT bemi.track(%L);',
+                                       unlogged, relation::text);
+      CONTINUE;
+    END IF;
     PERFORM bemi.track(relation);
     RETURN NEXT relation;
   END LOOP;
@@ -751,7 +761,7 @@ END
 $$;
 
 COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
-  'Tracks every ordinary and partitioned table of a schema; auto => true also tracks tables created there later (false stops that).';
+  'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';
 
 REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
 REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
@@ -1162,6 +1172,8 @@ BEGIN
     'WHERE operation = ''TRUNCATE''', partition);
   -- Revert (section 9): the changes of one transaction.
   EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+  -- Monitoring (bemi-pg status): the changes with a problem, counted without reading the rest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (id) WHERE problem IS NOT NULL', partition);
 END
 $$;
 
@@ -2919,7 +2931,7 @@ BEGIN
   IF NOT drop_trail AND pg_catalog.to_regclass('bemi_trail.changes') IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: bemi_trail.changes exists already (the trail an earlier uninstall kept)'
       USING ERRCODE = 'duplicate_table',
-            HINT = 'Rename it first (ALTER TABLE bemi_trail.changes RENAME TO changes_before), or pass drop_trail => true.';
+            HINT = 'Rename its schema first (ALTER SCHEMA bemi_trail RENAME TO bemi_trail_before), or pass drop_trail => true.';
   END IF;
 
   DELETE FROM bemi.auto_tracked;

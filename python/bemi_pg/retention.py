@@ -9,7 +9,8 @@ directory each partition is first written there, while a SHARE lock keeps ingest
 - ``<database>.<partition>.json``: the sidecar: bounds, columns and types, row count, size and
   SHA-256 of the ``.copy`` file.
 
-Both are written under a temporary name, fsynced, counted back from disk and only then renamed,
+Both are readable by their owner only (0600, in a directory made 0700): they hold the trail's
+values. Both are written under a temporary name, fsynced, counted back from disk and only then renamed,
 data first: a sidecar under its final name means a complete archive. ``bemi-pg
 restore-archive`` checks the file against its sidecar, creates the partition again, copies the
 rows in, attaches it and moves the retained horizon back over it when it adjoins.
@@ -27,7 +28,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
@@ -37,7 +38,7 @@ ARCHIVE_FORMAT = "bemi-archive 1"
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 CHUNK = 1 << 20
 
-DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+DURATION = re.compile(r"^(\d+)(s|m|h|d|w)$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -101,7 +102,7 @@ def prune(conn: psycopg.Connection[Any], older_than: datetime.timedelta, archive
     """Drops (after archiving, when archive_dir is given) every partition bemi.retain would drop
     for older_than; one transaction per partition, oldest first. Returns what was dropped."""
     if archive_dir is not None:
-        archive_dir.mkdir(parents=True, exist_ok=True)
+        archive_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT partition::text AS partition, from_at, to_at FROM bemi.retainable(%s)", [older_than])
         candidates = cur.fetchall()
@@ -159,7 +160,7 @@ def write_archive(conn: psycopg.Connection[Any], partition: str, from_at: dateti
     digest = hashlib.sha256()
     statement = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
         sql.SQL(", ").join(sql.Identifier(name) for name, _ in columns), sql.SQL(partition))
-    with open(temporary, "wb") as out, conn.cursor(row_factory=tuple_row) as cur:
+    with private(temporary) as out, conn.cursor(row_factory=tuple_row) as cur:
         with cur.copy(statement) as copy:
             for chunk in copy:
                 out.write(chunk)
@@ -181,10 +182,17 @@ def write_archive(conn: psycopg.Connection[Any], partition: str, from_at: dateti
     return data_path
 
 
+def private(path: Path) -> BinaryIO:
+    """A new file (or one emptied) open for writing, readable and writable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def write_durably(path: Path, content: bytes) -> None:
     """Writes a file under a temporary name, fsyncs it, renames it, fsyncs the directory."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as out:
+    with private(temporary) as out:
         out.write(content)
         out.flush()
         os.fsync(out.fileno())

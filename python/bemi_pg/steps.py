@@ -5,19 +5,24 @@ database that holds its trail), written once and carried out on ``Connection``s 
 Steps are a generator of queries, each for one of the two connections, that is sent back
 each query's rows (psycopg's transaction.py writes its logic once the same way). ``run`` and
 ``run_async`` carry the steps out; a ``Copy`` streams rows from the trail's connection into a
-table of the source's (binary COPY).
+table of the source's (binary COPY). JSON values come back with their numbers exact (Decimal,
+never float), as the trail holds them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import RowFactory, tuple_row
+from psycopg.types.json import set_json_loads
 
 T = TypeVar("T")
 
@@ -46,6 +51,7 @@ class Copy:
 Steps = Generator[Query | Copy, Any, T]
 
 COPY_OUT = "COPY ({}) TO STDOUT (FORMAT binary)"
+EXACT_JSON = partial(json.loads, parse_float=Decimal)
 COPY_IN = "COPY {} FROM STDIN (FORMAT binary)"
 
 
@@ -97,6 +103,7 @@ def run(steps: Steps[T], source: psycopg.Connection[Any], trail: psycopg.Connect
         for step in drive:
             if isinstance(step, Query):
                 with _connection(step, source, trail).cursor(row_factory=step.rows) as cur:
+                    set_json_loads(EXACT_JSON, cur)
                     cur.execute(step.query, step.params)
                     drive.answer = cur.fetchall() if cur.description else None
                 continue
@@ -112,6 +119,7 @@ async def run_async(steps: Steps[T], source: psycopg.AsyncConnection[Any],
         for step in drive:
             if isinstance(step, Query):
                 async with _connection(step, source, trail).cursor(row_factory=step.rows) as cur:
+                    set_json_loads(EXACT_JSON, cur)
                     await cur.execute(step.query, step.params)
                     drive.answer = await cur.fetchall() if cur.description else None
                 continue

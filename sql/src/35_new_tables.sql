@@ -98,6 +98,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   relation regclass;
+  unlogged regclass;
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) THEN
     RAISE EXCEPTION 'bemi: schema "%" does not exist', schema_name USING ERRCODE = 'invalid_schema_name';
@@ -122,6 +123,15 @@ BEGIN
     WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p') AND NOT c.relispartition
     ORDER BY c.relname
   LOOP
+    -- An unlogged table (or partition) never reaches the WAL: it is left out, and said so.
+    SELECT m INTO unlogged FROM bemi.members(relation) m JOIN pg_catalog.pg_class c ON c.oid = m
+    WHERE c.relpersistence = 'u' LIMIT 1;
+    IF FOUND THEN
+      RAISE NOTICE 'bemi: % is not tracked: % is unlogged, so its changes never reach the WAL', relation, unlogged
+        USING HINT = pg_catalog.format('Make it logged, then track it: ALTER TABLE %s SET LOGGED; SELECT bemi.track(%L);',
+                                       unlogged, relation::text);
+      CONTINUE;
+    END IF;
     PERFORM bemi.track(relation);
     RETURN NEXT relation;
   END LOOP;
@@ -129,7 +139,7 @@ END
 $$;
 
 COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
-  'Tracks every ordinary and partitioned table of a schema; auto => true also tracks tables created there later (false stops that).';
+  'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';
 
 REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
 REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;

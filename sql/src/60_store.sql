@@ -106,6 +106,8 @@ BEGIN
     'WHERE operation = ''TRUNCATE''', partition);
   -- Revert (section 9): the changes of one transaction.
   EXECUTE pg_catalog.format('CREATE INDEX ON %s (transaction_id)', partition);
+  -- Monitoring (bemi-pg status): the changes with a problem, counted without reading the rest.
+  EXECUTE pg_catalog.format('CREATE INDEX ON %s (id) WHERE problem IS NOT NULL', partition);
 END
 $$;
 

@@ -31,7 +31,7 @@ BEGIN
   IF NOT drop_trail AND pg_catalog.to_regclass('bemi_trail.changes') IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: bemi_trail.changes exists already (the trail an earlier uninstall kept)'
       USING ERRCODE = 'duplicate_table',
-            HINT = 'Rename it first (ALTER TABLE bemi_trail.changes RENAME TO changes_before), or pass drop_trail => true.';
+            HINT = 'Rename its schema first (ALTER SCHEMA bemi_trail RENAME TO bemi_trail_before), or pass drop_trail => true.';
   END IF;
 
   DELETE FROM bemi.auto_tracked;

@@ -140,6 +140,26 @@ def test_unlogged_and_temporary_tables_are_refused(admin: psycopg.Connection[Any
     assert admin.execute("SELECT count(*) AS n FROM bemi.tracking").fetchone() == {"n": 0}
 
 
+def test_track_all_leaves_unlogged_tables_out_with_a_notice(admin: psycopg.Connection[Any],
+                                                             conn: psycopg.Connection[Any]) -> None:
+    admin.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE UNLOGGED TABLE b (id int PRIMARY KEY); "
+                  "CREATE TABLE c (id int PRIMARY KEY) PARTITION BY RANGE (id); "
+                  "CREATE UNLOGGED TABLE c1 PARTITION OF c FOR VALUES FROM (0) TO (10); CREATE TABLE d (id int PRIMARY KEY)")
+    said: list[tuple[str | None, str | None, str | None]] = []
+    admin.add_notice_handler(lambda n: said.append((n.severity_nonlocalized, n.message_primary, n.message_hint)))
+    tracked = [r["track_all"] for r in admin.execute("SELECT bemi.track_all('public')::text")]
+    assert tracked == ["a", "d"]
+    assert [s[:2] for s in said] == [
+        ("NOTICE", "bemi: public.b is not tracked: public.b is unlogged, so its changes never reach the WAL"),
+        ("NOTICE", "bemi: public.c is not tracked: public.c1 is unlogged, so its changes never reach the WAL")]
+    assert said[1][2] == ("Make it logged, then track it: ALTER TABLE public.c1 SET LOGGED; "
+                          "SELECT bemi.track('public.c');")
+    conn.execute("INSERT INTO a VALUES (1); INSERT INTO b VALUES (1); INSERT INTO d VALUES (1)")
+    conn.commit()
+    ingest(admin)
+    assert [r["table"] for r in changes(admin, "table")] == ["a", "d"]
+
+
 @pytest.mark.slow
 def test_truncate_of_many_long_named_tables(admin: psycopg.Connection[Any]) -> None:
     """One TRUNCATE of 1,000 tables with 63-character names (a 70 kB statement)."""

@@ -45,9 +45,9 @@ def test_revert_dry_run_then_for_real(dsn: str, admin: psycopg.Connection[Any]) 
 
     dry = run(dsn, "revert", "--transaction", str(xid), "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
-    assert [json.loads(line) for line in dry.stdout.splitlines()[:-1]] == [
+    assert [json.loads(line) for line in dry.stdout.splitlines()] == [  # JSON only: the summary is on stderr
         {"change_id": 1, "schema": "public", "table": "todo", "primary_key": "1", "action": "deleted"}]
-    assert dry.stdout.splitlines()[-1] == "revert: dry run, rolled back: nothing was changed"
+    assert dry.stderr == "revert: dry run, rolled back: nothing was changed\n"
     assert admin.execute("SELECT count(*) AS n FROM todo").fetchone() == {"n": 1}
 
     done = run(dsn, "revert", "--context", '{"request_id": "r-1"}', "--since", "1h")

@@ -59,8 +59,8 @@ def test_missing_slot_is_reported_by_ingest_status_and_worker(dsn: str, admin: p
     with pytest.raises(psycopg.errors.UndefinedObject, match='^bemi: the replication slot "bemi_[0-9]+" does not exist'):
         admin.execute("SELECT bemi.ingest()")
     status = cli(dsn, "status")
-    assert status.returncode == 1
-    assert re.search("error: the replication slot bemi_[0-9]+ does not exist", status.stderr)
+    assert status.returncode == 2
+    assert re.search("warning: the replication slot bemi_[0-9]+ does not exist", status.stderr)
     worker = cli(dsn, "worker")
     assert worker.returncode == 1
     assert re.search('error: .*the replication slot "?bemi_[0-9]+"? does not exist', worker.stderr)

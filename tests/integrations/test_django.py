@@ -18,6 +18,7 @@ from django.test import AsyncClient, Client
 
 import bemi_pg
 from bemi_pg.django.models import BemiChange
+from bemi_pg.install import install
 from tests.helpers.trail import changes, ingest
 from tests.integrations.django_project.todos.models import Todo
 
@@ -70,6 +71,17 @@ def test_migrate_creates_the_extension(database: dict[str, Any], admin: psycopg.
         "SELECT default_version AS extversion FROM pg_available_extensions WHERE name = 'bemi'").fetchone()
     call_command("migrate", "bemi", "zero", verbosity=0)
     call_command("migrate", verbosity=0)
+
+
+def test_migrate_leaves_a_plain_install_as_it_is(database: dict[str, Any], admin: psycopg.Connection[Any]) -> None:
+    admin.execute("SELECT bemi.drop_slot()")
+    admin.execute("DROP EXTENSION bemi CASCADE")
+    admin.execute("DROP SCHEMA IF EXISTS bemi CASCADE")
+    install(admin)
+    call_command("migrate", verbosity=0)
+    assert admin.execute("SELECT count(*) AS n FROM pg_extension WHERE extname = 'bemi'").fetchone() == {"n": 0}
+    assert admin.execute("SELECT max(version) AS v FROM bemi.plain_install").fetchone() == {"v": "1.2"}
+    assert BemiChange.objects.count() == 0
 
 
 def test_bemi_track_command(database: dict[str, Any], admin: psycopg.Connection[Any]) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -59,12 +60,16 @@ def test_status_reports_slot_and_tracked_tables(dsn: str, conn: psycopg.Connecti
     assert "public.todo" in result.stdout and f"{slot} (pgoutput, idle" in result.stdout
 
 
-def test_status_fails_clearly_without_the_slot(dsn: str, admin: psycopg.Connection[Any]) -> None:
+def test_status_warns_clearly_without_the_slot(dsn: str, admin: psycopg.Connection[Any]) -> None:
     slot = admin.execute("SELECT bemi.slot_name() AS name").fetchone()["name"]  # type: ignore[index]
     admin.execute("SELECT bemi.drop_slot()")
     result = run(dsn, "status")
-    assert result.returncode == 1
-    assert result.stderr.startswith(f"error: the replication slot {slot} does not exist")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"warning: the replication slot {slot} does not exist")
+    as_json = run(dsn, "status", "--json")
+    report = json.loads(as_json.stdout)
+    assert as_json.returncode == 2 and report["slot"] is None and report["slot_name"] == slot
+    assert report["warnings"][0].startswith(f"the replication slot {slot} does not exist")
 
 
 def test_changes_prints_the_trail_with_filters(dsn: str, conn: psycopg.Connection[Any],
@@ -92,6 +97,12 @@ def test_demo_prints_the_example_trail() -> None:
         ("26", "CREATE"), ("27", "CREATE"), ("28", "CREATE"), ("26", "UPDATE"), ("27", "DELETE"),
     ]
     assert '"endpoint": "/todo/complete"' in result.stdout
+    # The README shows these very rows, as the demo prints them (without committed_at).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    shown = [line for line in readme.split("```")[1].splitlines() if "| todo " in line]
+    printed = [" | ".join(cell.strip() for cell in line.split("|")[:6]) for line in result.stdout.splitlines()
+               if "| todo " in line]
+    assert [" | ".join(cell.strip() for cell in line.split("|")) for line in shown] == printed
 
 
 def test_options_go_before_or_after_the_subcommand(dsn: str, conn: psycopg.Connection[Any],
@@ -132,12 +143,13 @@ def test_status_json_shows_the_worker_problems_and_identities(dsn: str, conn: ps
         reader.wait()
     assert result.returncode == 2, result.stderr
     report = json.loads(result.stdout)
-    assert report["worker"]["connected_since"] == started.isoformat() and report["worker"]["streaming"]
+    [worker] = report["workers"]
+    assert worker["connected_since"] == started.isoformat() and worker["streaming"] and worker["state"] == "streaming"
     assert report["wal_level"] == "logical" and report["slot"]["name"] == slot and report["slot"]["active"]
-    assert report["problem_changes"] == 1 and report["changes"] == 6
+    assert report["problems"] == 1
     assert report["not_full_identity"] == ["public.todo (default)"]
     assert report["slot"]["retained_bytes"] >= 0 and report["tracked"] == ["public.todo"]
-    assert f"connected since {started.isoformat()}" in text.stdout
+    assert f"streaming since {started.isoformat()}" in text.stdout
     assert "warning: tracked tables without REPLICA IDENTITY FULL" in text.stderr
     assert "warning: 1 stored changes have a problem" in text.stderr
 

@@ -145,7 +145,7 @@ def test_uninstall_restores_the_tables_and_keeps_the_trail(new_database: NewData
         trail = admin.execute('SELECT id, "table", operation, after, context FROM bemi.changes ORDER BY id').fetchall()
     assert len(trail) == 6
 
-    result = cli(dsn, "uninstall")
+    result = cli(dsn, "uninstall", "--yes")
     assert result.returncode == 0, result.stderr
     assert "the trail is kept in bemi_trail.changes" in result.stdout
     assert leftovers(dsn) == NOTHING_LEFT
@@ -173,7 +173,7 @@ def test_uninstall_refuses_while_a_reader_holds_the_slot(new_database: NewDataba
         while not rows(dsn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot)[0]["active"]:
             assert reader.poll() is None, "pg_recvlogical stopped"
             time.sleep(0.1)
-        result = cli(dsn, "uninstall")
+        result = cli(dsn, "uninstall", "--yes")
     finally:
         reader.terminate()
         reader.wait()
@@ -192,7 +192,7 @@ def test_uninstall_of_the_extension_with_drop_trail_leaves_nothing(new_database:
         admin.execute("INSERT INTO t VALUES (1)")
     refused = cli(dsn, "install")
     assert refused.returncode == 1 and "bemi is installed as an extension (version 1.2)" in refused.stderr
-    result = cli(dsn, "uninstall", "--drop-trail")
+    result = cli(dsn, "uninstall", "--drop-trail", "--yes")
     assert result.returncode == 0, result.stderr
     assert leftovers(dsn) == NOTHING_LEFT
     assert rows(dsn, "SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'bemi_trail'") == [{"n": 0}]

@@ -40,7 +40,7 @@ def stop(process: subprocess.Popen[str]) -> None:
 def test_serve_listens_on_localhost_and_prints_the_token(dsn: str, person: Person, seeded: Any) -> None:
     reader = person(*READER)
     port = free_port()
-    process, lines = serve(dsn, "--port", str(port), "--token-role", reader)
+    process, lines = serve(dsn, "--listen-port", str(port), "--token-role", reader)
     try:
         printed = "".join(lines)
         assert f"bemi-pg serve on http://127.0.0.1:{port}/ (revert off)" in printed
@@ -56,7 +56,7 @@ def test_serve_listens_on_localhost_and_prints_the_token(dsn: str, person: Perso
 
 def test_no_token_for_a_superuser_and_a_given_one_refused(dsn: str, seeded: Any) -> None:
     port = free_port()
-    process, lines = serve(dsn, "--port", str(port))
+    process, lines = serve(dsn, "--listen-port", str(port))
     try:
         printed = "".join(lines)
         assert "token viewing is off: token viewers would read as" in printed
@@ -64,5 +64,5 @@ def test_no_token_for_a_superuser_and_a_given_one_refused(dsn: str, seeded: Any)
         assert httpx.get(f"http://127.0.0.1:{port}/signin").status_code == 200
     finally:
         stop(process)
-    refused = run(dsn, "serve", "--token", "mine", "--port", str(free_port()))
+    refused = run(dsn, "serve", "--token", "mine", "--listen-port", str(free_port()))
     assert refused.returncode == 1 and "error: token viewers would read as" in refused.stderr and "superuser" in refused.stderr

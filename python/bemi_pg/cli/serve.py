@@ -1,10 +1,10 @@
 """bemi-pg serve: the web page over the trail (bemi_pg.serve) on uvicorn.
 
-    bemi-pg serve --dsn "host=127.0.0.1 dbname=app user=bemi_reader" [--port 8080] [--allow-revert]
+    bemi-pg serve -d app -U bemi_reader [--listen-port 8080] [--allow-revert]
 
 People sign in with their own PostgreSQL role and password; the read-only token (--token, else
 one generated and printed here) lets anyone who has it view, as the --dsn role or --token-role.
-Binds 127.0.0.1 unless --host says otherwise: put it behind the application's reverse proxy
+Binds 127.0.0.1 unless --listen says otherwise: put it behind the application's reverse proxy
 (with TLS, and --https-only) to reach it from elsewhere. docs/serve.md.
 """
 
@@ -14,13 +14,16 @@ import argparse
 import os
 import secrets
 
+from bemi_pg.cli.connection import source_dsn
 from bemi_pg.cli.errors import Failure
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = sub.add_parser("serve", help="a web page to browse, compare and revert the trail (docs/serve.md)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    # -h/-p are the database's, as everywhere in bemi-pg.
+    s.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--listen-port", type=int, default=8080, metavar="PORT", help="port to listen on (default 8080)")
     s.add_argument("--allow-revert", action="store_true",
                    help="show the revert forms: signed-in people revert with their own role's privileges (default: off)")
     token = s.add_mutually_exclusive_group()
@@ -38,7 +41,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from bemi_pg.serve import Refused, Settings, create_app
 
-    dsn = args.dsn or os.environ.get("DATABASE_URL", "")
+    dsn = source_dsn(args)
     given = args.token or os.environ.get("BEMI_SERVE_TOKEN")
     token = None if args.no_token else given or secrets.token_urlsafe(24)
     settings = Settings(dsn=dsn, token=token, token_role=args.token_role, allow_revert=args.allow_revert,
@@ -52,11 +55,11 @@ def serve(args: argparse.Namespace) -> int:
         print(f"token viewing is off: {str(refused).removeprefix('bemi: ')}", flush=True)
         settings = Settings(dsn=dsn, token=None, allow_revert=args.allow_revert, https_only=args.https_only)
         app = create_app(settings)
-    where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}{args.root_path}"
+    where = f"http://{'[' + args.listen + ']' if ':' in args.listen else args.listen}:{args.listen_port}{args.root_path}"
     if not args.quiet:
         print(f"bemi-pg serve on {where}/ (revert {'on' if args.allow_revert else 'off'}); sign in with a database role", flush=True)
         if settings.token and not given:
             print(f"read-only token: {settings.token}  (or open {where}/signin?token={settings.token})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, root_path=args.root_path, log_level="warning" if args.quiet else "info",
+    uvicorn.run(app, host=args.listen, port=args.listen_port, root_path=args.root_path, log_level="warning" if args.quiet else "info",
                 proxy_headers=True)
     return 0

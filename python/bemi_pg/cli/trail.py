@@ -2,6 +2,7 @@
 and changes undone.
 
     bemi-pg changes --table todo --since 1h
+    bemi-pg changes --table '"My Schema"."Todo"' --json
     bemi-pg changes --at "2026-11-27 10:00+00" --table todo [--key 26]
     bemi-pg revert --transaction 1234 [--dry-run] [--on-conflict skip]
     bemi-pg revert --context '{"request_id": "r-42"}' --since 1h
@@ -38,6 +39,27 @@ def time_bound(value: str) -> tuple[str, str]:
     return "%s::timestamptz", value
 
 
+IDENTIFIER_PART = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([^".\s]+))\s*(\.|$)')
+
+
+def table_name(text: str) -> tuple[str | None, str]:
+    """A --table value read as SQL reads a name: schema.table or table, unquoted parts folded
+    to lower case, double-quoted parts kept as they are ("My Schema"."Todo")."""
+    parts, at = [], 0
+    while at < len(text):
+        match = IDENTIFIER_PART.match(text, at)
+        if match is None:
+            break
+        parts.append(match.group(1).replace('""', '"') if match.group(1) is not None else match.group(2).lower())
+        at = match.end()
+        if not match.group(3):
+            break
+    if at != len(text) or not 1 <= len(parts) <= 2 or text.rstrip().endswith("."):
+        raise Failure(f"--table must name a table as SQL does: todo, public.todo or '\"My Schema\".\"Todo\"', "
+                      f"not {text!r}")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
 def context_option(text: str) -> dict[str, Any]:
     """A --context value: a JSON object."""
     try:
@@ -70,15 +92,16 @@ def changes(args: argparse.Namespace) -> int:
         return 0
     where, params = ["true"], []
     if args.table:
-        schema, _, table = args.table.rpartition(".")
+        schema, table = table_name(args.table)
         where.append('"table" = %s' + (" AND schema = %s" if schema else ""))
         params += [table, schema] if schema else [table]
     if args.key is not None:
         where.append("primary_key = %s")
         params.append(args.key)
     if args.context:
+        context_option(args.context)
         where.append("context @> %s::jsonb")
-        params.append(json.dumps(context_option(args.context)))
+        params.append(args.context)  # as written: its numbers exact
     for bound, op in ((args.since, ">="), (args.until, "<")):
         if bound:
             expression, value = time_bound(bound)
@@ -114,11 +137,13 @@ def changes_at(args: argparse.Namespace, conn: psycopg.Connection[Any],
     trail: the trail database's connection (--trail-dsn), None where the trail is in conn's."""
     if not args.table:
         raise Failure("--at needs --table")
+    schema, name = table_name(args.table)
+    table: str | tuple[str, str] = (schema, name) if schema else sql.Identifier(name).as_string(None)
     at = moment(conn, args.at)
     if args.key is not None:
-        row = row_at(conn, args.table, args.key, at, trail=trail)
+        row = row_at(conn, table, args.key, at, trail=trail)
         return None if row is None else [row]
-    return table_at(conn, args.table, at, trail=trail)
+    return table_at(conn, table, at, trail=trail)
 
 
 def reverted(args: argparse.Namespace, conn: psycopg.Connection[Any],

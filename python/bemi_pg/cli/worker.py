@@ -4,11 +4,11 @@ pending), streaming the slot or through bemi.ingest(); see bemi_pg/ingest/worker
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import threading
 import time
 
+from bemi_pg.cli.connection import source_dsn, trail_dsn, worker_dsn
 from bemi_pg.cli.errors import Failure
 from bemi_pg.cli.output import say
 from bemi_pg.ingest import worker as ingest_worker
@@ -20,8 +20,10 @@ def worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    options = ingest_worker.Options(dsn=args.dsn or os.environ.get("DATABASE_URL", ""), batch=args.batch,
-                                    interval=args.interval, drain=args.drain, sql=args.sql, trail_dsn=args.trail_dsn)
+    trail = trail_dsn(args)
+    options = ingest_worker.Options(dsn=worker_dsn(args, source_dsn(args)), batch=args.batch,
+                                    interval=args.interval, drain=args.drain, sql=args.sql,
+                                    trail_dsn=trail and worker_dsn(args, trail))
     try:
         totals = ingest_worker.run(options, stop, lambda line: say(args, line))
     except ingest_worker.Failure as error:

@@ -1,6 +1,20 @@
-"""Creates the bemi extension (idempotent), and records the unmanaged BemiChange model."""
+"""Creates the bemi extension (idempotent; nothing where bemi-pg install installed bemi as plain
+SQL), and records the unmanaged BemiChange model."""
 
 from django.db import migrations, models
+
+
+# A plain install (bemi-pg install, where extension files cannot be installed) has the same
+# objects without an extension: CREATE EXTENSION would fail there (no files, schema bemi taken).
+CREATE_EXTENSION = """
+DO $$
+BEGIN
+  IF pg_catalog.to_regclass('bemi.plain_install') IS NULL THEN
+    CREATE EXTENSION IF NOT EXISTS bemi;
+  END IF;
+END
+$$
+"""
 
 
 class Migration(migrations.Migration):
@@ -8,7 +22,7 @@ class Migration(migrations.Migration):
     dependencies = []
 
     operations = [
-        migrations.RunSQL("CREATE EXTENSION IF NOT EXISTS bemi", reverse_sql=migrations.RunSQL.noop),
+        migrations.RunSQL(CREATE_EXTENSION, reverse_sql=migrations.RunSQL.noop),
         migrations.CreateModel(
             name="BemiChange",
             fields=[

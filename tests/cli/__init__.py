@@ -1,0 +1,1 @@
+"""The bemi-pg command line as its users run it: connection, output, status, and the snippets of the docs."""
