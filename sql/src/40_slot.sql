@@ -2,7 +2,7 @@
 -- 5. The slot: one logical slot per database (pgoutput, over the publication "bemi"),
 --    keeping the WAL until it is stored.
 --    Holds: bemi.slot_name(), bemi.progress, bemi.gaps, bemi.open_gap(), bemi.close_gaps(),
---    bemi.coverage_report(), bemi.coverage, bemi.create_slot(), bemi.drop_slot().
+--    bemi.note_gap(), bemi.coverage_report(), bemi.coverage, bemi.create_slot(), bemi.drop_slot().
 ------------------------------------------------------------------------------------------
 
 -- The slot of this database: slot names are cluster-wide, so each database has its own.
@@ -83,6 +83,31 @@ BEGIN ATOMIC
     RETURNING g.id)
   SELECT pg_catalog.count(*) FROM closed;
 END;
+
+-- For the worker, where it stores (here, or a trail database): what it finds before it
+-- streams. The slot is gone (to_lsn NULL: a gap that stays open until capture resumes), or
+-- the slot confirmed past what this trail holds (another trail, a worker storing elsewhere, a
+-- synced slot ahead of its standby's trail): the span between is a gap; one left open ends here.
+-- SECURITY DEFINER: the worker's role may record gaps, not write bemi.gaps.
+CREATE FUNCTION bemi.note_gap(slot name, cause text, from_lsn pg_lsn, to_lsn pg_lsn, detail text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF cause IS NULL OR cause NOT IN ('slot lost', 'trail split', 'trail moved') THEN
+    RAISE EXCEPTION 'bemi: a worker records a gap as slot lost, trail split or trail moved, not %', coalesce(cause, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF to_lsn IS NULL THEN
+    IF EXISTS (SELECT FROM bemi.gaps g WHERE g.slot_name = note_gap.slot AND g.relation IS NULL AND g.to_at IS NULL) THEN
+      RETURN NULL;
+    END IF;
+    RETURN bemi.open_gap(slot, cause, NULL, from_lsn, NULL, NULL, NULL, detail);
+  ELSIF bemi.close_gaps(slot, to_lsn, pg_catalog.clock_timestamp()) > 0 THEN
+    RETURN NULL;
+  END IF;
+  RETURN bemi.open_gap(slot, cause, NULL, from_lsn, NULL, to_lsn, pg_catalog.clock_timestamp(), detail);
+END
+$$;
 
 -- What the trail of a slot does not cover, for bemi-pg status and monitoring: every gap (open
 -- ones first), and a transaction stored only in part. Cheap: it reads two small tables.
@@ -223,6 +248,6 @@ COMMENT ON FUNCTION bemi.drop_slot() IS 'Drops this database''s logical slot; WA
 
 REVOKE ALL ON FUNCTION bemi.create_slot(), bemi.drop_slot() FROM PUBLIC;
 REVOKE ALL ON bemi.progress, bemi.gaps, bemi.coverage FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.coverage_report(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.coverage_report(name), bemi.note_gap(name, text, pg_lsn, pg_lsn, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.open_gap(name, text, oid, pg_lsn, timestamptz, pg_lsn, timestamptz, text),
   bemi.close_gaps(name, pg_lsn, timestamptz, oid) FROM PUBLIC;

@@ -726,6 +726,8 @@ COMMENT ON FUNCTION bemi.ingested_until(name) IS
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.wal_mark(), bemi.flushed_past(pg_lsn), bemi.check_slot(name) FROM PUBLIC;
+-- A time and a WAL position are no secret: any worker role may take a mark.
+GRANT EXECUTE ON FUNCTION bemi.wal_mark() TO PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
