@@ -47,11 +47,12 @@ def check(origin: psycopg.Connection[Any], trail: psycopg.Connection[Any], slot:
     state = origin.execute(SLOT_STATE, [slot]).fetchone()
     stored_row = trail.execute(PROGRESS, [slot]).fetchone()
     stored = None if stored_row is None else stored_row[0]
+    if stored is None and state is None:
+        return  # never created, or dropped with bemi.drop_slot() (which recorded the gap): preflight says so
     if state is None or state[1] == "lost":
         what = "does not exist" if state is None else "was invalidated (the WAL it needed is gone)"
-        if stored is not None:
-            note(trail, slot, "slot lost", stored, None,
-                 f"the slot {what}: writes after the trail's last complete commit were not captured", warn)
+        note(trail, slot, "slot lost", stored, None,
+             f"the slot {what}: writes after the trail's last complete commit were not captured", warn)
         trail.commit()
         raise SlotLost(
             f'the replication slot "{slot}" {what}: changes after {stored or "the last stored one"} are not in the '
