@@ -13,6 +13,7 @@ import psycopg
 from bemi_pg.cli.connection import connect
 from bemi_pg.cli.errors import Failure
 from bemi_pg.cli.output import iso
+from bemi_pg.ingest import coverage
 from bemi_pg.ingest.worker import human_bytes
 
 
@@ -101,6 +102,7 @@ def status_report(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "problem_changes": problems,
         "last_committed_at": iso(last.get("committed_at")),
         "last_ingested_at": iso(last.get("queued_at")),
+        "gaps": [{**g, "from_at": iso(g["from_at"]), "to_at": iso(g["to_at"])} for g in coverage.gaps(conn, slot)],
     }
 
 
@@ -118,6 +120,7 @@ def status(args: argparse.Namespace) -> int:
     if report["not_full_identity"]:
         warnings.append("tracked tables without REPLICA IDENTITY FULL (their before images are incomplete): "
                         + ", ".join(report["not_full_identity"]) + "; run bemi.track() on them again")
+    warnings.extend(coverage.warnings(report["gaps"]))
     if report["wal_level"] != "logical":
         warnings.append(f"wal_level is {report['wal_level']}: nothing can be decoded until it is logical")
     if args.json:

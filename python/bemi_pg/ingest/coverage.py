@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, tuple_row
 
 from bemi_pg.ingest.stream import parse_lsn
 
@@ -80,3 +81,28 @@ def note(trail: psycopg.Connection[Any], slot: str, cause: str, from_lsn: str | 
         return
     trail.execute(NOTE, [slot, cause, from_lsn, to_lsn, detail])
     warn(f"warning: gap in the trail recorded ({cause}, {span}): {detail}")
+
+
+# ---------------------------------------------------------------------------------------
+# For bemi-pg status: the gaps, and what they mean for an operator.
+
+REPORT = ("SELECT cause, schema, \"table\", from_lsn::text, from_at, to_lsn::text, to_at, open, detail "
+          "FROM bemi.coverage_report(%s) WHERE to_regprocedure('bemi.coverage_report(name)') IS NOT NULL")
+MAY_REPORT = ("SELECT to_regprocedure('bemi.coverage_report(name)') IS NOT NULL "
+              "AND has_function_privilege('bemi.coverage_report(name)', 'EXECUTE')")
+
+
+def gaps(conn: psycopg.Connection[Any], slot: str) -> list[dict[str, Any]]:
+    """bemi.coverage_report() as dicts (empty where bemi is older or the role may not call it)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        if cur.execute(MAY_REPORT).fetchone() != (True,):
+            return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(REPORT, [slot]).fetchall()
+
+
+def warnings(found: list[dict[str, Any]]) -> list[str]:
+    """A warning per open gap (closed ones are history: bemi.coverage shows them)."""
+    return [f"capture has an open gap ({g['cause']}"
+            + (f" of {g['schema']}.{g['table']}" if g["table"] else "")
+            + f", from {g['from_lsn'] or 'the start'}): {g['detail']}" for g in found if g["open"]]
