@@ -158,7 +158,7 @@ def test_failover_slot_continues_with_nothing_lost_or_doubled(pair: Pair) -> Non
             assert worker.poll() is None  # still streaming, on the new primary
             assert sorted(in_trail) == on_new_primary  # nothing lost, nothing doubled
             assert conn.execute("SELECT count(*) FROM bemi.coverage_report()").fetchone() == (0,)
-            assert len(on_new_primary) > 1000
+            assert len(on_new_primary) > 800  # 500 stored before the crash, 300 written after
     finally:
         worker.send_signal(signal.SIGINT)
         worker.wait()
