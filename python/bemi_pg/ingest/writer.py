@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,7 @@ class Writer:
         self.results: queue.Queue[Stored] = queue.Queue()
         self.error: BaseException | None = None
         self.mark: tuple[datetime.datetime | None, int] | None = None  # (time, LSN) from wal_mark
+        self.marked_at = 0.0  # when the last mark was taken (time.monotonic)
         self.in_flight = 0  # batches handed and not yet stored
         self.may_vacuum = bool(conns[0].execute(MAY_VACUUM).fetchone()[0])  # type: ignore[index]
         conns[0].commit()
@@ -173,9 +175,12 @@ class Writer:
             conn.execute(VACUUM)
             conn.autocommit = False
             self.dead = 0
-        if batch.idle or caught_up_at is not None or self.mark is None or self.mark[0] is None:
+        # A new mark once this one is used; one that could not be taken (a transaction was
+        # committing for long) is tried again after a while, not at every store.
+        if batch.idle or caught_up_at is not None or self.mark is None or (
+                self.mark[0] is None and time.monotonic() - self.marked_at >= 1.0):
             marker = self.source.conn if self.source else conn
-            self.mark = wal_mark(marker)  # type: ignore[assignment]
+            self.mark, self.marked_at = wal_mark(marker), time.monotonic()  # type: ignore[assignment]
             if self.source is None:
                 conn.commit()
 
