@@ -74,6 +74,18 @@ BEGIN
   IF stored IS NULL THEN
     RETURN NULL;  -- no slot: nothing is captured (the coverage record has the gap)
   END IF;
+  -- What an earlier, committed ingest stored need not be read again: move the slot there, as
+  -- the next bemi.ingest() would (not after an ingest in this transaction: a rollback would
+  -- not move it back). An active slot is the worker's, which confirms as it stores.
+  IF coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s JOIN bemi.progress p ON p.slot_name = s.slot_name
+    WHERE s.slot_name = slot AND NOT s.active AND p.lsn > s.confirmed_flush_lsn) THEN
+    BEGIN
+      PERFORM pg_catalog.pg_replication_slot_advance(slot, (SELECT p.lsn FROM bemi.progress p WHERE p.slot_name = slot));
+    EXCEPTION WHEN object_in_use THEN
+      NULL;  -- taken meanwhile: read it as it is
+    END;
+  END IF;
   PERFORM bemi.flushed_past(upto);  -- every commit the caller sees is readable
   FOR attempt IN 1..2 LOOP
     BEGIN
