@@ -1486,6 +1486,7 @@ DECLARE
   tries integer := 0;
 BEGIN
   at := pg_catalog.clock_timestamp();
+  PERFORM pg_catalog.pg_stat_clear_snapshot();  -- sessions as they are now, not as this transaction first saw them
   -- Every transaction with an id holds the lock of its id until it has ended (only those of
   -- this database write its tables); a prepared transaction (no process) commits only
   -- through COMMIT PREPARED, run by a session below.
