@@ -1273,13 +1273,6 @@ BEGIN
             DETAIL = 'A gap in capture (a slot dropped, lost or created after tracking began, tracking paused, a trail moved or split) lies after that moment.',
             HINT = 'SELECT * FROM bemi.coverage shows the gaps; ask for a moment after the last one.';
   END IF;
-  -- Writes committed since, not yet ingested: the table now shows them, the trail does not.
-  IF (history ->> 'pending')::boolean IS DISTINCT FROM false THEN
-    RAISE EXCEPTION 'bemi: % has writes that are not in the trail yet%', named,
-        CASE WHEN history ->> 'pending' IS NULL THEN ' (or too many pending changes to tell)' ELSE '' END
-      USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
-  END IF;
   RETURN true;
 END
 $$;
@@ -1748,12 +1741,10 @@ BEGIN
   END IF;
   SELECT n.nspname, c.relname INTO now_schema, now_table
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
-  -- What only this database knows, for check_trail: the end of the table's last gap, and
-  -- whether it has writes the trail does not hold yet.
+  -- What only this database knows, for check_trail: the end of the table's last gap.
   RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
     'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name(),
-    'covered_from', bemi.covered_from(bemi.slot_name(), relation, NULL, NULL),
-    'pending', bemi.pending_writes(relation));
+    'covered_from', bemi.covered_from(bemi.slot_name(), relation, NULL, NULL));
 END
 $$;
 
@@ -1787,6 +1778,156 @@ REVOKE ALL ON FUNCTION bemi.open_gap(name, text, oid, pg_lsn, timestamptz, pg_ls
 REVOKE ALL ON FUNCTION bemi.wal_mark(), bemi.flushed_past(pg_lsn), bemi.check_slot(name) FROM PUBLIC;
 -- A time and a WAL position are no secret: any worker role may take a mark.
 GRANT EXECUTE ON FUNCTION bemi.wal_mark() TO PUBLIC;
+CREATE FUNCTION bemi.check_pending(relation regclass) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  pending boolean := bemi.pending_writes(relation);
+BEGIN
+  IF pending IS DISTINCT FROM false THEN
+    RAISE EXCEPTION 'bemi: % has writes that are not in the trail yet%', relation,
+        CASE WHEN pending IS NULL THEN ' (or too many pending changes to tell)' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.row_from(relation regclass, primary_key text, at timestamptz, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  result jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF event ? 'id' AND NOT event ? 'later' THEN
+    -- The row as the latest change at or before the moment left it.
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'after';
+  ELSIF event ->> 'operation' = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
+      primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
+  ELSIF event ? 'id' THEN
+    -- Unchanged since tracking began, up to the moment: as the first change after it found it.
+    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'before';
+  END IF;
+  -- Unchanged to this day (unless a write not yet ingested changed it).
+  PERFORM bemi.check_pending(relation);
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+      relation, relation, bemi.key_match(keys, 't', 'k'))
+    INTO result
+    USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
+      ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
+            FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)) END;
+  RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  schema_name text;
+  table_name text;
+  keys text[] := bemi.key_columns(table_oid);
+  truncated bigint[];
+BEGIN
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+  PERFORM bemi.check_pending(table_oid);  -- the table now is where the answer starts
+
+  EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
+    INTO truncated USING schema_name, table_name, at;
+  IF truncated IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+  END IF;
+
+  IF keys IS NULL THEN
+    -- No key: the rows as a multiset, the table now, minus what later changes added, plus
+    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+      WITH later AS (
+        SELECT c.before, c.after FROM %3$s AS c
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      ), generated AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), counted AS (
+        SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        ) AS v GROUP BY v.image
+      )
+      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
+      USING schema_name, table_name, at;
+    RETURN;
+  END IF;
+
+  -- With a key: each row a later change touched as the first such change found it (its before
+  -- image; none when that change created the key), every other row as it is now. One query,
+  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH later AS (
+      SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+    ), sides AS (
+      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+      UNION ALL
+      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), firsts AS (
+      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+    ), used AS (
+      SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
+      FROM firsts AS f WHERE f.image IS NOT NULL
+    )
+    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    UNION ALL
+    SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
+    WHERE bemi.refuse_incomplete(u.incomplete)$q$,
+    table_oid,
+    (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I AS bemi_key_%s', k.name, k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s', k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    changes)
+    USING schema_name, table_name, at;
+END
+$$;
+
+
 REVOKE ALL ON FUNCTION bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text),
-  bemi.check_stored(regclass, bigint[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]) TO PUBLIC;
+  bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
+  bemi.check_pending(regclass) TO PUBLIC;

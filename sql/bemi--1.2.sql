@@ -1857,7 +1857,7 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.message_relids(), bemi.pending_writes(), bemi.covered_from(),
---    bemi.history_of(), bemi.check_trail(), bemi.check_stored(), bemi.refuse_incomplete(),
+--    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
 --    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.diff().
@@ -2022,12 +2022,10 @@ BEGIN
   END IF;
   SELECT n.nspname, c.relname INTO now_schema, now_table
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
-  -- What only this database knows, for check_trail: the end of the table's last gap, and
-  -- whether it has writes the trail does not hold yet.
+  -- What only this database knows, for check_trail: the end of the table's last gap.
   RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
     'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name(),
-    'covered_from', bemi.covered_from(bemi.slot_name(), relation, NULL, NULL),
-    'pending', bemi.pending_writes(relation));
+    'covered_from', bemi.covered_from(bemi.slot_name(), relation, NULL, NULL));
 END
 $$;
 
@@ -2076,10 +2074,23 @@ BEGIN
             DETAIL = 'A gap in capture (a slot dropped, lost or created after tracking began, tracking paused, a trail moved or split) lies after that moment.',
             HINT = 'SELECT * FROM bemi.coverage shows the gaps; ask for a moment after the last one.';
   END IF;
-  -- Writes committed since, not yet ingested: the table now shows them, the trail does not.
-  IF (history ->> 'pending')::boolean IS DISTINCT FROM false THEN
-    RAISE EXCEPTION 'bemi: % has writes that are not in the trail yet%', named,
-        CASE WHEN history ->> 'pending' IS NULL THEN ' (or too many pending changes to tell)' ELSE '' END
+  RETURN true;
+END
+$$;
+
+-- Where the table is, before an answer reads it as it is now (a row unchanged since the
+-- moment, table_at): refuses when the table has writes committed since that the trail does
+-- not hold yet (bemi.pending_writes): the answer would show them in the past.
+CREATE FUNCTION bemi.check_pending(relation regclass) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  pending boolean := bemi.pending_writes(relation);
+BEGIN
+  IF pending IS DISTINCT FROM false THEN
+    RAISE EXCEPTION 'bemi: % has writes that are not in the trail yet%', relation,
+        CASE WHEN pending IS NULL THEN ' (or too many pending changes to tell)' ELSE '' END
       USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
   END IF;
@@ -2251,7 +2262,8 @@ BEGIN
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
     RETURN event -> 'before';
   END IF;
-  -- Unchanged to this day.
+  -- Unchanged to this day (unless a write not yet ingested changed it).
+  PERFORM bemi.check_pending(relation);
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
       relation, relation, bemi.key_match(keys, 't', 'k'))
     INTO result
@@ -2328,6 +2340,7 @@ DECLARE
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+  PERFORM bemi.check_pending(table_oid);  -- the table now is where the answer starts
 
   EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
       'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
@@ -2424,9 +2437,10 @@ COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
   'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
 
 REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
-  bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]) FROM PUBLIC;
+  bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
+  bemi.check_pending(regclass) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
-  bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]) TO PUBLIC;
+  bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
