@@ -535,6 +535,8 @@ BEGIN
     WHERE t.relation = member;
     DELETE FROM bemi.untracked u WHERE u.relation = member;
     PERFORM bemi.remember_key(member);
+    -- Tracked again after bemi.untrack: the pause ends here (bemi.gaps).
+    PERFORM bemi.close_gaps(bemi.slot_name(), pg_catalog.pg_current_wal_insert_lsn(), pg_catalog.clock_timestamp(), member);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
@@ -582,6 +584,11 @@ BEGIN
     ON CONFLICT ON CONSTRAINT untracked_pkey DO UPDATE SET ignore_columns = excluded.ignore_columns, mask_columns = excluded.mask_columns,
       mask_attnums = excluded.mask_attnums, untracked_at = excluded.untracked_at;
     DELETE FROM bemi.tracking t WHERE t.relation = member RETURNING t.replica_identity INTO identity;
+    -- Its writes are not captured from here on: a gap in its coverage until it is tracked again.
+    IF identity IS NOT NULL THEN
+      PERFORM bemi.open_gap(bemi.slot_name(), 'tracking paused', member, pg_catalog.pg_current_wal_insert_lsn(), pg_catalog.now(),
+        NULL, NULL, 'bemi.untrack(): writes are not captured until bemi.track()');
+    END IF;
     IF identity IS NOT NULL AND identity <> bemi.replica_identity(member) THEN
       BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY %s', member, identity);
@@ -769,7 +776,8 @@ REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
 ------------------------------------------------------------------------------------------
 -- 5. The slot: one logical slot per database (pgoutput, over the publication "bemi"),
 --    keeping the WAL until it is stored.
---    Holds: bemi.slot_name(), bemi.progress, bemi.create_slot(), bemi.drop_slot().
+--    Holds: bemi.slot_name(), bemi.progress, bemi.gaps, bemi.open_gap(), bemi.close_gaps(),
+--    bemi.note_gap(), bemi.coverage_report(), bemi.coverage, bemi.create_slot(), bemi.drop_slot().
 ------------------------------------------------------------------------------------------
 
 -- The slot of this database: slot names are cluster-wide, so each database has its own.
@@ -787,13 +795,139 @@ CREATE TABLE bemi.progress (
   committed_at timestamptz,
   caught_up_at timestamptz,
   part_of pg_lsn,
-  part_stored bigint NOT NULL DEFAULT 0
+  part_stored bigint NOT NULL DEFAULT 0,
+  part_transaction bigint
 );
 
 COMMENT ON TABLE bemi.progress IS
   'Per slot: the end of the last transaction whose changes are all stored (the slot may be confirmed up to here), a transaction stored in parts so far, and how current the trail is.';
 COMMENT ON COLUMN bemi.progress.part_of IS 'The commit LSN of a transaction stored in parts; part_stored of its changes are stored.';
 COMMENT ON COLUMN bemi.progress.caught_up_at IS 'Every transaction committed up to this time is stored.';
+COMMENT ON COLUMN bemi.progress.part_transaction IS 'The transaction id of the transaction stored in parts (part_of).';
+
+-- The coverage record: every span of the WAL (and of commit time) whose changes the trail may
+-- not hold, with its cause. The trail holds a table completely after the end of its last gap
+-- (bemi.coverage, section 8); time travel refuses moments before it. relation NULL: every
+-- table of the slot. An open gap (to_at NULL) lasts until capture resumes.
+CREATE TABLE bemi.gaps (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  slot_name name NOT NULL,
+  relation oid,
+  schema text,
+  "table" text,
+  cause text NOT NULL CHECK (cause IN ('tracked before the slot', 'slot dropped', 'slot lost', 'trail split',
+                                       'trail moved', 'tracking paused')),
+  from_lsn pg_lsn,
+  from_at timestamptz,
+  to_lsn pg_lsn,
+  to_at timestamptz,
+  detail text,
+  noted_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+COMMENT ON TABLE bemi.gaps IS
+  'Spans whose changes the trail may not hold, with their cause: from the last position and commit time known stored to where capture resumed (NULL: not yet).';
+COMMENT ON COLUMN bemi.gaps.relation IS 'The table the gap is of (its schema and table names then), or NULL: every table of the slot.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.gaps', '');
+SELECT pg_catalog.pg_extension_config_dump('bemi.gaps_id_seq', '');
+
+-- Records a gap that begins where the trail is complete (or at a given start) and lasts until
+-- a capture resumes (bemi.close_gaps) unless it ends at to_lsn. Returns its id.
+CREATE FUNCTION bemi.open_gap(slot name, cause text, relation oid DEFAULT NULL, from_lsn pg_lsn DEFAULT NULL,
+  from_at timestamptz DEFAULT NULL, to_lsn pg_lsn DEFAULT NULL, to_at timestamptz DEFAULT NULL, detail text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+BEGIN ATOMIC
+  INSERT INTO bemi.gaps (slot_name, relation, schema, "table", cause, from_lsn, from_at, to_lsn, to_at, detail)
+  SELECT open_gap.slot, open_gap.relation, n.nspname, c.relname, open_gap.cause,
+    coalesce(open_gap.from_lsn, p.lsn), coalesce(open_gap.from_at, p.caught_up_at), open_gap.to_lsn, open_gap.to_at, open_gap.detail
+  FROM (SELECT) AS one
+  LEFT JOIN bemi.progress p ON p.slot_name = open_gap.slot
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = open_gap.relation
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  RETURNING id;
+END;
+
+-- Ends the open gaps of a slot (of one table, or of the slot as a whole) where capture resumed.
+CREATE FUNCTION bemi.close_gaps(slot name, to_lsn pg_lsn, to_at timestamptz, relation oid DEFAULT NULL) RETURNS bigint
+LANGUAGE sql
+BEGIN ATOMIC
+  WITH closed AS (
+    UPDATE bemi.gaps g SET to_lsn = close_gaps.to_lsn, to_at = close_gaps.to_at
+    WHERE g.slot_name = close_gaps.slot AND g.to_at IS NULL AND g.relation IS NOT DISTINCT FROM close_gaps.relation
+    RETURNING g.id)
+  SELECT pg_catalog.count(*) FROM closed;
+END;
+
+-- For the worker, where it stores (here, or a trail database): what it finds before it
+-- streams. The slot is gone (to_lsn NULL: a gap that stays open until capture resumes), or
+-- the slot confirmed past what this trail holds (another trail, a worker storing elsewhere, a
+-- synced slot ahead of its standby's trail): the span between is a gap; one left open ends here.
+-- SECURITY DEFINER: the worker's role may record gaps, not write bemi.gaps.
+CREATE FUNCTION bemi.note_gap(slot name, cause text, from_lsn pg_lsn, to_lsn pg_lsn, detail text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF cause IS NULL OR cause NOT IN ('slot lost', 'trail split', 'trail moved') THEN
+    RAISE EXCEPTION 'bemi: a worker records a gap as slot lost, trail split or trail moved, not %', coalesce(cause, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF to_lsn IS NULL THEN
+    IF EXISTS (SELECT FROM bemi.gaps g WHERE g.slot_name = note_gap.slot AND g.relation IS NULL AND g.to_at IS NULL) THEN
+      RETURN NULL;
+    END IF;
+    RETURN bemi.open_gap(slot, cause, NULL, from_lsn, NULL, NULL, NULL, detail);
+  ELSIF bemi.close_gaps(slot, to_lsn, pg_catalog.clock_timestamp()) > 0 THEN
+    RETURN NULL;
+  END IF;
+  RETURN bemi.open_gap(slot, cause, NULL, from_lsn, NULL, to_lsn, pg_catalog.clock_timestamp(), detail);
+END
+$$;
+
+-- What the trail of a slot does not cover, for bemi-pg status and monitoring: every gap (open
+-- ones first), and a transaction stored only in part. Cheap: it reads two small tables.
+-- SECURITY DEFINER: a monitoring role may call it without reading the trail.
+CREATE FUNCTION bemi.coverage_report(slot name DEFAULT bemi.slot_name())
+RETURNS TABLE (cause text, schema text, "table" text, from_lsn pg_lsn, from_at timestamptz, to_lsn pg_lsn, to_at timestamptz,
+  open boolean, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT r.cause, r.schema, r."table", r.from_lsn, r.from_at, r.to_lsn, r.to_at, r.open, r.detail FROM (
+    SELECT g.cause, g.schema, g."table", g.from_lsn, g.from_at, g.to_lsn, g.to_at, g.to_at IS NULL AS open, g.detail, g.id
+    FROM bemi.gaps g WHERE g.slot_name = coverage_report.slot
+    UNION ALL
+    SELECT 'transaction stored in part', NULL, NULL, p.lsn, p.caught_up_at, p.part_of, NULL, true,
+      pg_catalog.format('transaction %s: %s of its changes stored; the rest is stored when ingest goes on', p.part_transaction, p.part_stored),
+      NULL
+    FROM bemi.progress p WHERE p.slot_name = coverage_report.slot AND p.part_of IS NOT NULL
+  ) AS r
+  ORDER BY r.open DESC, r.from_lsn, r.id;
+END;
+
+COMMENT ON FUNCTION bemi.coverage_report(name) IS
+  'The gaps in the trail of a slot (open ones first) and a transaction stored only in part: what bemi-pg status reports.';
+
+-- Per tracked table: from when on the trail holds it completely (after its last gap; NULL:
+-- from the start of tracking), up to when (bemi.ingested_until), and its gaps.
+CREATE VIEW bemi.coverage AS
+SELECT t.relation::pg_catalog.regclass AS relation, t.schema, t."table", t.tracked_at,
+  g.last_gap_end AS covered_from, g.last_gap_end_lsn AS covered_from_lsn,
+  p.caught_up_at AS covered_until, p.lsn AS covered_until_lsn, p.part_of AS part_stored_commit_lsn,
+  coalesce(g.gaps, '[]') AS gaps
+FROM bemi.tracking t
+LEFT JOIN bemi.progress p ON p.slot_name = bemi.slot_name()
+LEFT JOIN LATERAL (
+  SELECT pg_catalog.max(coalesce(x.to_at, 'infinity')) AS last_gap_end,
+    (pg_catalog.array_agg(x.to_lsn ORDER BY coalesce(x.to_at, 'infinity') DESC))[1] AS last_gap_end_lsn,
+    pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('cause', x.cause, 'from_lsn', x.from_lsn, 'from_at', x.from_at,
+      'to_lsn', x.to_lsn, 'to_at', x.to_at, 'detail', x.detail) ORDER BY x.id) AS gaps
+  FROM bemi.gaps x WHERE x.slot_name = bemi.slot_name() AND (x.relation IS NULL OR x.relation = t.relation)
+) AS g ON true
+WHERE t.relation = t.root;
+
+COMMENT ON VIEW bemi.coverage IS
+  'Per tracked table: the span the trail holds completely (covered_from, exclusive, to covered_until) and the gaps before it.';
 
 -- A slot left by an earlier install (DROP EXTENSION keeps slots) keeps WAL and is never read.
 DO $$
@@ -816,6 +950,8 @@ AS $$
 DECLARE
   slot name := bemi.slot_name();
   start pg_lsn;
+  started timestamptz;
+  lost record;
 BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) THEN
     RAISE EXCEPTION 'bemi: the slot "%" already exists', slot
@@ -823,10 +959,31 @@ BEGIN
             HINT = 'Changes are being captured already. To start over: SELECT bemi.drop_slot(); SELECT bemi.create_slot();';
   END IF;
   -- First, before this transaction writes anything (a slot cannot be created after writes).
-  SELECT s.lsn INTO start FROM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput') AS s;
+  -- From 17 on a failover slot: synchronized to a standby, it survives a promotion (docs/ingest.md).
+  IF pg_catalog.current_setting('server_version_num')::integer >= 170000 THEN
+    EXECUTE 'SELECT s.lsn FROM pg_catalog.pg_create_logical_replication_slot($1, ''pgoutput'', false, false, true) AS s'
+      INTO start USING slot;
+  ELSE
+    SELECT s.lsn INTO start FROM pg_catalog.pg_create_logical_replication_slot(slot, 'pgoutput') AS s;
+  END IF;
+  -- Every transaction that commits from now on is decoded (the slot is consistent).
+  started := pg_catalog.clock_timestamp();
+  -- The coverage record: a progress row without its slot means the slot was lost (a failover
+  -- before 17, an invalidation, a drop by hand): what it had not stored is a gap. Tables
+  -- tracked before the first slot lost their writes up to now. An open gap ends here.
+  SELECT p.lsn, p.caught_up_at INTO lost FROM bemi.progress p WHERE p.slot_name = slot;
+  IF bemi.close_gaps(slot, start, started) = 0 THEN
+    IF lost.lsn IS NOT NULL THEN
+      PERFORM bemi.open_gap(slot, 'slot lost', NULL, lost.lsn, lost.caught_up_at, start, started,
+        'the slot disappeared while the trail was complete only up to here: a failover, an invalidation or a drop by hand');
+    ELSIF EXISTS (SELECT FROM bemi.tracking) THEN
+      PERFORM bemi.open_gap(slot, 'tracked before the slot', NULL, NULL, (SELECT pg_catalog.min(t.tracked_at) FROM bemi.tracking t),
+        start, started, 'tables were tracked before the slot existed: their writes up to here were not captured');
+    END IF;
+  END IF;
   INSERT INTO bemi.progress (slot_name, lsn) VALUES (slot, start)
   ON CONFLICT (slot_name) DO UPDATE SET lsn = excluded.lsn, ingested_at = excluded.ingested_at,
-    committed_at = NULL, caught_up_at = NULL, part_of = NULL, part_stored = 0;
+    committed_at = NULL, caught_up_at = NULL, part_of = NULL, part_stored = 0, part_transaction = NULL;
   PERFORM bemi.create_publication();
   -- Moving from 1.0: an install updated from 1.0 whose test_decoding slot "bemi" was not yet
   -- drained has bemi.drain_1_0() (bemi--1.1--1.2.sql). It stores what that slot holds, up to
@@ -852,14 +1009,23 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM pg_catalog.pg_drop_replication_slot(bemi.slot_name());
+  -- What the slot held and the trail did not is lost: a gap until the next create_slot.
+  IF EXISTS (SELECT FROM bemi.progress p WHERE p.slot_name = bemi.slot_name())
+     AND NOT EXISTS (SELECT FROM bemi.gaps g WHERE g.slot_name = bemi.slot_name() AND g.relation IS NULL AND g.to_at IS NULL) THEN
+    PERFORM bemi.open_gap(bemi.slot_name(), 'slot dropped', NULL, NULL, NULL, NULL, NULL,
+      'bemi.drop_slot(): writes after the trail''s last complete commit are not captured until bemi.create_slot()');
+  END IF;
   DELETE FROM bemi.progress p WHERE p.slot_name = bemi.slot_name();
 END
 $$;
 
-COMMENT ON FUNCTION bemi.drop_slot() IS 'Drops this database''s logical slot; WAL not yet stored is no longer kept.';
+COMMENT ON FUNCTION bemi.drop_slot() IS 'Drops this database''s logical slot; WAL not yet stored is no longer kept (a gap in bemi.gaps until bemi.create_slot()).';
 
 REVOKE ALL ON FUNCTION bemi.create_slot(), bemi.drop_slot() FROM PUBLIC;
-REVOKE ALL ON bemi.progress FROM PUBLIC;
+REVOKE ALL ON bemi.progress, bemi.gaps, bemi.coverage FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.coverage_report(name), bemi.note_gap(name, text, pg_lsn, pg_lsn, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.open_gap(name, text, oid, pg_lsn, timestamptz, pg_lsn, timestamptz, text),
+  bemi.close_gaps(name, pg_lsn, timestamptz, oid) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
@@ -1071,7 +1237,8 @@ $$;
 --    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
 --    bemi.read_type(), bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
 --    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
---    bemi.store(), bemi.ingest(), bemi.peek(), bemi.ingested_until(), bemi.wal.
+--    bemi.store(), bemi.wal_mark(), bemi.flushed_past(), bemi.check_slot(), bemi.ingest(), bemi.peek(),
+--    bemi.ingested_until(), bemi.wal.
 ------------------------------------------------------------------------------------------
 
 -- The trail, range-partitioned by commit time, so that old history goes as whole partitions
@@ -1510,6 +1677,7 @@ DECLARE
   newest timestamptz;
   change record;
   r bemi.staged_relations;
+  part_xid bigint;
   columns text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
                   'transaction_id, position, ordinal, problem, partial, previous_key';
 BEGIN
@@ -1550,15 +1718,23 @@ BEGIN
       END LOOP;
     END;
   END IF;
+  IF part_of IS NOT NULL THEN
+    SELECT s.transaction_id INTO part_xid FROM bemi.staged s ORDER BY s.seq DESC LIMIT 1;
+  END IF;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
   DELETE FROM bemi.untracked u WHERE u.untracked_at <= through;
   -- (A trail database gets its source's progress row with the first batch it stores.)
-  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
-  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)
+  -- A transaction stored in parts is the last one staged; which one it is, for revert.
+  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, part_transaction, committed_at, caught_up_at, stored)
+  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored,
+    part_xid,
+    newest, store.caught_up_at, inserted)
   ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(p.lsn, excluded.lsn), part_of = excluded.part_of,
-    part_stored = excluded.part_stored, committed_at = greatest(p.committed_at, excluded.committed_at),
-    caught_up_at = coalesce(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
+    part_stored = excluded.part_stored,
+    part_transaction = CASE WHEN excluded.part_of IS NULL THEN NULL ELSE coalesce(excluded.part_transaction, p.part_transaction) END,
+    committed_at = greatest(p.committed_at, excluded.committed_at),
+    caught_up_at = greatest(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
   -- The slot is confirmed up to these rows once this commits: they must be on disk first.
   PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
   RETURN inserted;
@@ -1567,6 +1743,97 @@ $$;
 
 COMMENT ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text) IS
   'Converts the staged changes and stores them in bemi.changes exactly once; records progress up to through.';
+
+-- A moment and a WAL position such that every transaction committed at or before the moment
+-- has its commit record before the position: what makes "the trail is complete up to this
+-- time" true once everything before the position is stored (bemi.progress.caught_up_at). A
+-- transaction takes its commit time just before it writes its commit record, so the time is
+-- read first, then the transactions running at that time are let finish, then the position
+-- is read. One idle in a transaction block is not committing and does not count. at is NULL
+-- when one is still running after a short wait (ask again later).
+-- SECURITY DEFINER: it sees every session's locks and state, and tells only a time and a position.
+CREATE FUNCTION bemi.wal_mark(OUT at timestamptz, OUT lsn pg_lsn)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  running xid[];
+  tries integer := 0;
+BEGIN
+  at := pg_catalog.clock_timestamp();
+  PERFORM pg_catalog.pg_stat_clear_snapshot();  -- sessions as they are now, not as this transaction first saw them
+  -- Every transaction with an id holds the lock of its id until it has ended (only those of
+  -- this database write its tables); a prepared transaction (no process) commits only
+  -- through COMMIT PREPARED, run by a session below.
+  running := ARRAY(SELECT l.transactionid FROM pg_catalog.pg_locks l
+                   JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid AND a.datname = pg_catalog.current_database()
+                   WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+                     AND l.pid <> pg_catalog.pg_backend_pid());
+  LOOP
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    running := ARRAY(SELECT x FROM pg_catalog.unnest(running) AS x
+                     WHERE EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.locktype = 'transactionid' AND l.transactionid = x
+                                   AND l.mode = 'ExclusiveLock' AND l.granted)
+                       AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                                       WHERE a.backend_xid = x AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')));
+    EXIT WHEN pg_catalog.cardinality(running) = 0
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                      WHERE a.state = 'active' AND a.query ~* '^\s*(commit|rollback)\s+prepared');
+    tries := tries + 1;
+    IF tries > 40 THEN
+      at := NULL;
+      RETURN;
+    END IF;
+    PERFORM pg_catalog.pg_sleep(0.005);
+  END LOOP;
+  lsn := pg_catalog.pg_current_wal_insert_lsn();
+END
+$$;
+
+COMMENT ON FUNCTION bemi.wal_mark() IS
+  'A time and a WAL position: every transaction committed at or before the time ends before the position (at NULL: try again).';
+
+-- Waits until every commit before a position (a wal_mark, or the WAL position of a question)
+-- is flushed, so that a reader of the slot, which reads only flushed WAL, sees it: until the
+-- flush position passes it, or at most as long as PostgreSQL takes to flush an asynchronous
+-- commit (three wal_writer_delay; a synchronous one is flushed before it is visible). Other
+-- WAL records (running transactions, hint bits) may stay unflushed for long while the server
+-- is idle, so the position itself need not be reached.
+CREATE FUNCTION bemi.flushed_past(lsn pg_lsn) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deadline timestamptz := pg_catalog.clock_timestamp()
+    + 3 * pg_catalog.current_setting('wal_writer_delay')::interval + interval '100 ms';
+BEGIN
+  WHILE pg_catalog.pg_current_wal_flush_lsn() < lsn AND pg_catalog.clock_timestamp() < deadline LOOP
+    PERFORM pg_catalog.pg_sleep(0.005);
+  END LOOP;
+END
+$$;
+
+-- The slot of this database, checked: it exists and can still be read. Its confirmed position.
+CREATE FUNCTION bemi.check_slot(slot name) RETURNS pg_lsn
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  state record;
+BEGIN
+  SELECT s.confirmed_flush_lsn, s.wal_status INTO state FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'bemi: the replication slot "%" does not exist in database "%"', slot, pg_catalog.current_database()
+      USING ERRCODE = 'undefined_object',
+            HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured (the span is recorded in bemi.gaps).';
+  ELSIF state.wal_status = 'lost' THEN
+    RAISE EXCEPTION 'bemi: the replication slot "%" was invalidated: the WAL it needed is gone', slot
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'SELECT bemi.drop_slot(); SELECT bemi.create_slot(); the span between is recorded in bemi.gaps (raise max_slot_wal_keep_size).';
+  END IF;
+  RETURN state.confirmed_flush_lsn;
+END
+$$;
 
 CREATE FUNCTION bemi.ingest(max_changes integer DEFAULT 10000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1579,8 +1846,8 @@ DECLARE
   slot_at pg_lsn;
   done pg_lsn;
   through pg_lsn;
-  started timestamptz := pg_catalog.clock_timestamp();
-  flushed pg_lsn := pg_catalog.pg_current_wal_flush_lsn();
+  mark record;
+  flushed pg_lsn;
   read bigint;
   newest_id bigint;
   moved bigint := 0;
@@ -1591,19 +1858,21 @@ BEGIN
   END IF;
   -- One ingest at a time; a second one waits here, then carries on after the first.
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
-  SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
-  IF NOT FOUND AND EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
-                           WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
     -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).
     SELECT pg_catalog.max(c.id) INTO newest_id FROM bemi.changes c;
     PERFORM bemi.create_slot();
     SELECT pg_catalog.count(*) INTO moved FROM bemi.changes c WHERE c.id > coalesce(newest_id, 0);
-    SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
   END IF;
-  IF slot_at IS NULL THEN
-    RAISE EXCEPTION 'bemi: the replication slot "%" does not exist in database "%"', slot, pg_catalog.current_database()
-      USING ERRCODE = 'undefined_object', HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured.';
+  slot_at := bemi.check_slot(slot);
+  -- How far this ingest may claim the trail complete: every commit up to mark.at ends before
+  -- mark.lsn; once those are flushed, the peek below reads them.
+  mark := bemi.wal_mark();
+  IF mark.at IS NOT NULL THEN
+    PERFORM bemi.flushed_past(mark.lsn);
   END IF;
+  flushed := pg_catalog.pg_current_wal_flush_lsn();
   -- The slot moves only up to what an earlier, committed ingest stored. Moving it is not
   -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
   SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = slot;
@@ -1615,9 +1884,10 @@ BEGIN
   PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
   -- A peek brings whole transactions, and only those with changes of tracked tables. When it
   -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
-  -- slot may then move that far, past the WAL of other tables, and the trail is current.
+  -- slot may then move that far, past the WAL of other tables, and the trail is complete up
+  -- to the mark (its commits end before what was flushed).
   IF coalesce(read, 0) < max_changes THEN
-    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, started);
+    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, mark.at);
   END IF;
   RETURN moved + bemi.store(greatest(through, done));
 END
@@ -1691,8 +1961,10 @@ BEGIN
 END
 $$;
 
--- Every transaction committed at or before this time is in the trail: when an ingest last
--- read to the end of the slot, else the newest stored commit. Time travel stops here.
+-- Every transaction committed at or before this time is in the trail: the last wal_mark whose
+-- position the trail was stored past (never the newest stored commit: commits are not stored
+-- in the order of their times, and a transaction stored in parts is not all there). Time
+-- travel stops here.
 -- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
 -- SECURITY DEFINER: time travel asks it for callers that may not read bemi.progress; it tells
 -- them only a time.
@@ -1700,13 +1972,16 @@ CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS 
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
+  SELECT p.caught_up_at FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
 END;
 
 COMMENT ON FUNCTION bemi.ingested_until(name) IS
   'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.wal_mark(), bemi.flushed_past(pg_lsn), bemi.check_slot(name) FROM PUBLIC;
+-- A time and a WAL position are no secret: any worker role may take a mark.
+GRANT EXECUTE ON FUNCTION bemi.wal_mark() TO PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
@@ -1722,7 +1997,8 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
---    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
+--    Holds: bemi.image_key(), bemi.message_relids(), bemi.pending_writes(), bemi.covered_from(),
+--    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
 --    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.diff().
@@ -1732,7 +2008,9 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 -- moved its key away and a TRUNCATE are each found with an index of every partition
 -- (bemi.index_partition, section 7). SQLSTATEs (docs/time-travel.md):
 -- 22023 bad argument or moment, 22000 an image the answer needs is incomplete (problem,
--- partial), 0A000 a TRUNCATE the answer would have to see through.
+-- partial), 0A000 a TRUNCATE the answer would have to see through; the coverage record's:
+-- ZB001 a moment the trail may lack changes after (a gap), ZB002 a change of a transaction
+-- stored only in part, 55000 writes of the table not yet in the trail.
 
 -- The primary key of a row image in the text form of bemi.changes.primary_key: the value as
 -- text for one column, a JSON array for several; NULL for {} or a table without a key.
@@ -1751,6 +2029,110 @@ RETURN CASE
 -- trail's rows (a relation shaped like bemi.changes) between them. Here both are one database:
 -- row_at, table_at and revert are those parts put together; bemi_pg's helpers put them
 -- together across two connections.
+
+-- The relations a pgoutput change message is of (Insert, Update, Delete: one; Truncate: its list).
+CREATE FUNCTION bemi.message_relids(message bytea) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE pg_catalog.get_byte(message, 0)
+  WHEN 73 THEN ARRAY[bemi.int_at(message, 1, 4)] WHEN 85 THEN ARRAY[bemi.int_at(message, 1, 4)]
+  WHEN 68 THEN ARRAY[bemi.int_at(message, 1, 4)]
+  WHEN 84 THEN ARRAY(SELECT bemi.int_at(message, 6 + 4 * i, 4)
+                     FROM pg_catalog.generate_series(0, bemi.int_at(message, 1, 4)::integer - 1) AS i)
+  ELSE '{}' END;
+
+-- Whether a table (or a partition or child of it) has writes that are committed and visible
+-- now but not in the trail: the slot holds a transaction that changed it and committed past
+-- what the trail stored (a transaction stored in parts counts). Read from the slot without
+-- consuming it; while a worker streams from the slot, from a temporary copy of it. NULL when
+-- it cannot be told: more pending than max_changes, or the WAL could not be flushed.
+-- The answer holds for the caller's snapshot: it is kept for the rest of the statement
+-- (transaction-local setting bemi.pending, keyed by the snapshot).
+-- SECURITY DEFINER: it reads the slot for callers that may not, and tells them only a yes or no.
+CREATE FUNCTION bemi.pending_writes(relation regclass, max_changes integer DEFAULT 100000) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  copy name := pg_catalog.format('bemi_check_%s', pg_catalog.pg_backend_pid());
+  key text := pg_catalog.format('%s/%s/', relation::oid, pg_catalog.pg_current_snapshot());
+  cached text := coalesce(pg_catalog.current_setting('bemi.pending', true), '');
+  upto pg_lsn := pg_catalog.pg_current_wal_insert_lsn();
+  stored pg_lsn;
+  relids bigint[] := ARRAY(SELECT m::oid::bigint FROM bemi.members(relation) AS m);
+  peeked bigint;
+  touched boolean;
+BEGIN
+  IF pg_catalog.starts_with(cached, key) THEN
+    RETURN nullif(pg_catalog.substr(cached, pg_catalog.length(key) + 1), '')::boolean;
+  END IF;
+  SELECT greatest(p.lsn, s.confirmed_flush_lsn) INTO stored
+  FROM pg_catalog.pg_replication_slots s LEFT JOIN bemi.progress p ON p.slot_name = s.slot_name WHERE s.slot_name = slot;
+  IF stored IS NULL THEN
+    RETURN NULL;  -- no slot: nothing is captured (the coverage record has the gap)
+  END IF;
+  -- What an earlier, committed ingest stored need not be read again: move the slot there, as
+  -- the next bemi.ingest() would (not after an ingest in this transaction: a rollback would
+  -- not move it back). An active slot is the worker's, which confirms as it stores.
+  IF coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s JOIN bemi.progress p ON p.slot_name = s.slot_name
+    WHERE s.slot_name = slot AND NOT s.active AND p.lsn > s.confirmed_flush_lsn) THEN
+    BEGIN
+      PERFORM pg_catalog.pg_replication_slot_advance(slot, (SELECT p.lsn FROM bemi.progress p WHERE p.slot_name = slot));
+    EXCEPTION WHEN object_in_use THEN
+      NULL;  -- taken meanwhile: read it as it is
+    END;
+  END IF;
+  PERFORM bemi.flushed_past(upto);  -- every commit the caller sees is readable
+  FOR attempt IN 1..2 LOOP
+    BEGIN
+      IF attempt = 2 THEN  -- the slot is in use: read a copy of it, dropped after
+        IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = copy) THEN
+          PERFORM pg_catalog.pg_drop_replication_slot(copy);
+        END IF;
+        PERFORM pg_catalog.pg_copy_logical_replication_slot(slot, copy, true);
+      END IF;
+      SELECT coalesce(pg_catalog.sum(t.n), 0), coalesce(pg_catalog.bool_or(t.touches AND t.commit_end > stored), false)
+      INTO peeked, touched
+      FROM (SELECT pg_catalog.max(w.lsn) FILTER (WHERE pg_catalog.get_byte(w.data, 0) = 67) AS commit_end,
+              pg_catalog.bool_or(bemi.message_relids(w.data) && relids) AS touches, pg_catalog.count(*) AS n
+            FROM pg_catalog.pg_logical_slot_peek_binary_changes(CASE attempt WHEN 1 THEN slot ELSE copy END, upto, max_changes,
+              'proto_version', '1', 'publication_names', 'bemi', 'messages', 'false') AS w
+            GROUP BY w.xid) AS t;
+      IF attempt = 2 THEN
+        PERFORM pg_catalog.pg_drop_replication_slot(copy);
+      END IF;
+      EXIT;
+    EXCEPTION
+      WHEN object_in_use THEN
+        IF attempt = 2 THEN
+          RAISE;
+        END IF;
+      WHEN active_sql_transaction THEN  -- no copy after this transaction wrote: cannot tell
+        EXIT;
+    END;
+  END LOOP;
+  IF touched OR peeked < max_changes THEN
+    PERFORM pg_catalog.set_config('bemi.pending', key || touched::text, true);
+    RETURN touched;
+  END IF;
+  PERFORM pg_catalog.set_config('bemi.pending', key, true);
+  RETURN NULL;
+END
+$$;
+
+-- The last moment the trail may lack changes of a table at (the end of its last gap, infinity
+-- while a gap is open; NULL: no gap): time travel answers only for later moments. Gaps of
+-- the slot, and of the table by its identity (where the table is) or by its names.
+CREATE FUNCTION bemi.covered_from(slot name, relation oid, schema_name text, table_name text) RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT pg_catalog.max(coalesce(g.to_at, 'infinity')) FROM bemi.gaps g
+  WHERE g.slot_name = covered_from.slot
+    AND (g.relation IS NULL OR g.relation = covered_from.relation
+         OR (covered_from.relation IS NULL AND (g.schema, g."table") = (schema_name, table_name)));
+END;
 
 -- Where the table is: checks that it was tracked at the moment, and tells the trail where its
 -- changes are: under which names (now, and when tracking began), from which slot.
@@ -1781,8 +2163,10 @@ BEGIN
   END IF;
   SELECT n.nspname, c.relname INTO now_schema, now_table
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  -- What only this database knows, for check_trail: the end of the table's last gap.
   RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
-    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name());
+    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name(),
+    'covered_from', bemi.covered_from(bemi.slot_name(), relation, NULL, NULL));
 END
 $$;
 
@@ -1799,6 +2183,7 @@ AS $$
 DECLARE
   named text := pg_catalog.quote_ident(history ->> 'schema') || '.' || pg_catalog.quote_ident(history ->> 'table');
   until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
+  covered timestamptz;
 BEGIN
   IF history IS NULL OR at IS NULL THEN
     RAISE EXCEPTION 'bemi: the history and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
@@ -1818,6 +2203,63 @@ BEGIN
     RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  -- A gap after the moment: the table now, less the changes after the moment, is not the table
+  -- then (the changes in the gap are missing), nor is a row's last change before it.
+  covered := greatest((history ->> 'covered_from')::timestamptz,
+    bemi.covered_from((history ->> 'slot')::name, NULL, history ->> 'schema', history ->> 'table'));
+  IF at <= covered THEN
+    RAISE EXCEPTION 'bemi: the trail of % may lack changes after %: it is complete only after %', named, at,
+        CASE WHEN covered = 'infinity' THEN 'a gap that is still open' ELSE covered::text END
+      USING ERRCODE = 'ZB001',
+            DETAIL = 'A gap in capture (a slot dropped, lost or created after tracking began, tracking paused, a trail moved or split) lies after that moment.',
+            HINT = 'SELECT * FROM bemi.coverage shows the gaps; ask for a moment after the last one.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- Where the table is, before an answer reads it as it is now (a row unchanged since the
+-- moment, table_at): refuses when the table has writes committed since that the trail does
+-- not hold yet (bemi.pending_writes): the answer would show them in the past.
+CREATE FUNCTION bemi.check_pending(relation regclass) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  pending boolean := bemi.pending_writes(relation);
+BEGIN
+  IF pending IS DISTINCT FROM false THEN
+    RAISE EXCEPTION 'bemi: % has writes that are not in the trail yet%', relation,
+        CASE WHEN pending IS NULL THEN ' (or too many pending changes to tell)' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- Where the trail is: checks that changes to revert are all there is of their transactions:
+-- none of a transaction stored only in part (the worker stopped in the middle of it).
+-- SECURITY DEFINER: it reads bemi.progress for callers that may not; it names only ids given.
+CREATE FUNCTION bemi.check_stored(changes regclass, ids bigint[]) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  partial bigint[];
+BEGIN
+  IF changes = 'bemi.changes'::pg_catalog.regclass THEN
+    SELECT pg_catalog.array_agg(x.id ORDER BY x.id) INTO partial
+    FROM bemi.changes AS x JOIN bemi.progress AS p ON p.part_transaction = x.transaction_id
+      AND x.committed_at > coalesce(p.caught_up_at, '-infinity')
+    WHERE x.id = ANY (ids);
+  END IF;
+  IF partial IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % are of a transaction stored only in part', partial
+      USING ERRCODE = 'ZB002',
+            DETAIL = 'The worker stopped in the middle of a large transaction; the rest of it is not in the trail yet.',
+            HINT = 'Let bemi-pg worker (or SELECT bemi.ingest()) store the rest of it, then revert.';
   END IF;
   RETURN true;
 END
@@ -1961,7 +2403,8 @@ BEGIN
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
     RETURN event -> 'before';
   END IF;
-  -- Unchanged to this day.
+  -- Unchanged to this day (unless a write not yet ingested changed it).
+  PERFORM bemi.check_pending(relation);
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
       relation, relation, bemi.key_match(keys, 't', 'k'))
     INTO result
@@ -2038,6 +2481,7 @@ DECLARE
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+  PERFORM bemi.check_pending(table_oid);  -- the table now is where the answer starts
 
   EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
       'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
@@ -2133,8 +2577,11 @@ RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
 COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
   'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
 
-REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
+  bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
+  bemi.check_pending(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
+  bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
@@ -2344,6 +2791,7 @@ BEGIN
             HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
   END IF;
   PERFORM bemi.refuse_incomplete(incomplete);
+  PERFORM bemi.check_stored(changes, ids);
 END
 $$;
 

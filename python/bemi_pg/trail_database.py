@@ -92,6 +92,8 @@ def revert_steps(change_ids: list[int] | None, transaction_id: int | None, conte
                   Query(sql.SQL("SELECT bemi.context_changes(%s::jsonb, %s, %s)"), [json.dumps(context), since, database],
                         on_trail=True))
         (change_ids,), = yield chosen
+    # None of a transaction the trail holds only in part (bemi.check_stored raises ZB002).
+    yield Query(sql.SQL("SELECT bemi.check_stored('bemi.changes', %s::bigint[])"), [change_ids], on_trail=True)
     yield Query(CREATE_ROWS, [])
     yield Copy(sql.SQL("SELECT {} FROM bemi.changes WHERE id = ANY (%s::bigint[]) AND database = %s").format(COLUMN_LIST),
                [change_ids, database], ROWS_COLUMNS)

@@ -310,6 +310,8 @@ BEGIN
     WHERE t.relation = member;
     DELETE FROM bemi.untracked u WHERE u.relation = member;
     PERFORM bemi.remember_key(member);
+    -- Tracked again after bemi.untrack: the pause ends here (bemi.gaps).
+    PERFORM bemi.close_gaps(bemi.slot_name(), pg_catalog.pg_current_wal_insert_lsn(), pg_catalog.clock_timestamp(), member);
     IF (SELECT c.relreplident FROM pg_catalog.pg_class c WHERE c.oid = member) <> 'f' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', member);
     END IF;
@@ -357,6 +359,11 @@ BEGIN
     ON CONFLICT ON CONSTRAINT untracked_pkey DO UPDATE SET ignore_columns = excluded.ignore_columns, mask_columns = excluded.mask_columns,
       mask_attnums = excluded.mask_attnums, untracked_at = excluded.untracked_at;
     DELETE FROM bemi.tracking t WHERE t.relation = member RETURNING t.replica_identity INTO identity;
+    -- Its writes are not captured from here on: a gap in its coverage until it is tracked again.
+    IF identity IS NOT NULL THEN
+      PERFORM bemi.open_gap(bemi.slot_name(), 'tracking paused', member, pg_catalog.pg_current_wal_insert_lsn(), pg_catalog.now(),
+        NULL, NULL, 'bemi.untrack(): writes are not captured until bemi.track()');
+    END IF;
     IF identity IS NOT NULL AND identity <> bemi.replica_identity(member) THEN
       BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY %s', member, identity);

@@ -5,7 +5,8 @@
 --    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
 --    bemi.read_type(), bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
 --    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
---    bemi.store(), bemi.ingest(), bemi.peek(), bemi.ingested_until(), bemi.wal.
+--    bemi.store(), bemi.wal_mark(), bemi.flushed_past(), bemi.check_slot(), bemi.ingest(), bemi.peek(),
+--    bemi.ingested_until(), bemi.wal.
 ------------------------------------------------------------------------------------------
 
 -- The trail, range-partitioned by commit time, so that old history goes as whole partitions
@@ -444,6 +445,7 @@ DECLARE
   newest timestamptz;
   change record;
   r bemi.staged_relations;
+  part_xid bigint;
   columns text := 'schema, "table", primary_key, operation, before, after, context, committed_at, '
                   'transaction_id, position, ordinal, problem, partial, previous_key';
 BEGIN
@@ -484,15 +486,23 @@ BEGIN
       END LOOP;
     END;
   END IF;
+  IF part_of IS NOT NULL THEN
+    SELECT s.transaction_id INTO part_xid FROM bemi.staged s ORDER BY s.seq DESC LIMIT 1;
+  END IF;
   DELETE FROM bemi.staged;
   DELETE FROM bemi.staged_relations;
   DELETE FROM bemi.untracked u WHERE u.untracked_at <= through;
   -- (A trail database gets its source's progress row with the first batch it stores.)
-  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, committed_at, caught_up_at, stored)
-  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored, newest, store.caught_up_at, inserted)
+  -- A transaction stored in parts is the last one staged; which one it is, for revert.
+  INSERT INTO bemi.progress AS p (slot_name, lsn, part_of, part_stored, part_transaction, committed_at, caught_up_at, stored)
+  VALUES (coalesce(source_slot, bemi.slot_name()), through, store.part_of, store.part_stored,
+    part_xid,
+    newest, store.caught_up_at, inserted)
   ON CONFLICT (slot_name) DO UPDATE SET lsn = greatest(p.lsn, excluded.lsn), part_of = excluded.part_of,
-    part_stored = excluded.part_stored, committed_at = greatest(p.committed_at, excluded.committed_at),
-    caught_up_at = coalesce(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
+    part_stored = excluded.part_stored,
+    part_transaction = CASE WHEN excluded.part_of IS NULL THEN NULL ELSE coalesce(excluded.part_transaction, p.part_transaction) END,
+    committed_at = greatest(p.committed_at, excluded.committed_at),
+    caught_up_at = greatest(excluded.caught_up_at, p.caught_up_at), ingested_at = pg_catalog.now(), stored = excluded.stored;
   -- The slot is confirmed up to these rows once this commits: they must be on disk first.
   PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
   RETURN inserted;
@@ -501,6 +511,97 @@ $$;
 
 COMMENT ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text) IS
   'Converts the staged changes and stores them in bemi.changes exactly once; records progress up to through.';
+
+-- A moment and a WAL position such that every transaction committed at or before the moment
+-- has its commit record before the position: what makes "the trail is complete up to this
+-- time" true once everything before the position is stored (bemi.progress.caught_up_at). A
+-- transaction takes its commit time just before it writes its commit record, so the time is
+-- read first, then the transactions running at that time are let finish, then the position
+-- is read. One idle in a transaction block is not committing and does not count. at is NULL
+-- when one is still running after a short wait (ask again later).
+-- SECURITY DEFINER: it sees every session's locks and state, and tells only a time and a position.
+CREATE FUNCTION bemi.wal_mark(OUT at timestamptz, OUT lsn pg_lsn)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  running xid[];
+  tries integer := 0;
+BEGIN
+  at := pg_catalog.clock_timestamp();
+  PERFORM pg_catalog.pg_stat_clear_snapshot();  -- sessions as they are now, not as this transaction first saw them
+  -- Every transaction with an id holds the lock of its id until it has ended (only those of
+  -- this database write its tables); a prepared transaction (no process) commits only
+  -- through COMMIT PREPARED, run by a session below.
+  running := ARRAY(SELECT l.transactionid FROM pg_catalog.pg_locks l
+                   JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid AND a.datname = pg_catalog.current_database()
+                   WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+                     AND l.pid <> pg_catalog.pg_backend_pid());
+  LOOP
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    running := ARRAY(SELECT x FROM pg_catalog.unnest(running) AS x
+                     WHERE EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.locktype = 'transactionid' AND l.transactionid = x
+                                   AND l.mode = 'ExclusiveLock' AND l.granted)
+                       AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                                       WHERE a.backend_xid = x AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')));
+    EXIT WHEN pg_catalog.cardinality(running) = 0
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                      WHERE a.state = 'active' AND a.query ~* '^\s*(commit|rollback)\s+prepared');
+    tries := tries + 1;
+    IF tries > 40 THEN
+      at := NULL;
+      RETURN;
+    END IF;
+    PERFORM pg_catalog.pg_sleep(0.005);
+  END LOOP;
+  lsn := pg_catalog.pg_current_wal_insert_lsn();
+END
+$$;
+
+COMMENT ON FUNCTION bemi.wal_mark() IS
+  'A time and a WAL position: every transaction committed at or before the time ends before the position (at NULL: try again).';
+
+-- Waits until every commit before a position (a wal_mark, or the WAL position of a question)
+-- is flushed, so that a reader of the slot, which reads only flushed WAL, sees it: until the
+-- flush position passes it, or at most as long as PostgreSQL takes to flush an asynchronous
+-- commit (three wal_writer_delay; a synchronous one is flushed before it is visible). Other
+-- WAL records (running transactions, hint bits) may stay unflushed for long while the server
+-- is idle, so the position itself need not be reached.
+CREATE FUNCTION bemi.flushed_past(lsn pg_lsn) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deadline timestamptz := pg_catalog.clock_timestamp()
+    + 3 * pg_catalog.current_setting('wal_writer_delay')::interval + interval '100 ms';
+BEGIN
+  WHILE pg_catalog.pg_current_wal_flush_lsn() < lsn AND pg_catalog.clock_timestamp() < deadline LOOP
+    PERFORM pg_catalog.pg_sleep(0.005);
+  END LOOP;
+END
+$$;
+
+-- The slot of this database, checked: it exists and can still be read. Its confirmed position.
+CREATE FUNCTION bemi.check_slot(slot name) RETURNS pg_lsn
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  state record;
+BEGIN
+  SELECT s.confirmed_flush_lsn, s.wal_status INTO state FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'bemi: the replication slot "%" does not exist in database "%"', slot, pg_catalog.current_database()
+      USING ERRCODE = 'undefined_object',
+            HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured (the span is recorded in bemi.gaps).';
+  ELSIF state.wal_status = 'lost' THEN
+    RAISE EXCEPTION 'bemi: the replication slot "%" was invalidated: the WAL it needed is gone', slot
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'SELECT bemi.drop_slot(); SELECT bemi.create_slot(); the span between is recorded in bemi.gaps (raise max_slot_wal_keep_size).';
+  END IF;
+  RETURN state.confirmed_flush_lsn;
+END
+$$;
 
 CREATE FUNCTION bemi.ingest(max_changes integer DEFAULT 10000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -513,8 +614,8 @@ DECLARE
   slot_at pg_lsn;
   done pg_lsn;
   through pg_lsn;
-  started timestamptz := pg_catalog.clock_timestamp();
-  flushed pg_lsn := pg_catalog.pg_current_wal_flush_lsn();
+  mark record;
+  flushed pg_lsn;
   read bigint;
   newest_id bigint;
   moved bigint := 0;
@@ -525,19 +626,21 @@ BEGIN
   END IF;
   -- One ingest at a time; a second one waits here, then carries on after the first.
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
-  SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
-  IF NOT FOUND AND EXISTS (SELECT FROM pg_catalog.pg_replication_slots s
-                           WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
     -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).
     SELECT pg_catalog.max(c.id) INTO newest_id FROM bemi.changes c;
     PERFORM bemi.create_slot();
     SELECT pg_catalog.count(*) INTO moved FROM bemi.changes c WHERE c.id > coalesce(newest_id, 0);
-    SELECT s.confirmed_flush_lsn INTO slot_at FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
   END IF;
-  IF slot_at IS NULL THEN
-    RAISE EXCEPTION 'bemi: the replication slot "%" does not exist in database "%"', slot, pg_catalog.current_database()
-      USING ERRCODE = 'undefined_object', HINT = 'Create it with SELECT bemi.create_slot(); changes made before are not captured.';
+  slot_at := bemi.check_slot(slot);
+  -- How far this ingest may claim the trail complete: every commit up to mark.at ends before
+  -- mark.lsn; once those are flushed, the peek below reads them.
+  mark := bemi.wal_mark();
+  IF mark.at IS NOT NULL THEN
+    PERFORM bemi.flushed_past(mark.lsn);
   END IF;
+  flushed := pg_catalog.pg_current_wal_flush_lsn();
   -- The slot moves only up to what an earlier, committed ingest stored. Moving it is not
   -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
   SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = slot;
@@ -549,9 +652,10 @@ BEGIN
   PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
   -- A peek brings whole transactions, and only those with changes of tracked tables. When it
   -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
-  -- slot may then move that far, past the WAL of other tables, and the trail is current.
+  -- slot may then move that far, past the WAL of other tables, and the trail is complete up
+  -- to the mark (its commits end before what was flushed).
   IF coalesce(read, 0) < max_changes THEN
-    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, started);
+    RETURN moved + bemi.store(greatest(through, flushed, done), NULL, 0, mark.at);
   END IF;
   RETURN moved + bemi.store(greatest(through, done));
 END
@@ -625,8 +729,10 @@ BEGIN
 END
 $$;
 
--- Every transaction committed at or before this time is in the trail: when an ingest last
--- read to the end of the slot, else the newest stored commit. Time travel stops here.
+-- Every transaction committed at or before this time is in the trail: the last wal_mark whose
+-- position the trail was stored past (never the newest stored commit: commits are not stored
+-- in the order of their times, and a transaction stored in parts is not all there). Time
+-- travel stops here.
 -- slot: the source's slot, for a trail kept in a database of its own (bemi-pg worker --trail-dsn).
 -- SECURITY DEFINER: time travel asks it for callers that may not read bemi.progress; it tells
 -- them only a time.
@@ -634,13 +740,16 @@ CREATE FUNCTION bemi.ingested_until(slot name DEFAULT bemi.slot_name()) RETURNS 
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-  SELECT greatest(p.caught_up_at, p.committed_at) FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
+  SELECT p.caught_up_at FROM bemi.progress p WHERE p.slot_name = ingested_until.slot;
 END;
 
 COMMENT ON FUNCTION bemi.ingested_until(name) IS
   'Every transaction committed at or before this time is in bemi.changes (NULL: nothing ingested yet).';
 
 REVOKE ALL ON bemi.staged, bemi.staged_relations FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.wal_mark(), bemi.flushed_past(pg_lsn), bemi.check_slot(name) FROM PUBLIC;
+-- A time and a WAL position are no secret: any worker role may take a mark.
+GRANT EXECUTE ON FUNCTION bemi.wal_mark() TO PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
   bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;

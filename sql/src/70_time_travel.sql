@@ -1,6 +1,7 @@
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
---    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
+--    Holds: bemi.image_key(), bemi.message_relids(), bemi.pending_writes(), bemi.covered_from(),
+--    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
 --    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.diff().
@@ -10,7 +11,9 @@
 -- moved its key away and a TRUNCATE are each found with an index of every partition
 -- (bemi.index_partition, section 7). SQLSTATEs (docs/time-travel.md):
 -- 22023 bad argument or moment, 22000 an image the answer needs is incomplete (problem,
--- partial), 0A000 a TRUNCATE the answer would have to see through.
+-- partial), 0A000 a TRUNCATE the answer would have to see through; the coverage record's:
+-- ZB001 a moment the trail may lack changes after (a gap), ZB002 a change of a transaction
+-- stored only in part, 55000 writes of the table not yet in the trail.
 
 -- The primary key of a row image in the text form of bemi.changes.primary_key: the value as
 -- text for one column, a JSON array for several; NULL for {} or a table without a key.
@@ -29,6 +32,110 @@ RETURN CASE
 -- trail's rows (a relation shaped like bemi.changes) between them. Here both are one database:
 -- row_at, table_at and revert are those parts put together; bemi_pg's helpers put them
 -- together across two connections.
+
+-- The relations a pgoutput change message is of (Insert, Update, Delete: one; Truncate: its list).
+CREATE FUNCTION bemi.message_relids(message bytea) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE pg_catalog.get_byte(message, 0)
+  WHEN 73 THEN ARRAY[bemi.int_at(message, 1, 4)] WHEN 85 THEN ARRAY[bemi.int_at(message, 1, 4)]
+  WHEN 68 THEN ARRAY[bemi.int_at(message, 1, 4)]
+  WHEN 84 THEN ARRAY(SELECT bemi.int_at(message, 6 + 4 * i, 4)
+                     FROM pg_catalog.generate_series(0, bemi.int_at(message, 1, 4)::integer - 1) AS i)
+  ELSE '{}' END;
+
+-- Whether a table (or a partition or child of it) has writes that are committed and visible
+-- now but not in the trail: the slot holds a transaction that changed it and committed past
+-- what the trail stored (a transaction stored in parts counts). Read from the slot without
+-- consuming it; while a worker streams from the slot, from a temporary copy of it. NULL when
+-- it cannot be told: more pending than max_changes, or the WAL could not be flushed.
+-- The answer holds for the caller's snapshot: it is kept for the rest of the statement
+-- (transaction-local setting bemi.pending, keyed by the snapshot).
+-- SECURITY DEFINER: it reads the slot for callers that may not, and tells them only a yes or no.
+CREATE FUNCTION bemi.pending_writes(relation regclass, max_changes integer DEFAULT 100000) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  copy name := pg_catalog.format('bemi_check_%s', pg_catalog.pg_backend_pid());
+  key text := pg_catalog.format('%s/%s/', relation::oid, pg_catalog.pg_current_snapshot());
+  cached text := coalesce(pg_catalog.current_setting('bemi.pending', true), '');
+  upto pg_lsn := pg_catalog.pg_current_wal_insert_lsn();
+  stored pg_lsn;
+  relids bigint[] := ARRAY(SELECT m::oid::bigint FROM bemi.members(relation) AS m);
+  peeked bigint;
+  touched boolean;
+BEGIN
+  IF pg_catalog.starts_with(cached, key) THEN
+    RETURN nullif(pg_catalog.substr(cached, pg_catalog.length(key) + 1), '')::boolean;
+  END IF;
+  SELECT greatest(p.lsn, s.confirmed_flush_lsn) INTO stored
+  FROM pg_catalog.pg_replication_slots s LEFT JOIN bemi.progress p ON p.slot_name = s.slot_name WHERE s.slot_name = slot;
+  IF stored IS NULL THEN
+    RETURN NULL;  -- no slot: nothing is captured (the coverage record has the gap)
+  END IF;
+  -- What an earlier, committed ingest stored need not be read again: move the slot there, as
+  -- the next bemi.ingest() would (not after an ingest in this transaction: a rollback would
+  -- not move it back). An active slot is the worker's, which confirms as it stores.
+  IF coalesce(pg_catalog.current_setting('bemi.ingested', true), '') = '' AND EXISTS (
+    SELECT FROM pg_catalog.pg_replication_slots s JOIN bemi.progress p ON p.slot_name = s.slot_name
+    WHERE s.slot_name = slot AND NOT s.active AND p.lsn > s.confirmed_flush_lsn) THEN
+    BEGIN
+      PERFORM pg_catalog.pg_replication_slot_advance(slot, (SELECT p.lsn FROM bemi.progress p WHERE p.slot_name = slot));
+    EXCEPTION WHEN object_in_use THEN
+      NULL;  -- taken meanwhile: read it as it is
+    END;
+  END IF;
+  PERFORM bemi.flushed_past(upto);  -- every commit the caller sees is readable
+  FOR attempt IN 1..2 LOOP
+    BEGIN
+      IF attempt = 2 THEN  -- the slot is in use: read a copy of it, dropped after
+        IF EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = copy) THEN
+          PERFORM pg_catalog.pg_drop_replication_slot(copy);
+        END IF;
+        PERFORM pg_catalog.pg_copy_logical_replication_slot(slot, copy, true);
+      END IF;
+      SELECT coalesce(pg_catalog.sum(t.n), 0), coalesce(pg_catalog.bool_or(t.touches AND t.commit_end > stored), false)
+      INTO peeked, touched
+      FROM (SELECT pg_catalog.max(w.lsn) FILTER (WHERE pg_catalog.get_byte(w.data, 0) = 67) AS commit_end,
+              pg_catalog.bool_or(bemi.message_relids(w.data) && relids) AS touches, pg_catalog.count(*) AS n
+            FROM pg_catalog.pg_logical_slot_peek_binary_changes(CASE attempt WHEN 1 THEN slot ELSE copy END, upto, max_changes,
+              'proto_version', '1', 'publication_names', 'bemi', 'messages', 'false') AS w
+            GROUP BY w.xid) AS t;
+      IF attempt = 2 THEN
+        PERFORM pg_catalog.pg_drop_replication_slot(copy);
+      END IF;
+      EXIT;
+    EXCEPTION
+      WHEN object_in_use THEN
+        IF attempt = 2 THEN
+          RAISE;
+        END IF;
+      WHEN active_sql_transaction THEN  -- no copy after this transaction wrote: cannot tell
+        EXIT;
+    END;
+  END LOOP;
+  IF touched OR peeked < max_changes THEN
+    PERFORM pg_catalog.set_config('bemi.pending', key || touched::text, true);
+    RETURN touched;
+  END IF;
+  PERFORM pg_catalog.set_config('bemi.pending', key, true);
+  RETURN NULL;
+END
+$$;
+
+-- The last moment the trail may lack changes of a table at (the end of its last gap, infinity
+-- while a gap is open; NULL: no gap): time travel answers only for later moments. Gaps of
+-- the slot, and of the table by its identity (where the table is) or by its names.
+CREATE FUNCTION bemi.covered_from(slot name, relation oid, schema_name text, table_name text) RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT pg_catalog.max(coalesce(g.to_at, 'infinity')) FROM bemi.gaps g
+  WHERE g.slot_name = covered_from.slot
+    AND (g.relation IS NULL OR g.relation = covered_from.relation
+         OR (covered_from.relation IS NULL AND (g.schema, g."table") = (schema_name, table_name)));
+END;
 
 -- Where the table is: checks that it was tracked at the moment, and tells the trail where its
 -- changes are: under which names (now, and when tracking began), from which slot.
@@ -59,8 +166,10 @@ BEGIN
   END IF;
   SELECT n.nspname, c.relname INTO now_schema, now_table
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = relation;
+  -- What only this database knows, for check_trail: the end of the table's last gap.
   RETURN pg_catalog.jsonb_build_object('schema', now_schema, 'table', now_table,
-    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name());
+    'first_schema', first_schema, 'first_table', first_table, 'slot', bemi.slot_name(),
+    'covered_from', bemi.covered_from(bemi.slot_name(), relation, NULL, NULL));
 END
 $$;
 
@@ -77,6 +186,7 @@ AS $$
 DECLARE
   named text := pg_catalog.quote_ident(history ->> 'schema') || '.' || pg_catalog.quote_ident(history ->> 'table');
   until timestamptz := bemi.ingested_until((history ->> 'slot')::name);
+  covered timestamptz;
 BEGIN
   IF history IS NULL OR at IS NULL THEN
     RAISE EXCEPTION 'bemi: the history and the moment must not be NULL' USING ERRCODE = 'invalid_parameter_value';
@@ -96,6 +206,63 @@ BEGIN
     RAISE EXCEPTION 'bemi: the trail is not ingested up to %: it holds every commit up to %', at, coalesce(until::text, 'none yet')
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  -- A gap after the moment: the table now, less the changes after the moment, is not the table
+  -- then (the changes in the gap are missing), nor is a row's last change before it.
+  covered := greatest((history ->> 'covered_from')::timestamptz,
+    bemi.covered_from((history ->> 'slot')::name, NULL, history ->> 'schema', history ->> 'table'));
+  IF at <= covered THEN
+    RAISE EXCEPTION 'bemi: the trail of % may lack changes after %: it is complete only after %', named, at,
+        CASE WHEN covered = 'infinity' THEN 'a gap that is still open' ELSE covered::text END
+      USING ERRCODE = 'ZB001',
+            DETAIL = 'A gap in capture (a slot dropped, lost or created after tracking began, tracking paused, a trail moved or split) lies after that moment.',
+            HINT = 'SELECT * FROM bemi.coverage shows the gaps; ask for a moment after the last one.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- Where the table is, before an answer reads it as it is now (a row unchanged since the
+-- moment, table_at): refuses when the table has writes committed since that the trail does
+-- not hold yet (bemi.pending_writes): the answer would show them in the past.
+CREATE FUNCTION bemi.check_pending(relation regclass) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  pending boolean := bemi.pending_writes(relation);
+BEGIN
+  IF pending IS DISTINCT FROM false THEN
+    RAISE EXCEPTION 'bemi: % has writes that are not in the trail yet%', relation,
+        CASE WHEN pending IS NULL THEN ' (or too many pending changes to tell)' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- Where the trail is: checks that changes to revert are all there is of their transactions:
+-- none of a transaction stored only in part (the worker stopped in the middle of it).
+-- SECURITY DEFINER: it reads bemi.progress for callers that may not; it names only ids given.
+CREATE FUNCTION bemi.check_stored(changes regclass, ids bigint[]) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  partial bigint[];
+BEGIN
+  IF changes = 'bemi.changes'::pg_catalog.regclass THEN
+    SELECT pg_catalog.array_agg(x.id ORDER BY x.id) INTO partial
+    FROM bemi.changes AS x JOIN bemi.progress AS p ON p.part_transaction = x.transaction_id
+      AND x.committed_at > coalesce(p.caught_up_at, '-infinity')
+    WHERE x.id = ANY (ids);
+  END IF;
+  IF partial IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: changes % are of a transaction stored only in part', partial
+      USING ERRCODE = 'ZB002',
+            DETAIL = 'The worker stopped in the middle of a large transaction; the rest of it is not in the trail yet.',
+            HINT = 'Let bemi-pg worker (or SELECT bemi.ingest()) store the rest of it, then revert.';
   END IF;
   RETURN true;
 END
@@ -239,7 +406,8 @@ BEGIN
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
     RETURN event -> 'before';
   END IF;
-  -- Unchanged to this day.
+  -- Unchanged to this day (unless a write not yet ingested changed it).
+  PERFORM bemi.check_pending(relation);
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
       relation, relation, bemi.key_match(keys, 't', 'k'))
     INTO result
@@ -316,6 +484,7 @@ DECLARE
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+  PERFORM bemi.check_pending(table_oid);  -- the table now is where the answer starts
 
   EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
       'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
@@ -411,5 +580,8 @@ RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(k.name,
 COMMENT ON FUNCTION bemi.diff(jsonb, jsonb) IS
   'The columns that differ between two row images: {"column": [old, new]}; a missing key shows as null.';
 
-REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
+  bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
+  bemi.check_pending(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
+  bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) TO PUBLIC;

@@ -206,6 +206,7 @@ BEGIN
             HINT = 'TRUNCATE does not write the rows it removes to the WAL; leave these changes out (restore the rows from a backup).';
   END IF;
   PERFORM bemi.refuse_incomplete(incomplete);
+  PERFORM bemi.check_stored(changes, ids);
 END
 $$;
 

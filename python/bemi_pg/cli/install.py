@@ -32,7 +32,7 @@ def install(args: argparse.Namespace) -> int:
                   "trail\nnext: bemi-pg worker --dsn <source> --trail-dsn <this database>")
     elif before is None:
         say(args, f"install: installed bemi {after} as plain SQL in schema bemi of database {database}\n"
-                  "next: SELECT bemi.track_all('public'); SELECT bemi.create_slot(); then run bemi-pg worker")
+                  "next: SELECT bemi.create_slot(); SELECT bemi.track_all('public'); then run bemi-pg worker")
     else:
         say(args, f"install: upgraded bemi {before} to {after} in database {database}")
     return 0

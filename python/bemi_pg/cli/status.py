@@ -22,6 +22,7 @@ import psycopg
 from bemi_pg.cli.connection import connect, trail_dsn
 from bemi_pg.cli.errors import Failure
 from bemi_pg.cli.output import iso, to_json
+from bemi_pg.ingest import coverage
 from bemi_pg.ingest.worker import human_bytes
 
 SOURCE = """
@@ -188,6 +189,7 @@ def status_report(conn: psycopg.Connection[Any], trail: psycopg.Connection[Any] 
         "workers": workers(conn, slot) + (workers(trail, slot) if trail is not None else []),
         "tracked": [r["relation"] for r in conn.execute(TRACKED)],
         "not_full_identity": [f"{r['relation']} ({r['identity']})" for r in conn.execute(NOT_FULL)],
+        "gaps": [{**g, "from_at": iso(g["from_at"]), "to_at": iso(g["to_at"])} for g in coverage.gaps(conn, slot)],
     }
 
 
@@ -216,6 +218,7 @@ def warnings_of(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if report["not_full_identity"]:
         found.append("tracked tables without REPLICA IDENTITY FULL (their before images are incomplete): "
                      + ", ".join(report["not_full_identity"]) + "; run bemi.track() on them again")
+    found.extend(coverage.warnings(report["gaps"]))
     if report["wal_level"] != "logical":
         found.append(f"wal_level is {report['wal_level']}: nothing can be decoded until it is logical")
     return found

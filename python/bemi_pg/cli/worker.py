@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 import time
 
 from bemi_pg.cli.connection import source_dsn, trail_dsn, worker_dsn
 from bemi_pg.cli.errors import Failure
 from bemi_pg.cli.output import say
+from bemi_pg.ingest import coverage
 from bemi_pg.ingest import worker as ingest_worker
 
 
@@ -28,6 +30,9 @@ def worker(args: argparse.Namespace) -> int:
         totals = ingest_worker.run(options, stop, lambda line: say(args, line))
     except ingest_worker.Failure as error:
         raise Failure(str(error)) from error
+    except coverage.SlotLost as error:  # the gap is recorded; a distinct exit status says so
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return coverage.EXIT_GAP
     seconds = time.monotonic() - totals.started
     say(args, f"worker: {'drained' if args.drain and not stop.is_set() else 'stopped after'} {totals.changes} changes "
               f"in {seconds:.1f} s ({totals.changes / max(seconds, 1e-6):,.0f}/s)")

@@ -25,11 +25,11 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from bemi_pg.ingest import pgoutput
+from bemi_pg.ingest import coverage, pgoutput
 from bemi_pg.ingest.staging import Stager, describe, python_codec
 from bemi_pg.ingest.stream import (Keepalive, ReplicationStream, XLogData, format_lsn, keepalives, now_us, parse_lsn,
                                    session_options, stream_encoding)
-from bemi_pg.ingest.writer import WAL_MARK, Source, Stored, Writer, cancel
+from bemi_pg.ingest.writer import Source, Stored, Writer, cancel, wal_mark
 
 
 class Failure(Exception):
@@ -169,12 +169,31 @@ def check_trail(options: Options) -> None:
                           "bemi-pg install --trail-only --dsn <trail URL>")
 
 
+def check_coverage(options: Options, say: Say) -> None:
+    """The slot against the trail's progress, before streaming: gaps are recorded in the trail
+    (bemi_pg.ingest.coverage); a lost slot stops the worker (coverage.SlotLost)."""
+    with _connect(options.dsn, autocommit=True) as origin:
+        row = origin.execute("SELECT to_regprocedure('bemi.slot_name()') IS NOT NULL AND "
+                             "to_regclass('bemi.progress') IS NOT NULL").fetchone()
+        if not (row and row[0]):
+            return  # preflight says what is missing
+        # A role that only calls bemi.ingest() may not read the progress row: bemi.ingest and
+        # bemi.create_slot keep the record then.
+        row = origin.execute("SELECT has_table_privilege('bemi.progress', 'SELECT')").fetchone()
+        if not (row and row[0]):
+            return
+        (slot,) = origin.execute("SELECT bemi.slot_name()::text").fetchone()  # type: ignore[misc]
+        with _connect(options.trail_dsn or options.dsn) as trail:
+            coverage.check(origin, trail, slot, bool(options.trail_dsn), lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def run(options: Options, stop: threading.Event, say: Say) -> Totals:
     totals, backoff = Totals(), 0.5
     while not stop.is_set():
         try:
             if options.trail_dsn:
                 check_trail(options)
+            check_coverage(options, say)
             plan = preflight(options.dsn, options.sql)
             if options.trail_dsn and plan.sql:
                 raise Failure(f"--trail-dsn needs the streaming worker, and {plan.note}")
@@ -207,9 +226,10 @@ class Session:
 
     def drain_target(self, conn: psycopg.Connection[Any]) -> int | None:
         if self.options.drain and self.totals.drain_target is None:
-            row = conn.execute(WAL_MARK).fetchone()
-            assert row is not None
-            self.totals.drain_at, self.totals.drain_target = row[0], parse_lsn(row[1])
+            for _ in range(50):  # a mark waits for the commits under way; under load, ask again
+                self.totals.drain_at, self.totals.drain_target = wal_mark(conn)
+                if self.totals.drain_at is not None:
+                    break
         return self.totals.drain_target
 
     def report(self, pending_bytes: int | None, newest_commit_age: float | None, force: bool = False) -> None:

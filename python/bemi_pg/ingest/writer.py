@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +28,11 @@ STAGED_COPY = ("COPY bemi.staged (seq, relation, operation, position, ordinal, t
                "context, old_values, old_key_only, new_values, new_missing) FROM STDIN (ENCODING '{}')")
 STORE = "SELECT bemi.store(%s::pg_lsn, %s::pg_lsn, %s, %s, %s, %s)"
 # An LSN past every commit made before the returned time: once that much is stored, the
-# trail is complete up to that time (bemi.store's caught_up_at).
+# trail is complete up to that time (bemi.store's caught_up_at). bemi.wal_mark (1.2) lets the
+# transactions committing at that time finish first; before 1.2, the time and the position.
 WAL_MARK = "SELECT clock_timestamp(), pg_current_wal_insert_lsn()::text"
+EXACT_MARK = "SELECT m.at, m.lsn::text FROM bemi.wal_mark() AS m"
+HAS_EXACT_MARK = "SELECT to_regprocedure('bemi.wal_mark()') IS NOT NULL"
 # Every store leaves its staged rows dead, and every store reads the whole stage: a writer that
 # may vacuum the stage (its owner's role, or a superuser) does so after this many rows, instead
 # of waiting for autovacuum (a minute at least), during which stores slow down under load.
@@ -38,6 +42,14 @@ WHERE c.oid IN ('bemi.staged'::regclass, 'bemi.staged_relations'::regclass)"""
 # Without TRUNCATE: giving the empty end of the table back needs a lock that the other
 # connection's open transaction holds off for up to five seconds.
 VACUUM = "VACUUM (TRUNCATE false) bemi.staged, bemi.staged_relations"
+
+
+def wal_mark(conn: psycopg.Connection[Any]) -> tuple[datetime.datetime | None, int]:
+    """(time, LSN): every commit at or before the time ends before the LSN (time None: none
+    could be taken now, try later)."""
+    (exact,) = conn.execute(HAS_EXACT_MARK).fetchone()  # type: ignore[misc]
+    at, lsn = conn.execute(EXACT_MARK if exact else WAL_MARK).fetchone()  # type: ignore[misc]
+    return at, parse_lsn(lsn)
 
 
 @dataclass
@@ -105,7 +117,8 @@ class Writer:
         self.stored = stored
         self.results: queue.Queue[Stored] = queue.Queue()
         self.error: BaseException | None = None
-        self.mark: tuple[datetime.datetime, int] | None = None  # (time, LSN) from WAL_MARK
+        self.mark: tuple[datetime.datetime | None, int] | None = None  # (time, LSN) from wal_mark
+        self.marked_at = 0.0  # when the last mark was taken (time.monotonic)
         self.in_flight = 0  # batches handed and not yet stored
         self.may_vacuum = bool(conns[0].execute(MAY_VACUUM).fetchone()[0])  # type: ignore[index]
         conns[0].commit()
@@ -154,8 +167,10 @@ class Writer:
             self.free.put(None)  # the stage thread stops (a staged batch is never stored out of turn)
 
     def _store(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
+        # Every commit before batch.through is stored with this batch (the stream is in commit
+        # order): a mark that far back is proven, whether the stream is idle or not.
         caught_up_at = None
-        if batch.idle and self.mark is not None and batch.through >= self.mark[1]:
+        if self.mark is not None and self.mark[0] is not None and batch.through >= self.mark[1]:
             caught_up_at = self.mark[0]
         result = store(conn, batch, caught_up_at, self.source)
         self.stored = max(self.stored, result.through)
@@ -166,12 +181,14 @@ class Writer:
             conn.execute(VACUUM)
             conn.autocommit = False
             self.dead = 0
-        if batch.idle:
+        # A new mark once this one is used; one that could not be taken (a transaction was
+        # committing for long) is tried again after a while, not at every store.
+        if batch.idle or caught_up_at is not None or self.mark is None or (
+                self.mark[0] is None and time.monotonic() - self.marked_at >= 1.0):
             marker = self.source.conn if self.source else conn
-            at, lsn = marker.execute(WAL_MARK).fetchone()  # type: ignore[misc]
+            self.mark, self.marked_at = wal_mark(marker), time.monotonic()  # type: ignore[assignment]
             if self.source is None:
                 conn.commit()
-            self.mark = (at, parse_lsn(lsn))
 
     def abort(self) -> None:
         """Stops at once (SIGTERM), whatever the server is doing: cancels what the connections
