@@ -1228,3 +1228,181 @@ $$;
 
 REVOKE ALL ON FUNCTION bemi.ingested_until(name), bemi.retained_from() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+
+-- Issue 20 (items 2-5) and issue 16 (partitions): keys as values, partitions, swaps, by transaction, safe reverts.
+CREATE OR REPLACE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  parts jsonb;
+  given jsonb;
+  typed jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF pg_catalog.cardinality(keys) = 1 THEN
+    given := pg_catalog.jsonb_build_object(keys[1], primary_key);
+  ELSE
+    BEGIN
+      parts := primary_key::jsonb;
+    EXCEPTION WHEN data_exception THEN
+      parts := NULL;
+    END;
+    IF pg_catalog.jsonb_typeof(parts) IS DISTINCT FROM 'array' OR pg_catalog.jsonb_array_length(parts) <> pg_catalog.cardinality(keys) THEN
+      RAISE EXCEPTION 'bemi: the primary key of % has % columns (%): a key is a JSON array of % values, not %', relation,
+          pg_catalog.cardinality(keys), pg_catalog.array_to_string(keys, ', '), pg_catalog.cardinality(keys), pg_catalog.quote_literal(primary_key)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the values in key order, e.g. ''["acme", 7]''.';
+    END IF;
+    given := (SELECT pg_catalog.jsonb_object_agg(k.name, parts -> (k.ord::integer - 1))
+              FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord));
+  END IF;
+  BEGIN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(k.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k', relation)
+      INTO typed USING given;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: %', pg_catalog.quote_literal(primary_key), relation, SQLERRM
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Write each key value as its column''s type reads it.';
+  END;
+  typed := (SELECT pg_catalog.jsonb_object_agg(k.name, typed -> k.name) FROM pg_catalog.unnest(keys) AS k(name));
+  IF EXISTS (SELECT FROM pg_catalog.jsonb_each(typed) AS e WHERE e.value = 'null') THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: a key has no NULL values', pg_catalog.quote_literal(primary_key), relation
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN typed;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.trail_key(relation regclass, primary_key text) RETURNS text
+LANGUAGE sql STABLE
+RETURN bemi.image_key(bemi.key_values(relation, primary_key), bemi.key_columns(relation));
+
+CREATE OR REPLACE FUNCTION bemi.key_form(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN NOT pg_catalog.bool_or(coalesce(nullif(t.typbasetype, 0), t.oid) = 'pg_catalog.numeric'::pg_catalog.regtype) THEN '{}'::jsonb
+    WHEN pg_catalog.count(*) = 1 THEN '{"key_by_value": "number"}' ELSE '{"key_by_value": "array"}' END
+  FROM pg_catalog.unnest(bemi.key_columns(relation)) AS k(name)
+  JOIN pg_catalog.pg_attribute AS a ON a.attrelid = relation AND a.attname = k.name
+  JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.same_key(relation regclass, a text, b text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF a IS NULL OR b IS NULL THEN
+    RETURN false;
+  ELSIF a = b OR bemi.key_form(relation) = '{}' THEN
+    RETURN a = b;
+  END IF;
+  RETURN bemi.key_values(relation, a) = bemi.key_values(relation, b);
+EXCEPTION WHEN invalid_parameter_value THEN
+  RETURN false; -- a key written under another key definition
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT ARRAY[trail_keys.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> trail_keys.primary_key), '{}')
+  FROM bemi.changes AS c, LATERAL (VALUES (c.primary_key), (c.previous_key)) AS k(key)
+  WHERE history ->> 'key_by_value' IS NOT NULL AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+    AND (NOT history ? 'database' OR c.database = history ->> 'database')
+    AND CASE
+      WHEN history ->> 'key_by_value' = 'number' THEN CASE
+        WHEN k.key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+          AND trail_keys.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+        THEN k.key::numeric = trail_keys.primary_key::numeric ELSE false END
+      WHEN k.key LIKE '[%' AND trail_keys.primary_key LIKE '[%' THEN k.key::jsonb = trail_keys.primary_key::jsonb
+      ELSE false END;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  event jsonb;
+  found jsonb;
+  key text;
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
+    SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at) INTO found
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true) AS e
+    JOIN bemi.changes AS x ON x.id = e.id;
+    IF (found ->> 'committed_at')::timestamptz > (event ->> 'committed_at')::timestamptz
+       OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint > (event ->> 'id')::bigint)
+       OR event IS NULL THEN
+      event := found;
+    END IF;
+  END LOOP;
+  IF event IS NULL THEN
+    FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
+      SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at, 'later', true) INTO found
+      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false) AS e
+      JOIN bemi.changes AS x ON x.id = e.id;
+      IF (found ->> 'committed_at')::timestamptz < (event ->> 'committed_at')::timestamptz
+         OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint < (event ->> 'id')::bigint)
+         OR event IS NULL THEN
+        event := found;
+      END IF;
+    END LOOP;
+  END IF;
+  RETURN coalesce(event - 'committed_at', '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.row_from(relation regclass, primary_key text, at timestamptz, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  result jsonb;
+BEGIN
+  primary_key := bemi.trail_key(relation, primary_key);
+  IF event ? 'id' AND NOT event ? 'later' THEN
+    -- The row as the latest change at or before the moment left it.
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR NOT bemi.same_key(relation, event ->> 'primary_key', primary_key) THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'after';
+  ELSIF event ->> 'operation' = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % is not in the trail: the table was truncated later (change %) and the row had no change before',
+      primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
+  ELSIF event ? 'id' THEN
+    -- Unchanged since tracking began, up to the moment: as the first change after it found it.
+    IF event ->> 'operation' = 'CREATE' OR NOT bemi.same_key(relation, bemi.image_key(event -> 'before', keys), primary_key) THEN
+      RETURN NULL;
+    END IF;
+    PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
+    RETURN event -> 'before';
+  END IF;
+  -- Unchanged to this day.
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+      relation, relation, bemi.key_match(keys, 't', 'k'))
+    INTO result
+    USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
+      ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
+            FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)) END;
+  RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);

@@ -12,14 +12,14 @@ Each is written once, as steps (bemi_pg.steps), for sync and async connections a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from bemi_pg import trail_database
 from bemi_pg.steps import Query, Steps, run, run_async
@@ -27,8 +27,10 @@ from bemi_pg.steps import Query, Steps, run, run_async
 Table = str | tuple[str, str]
 """A table: a name as SQL reads it ("todo", "public.todo", '"User"'), or (schema, table)."""
 
-Key = str | int | Sequence[Any]
-"""A primary key: its value (text as in bemi.changes.primary_key), or the values of a composite key."""
+Key = Any
+"""A primary key: its value (str, int, Decimal, UUID, date, datetime, ...), or a sequence (tuple)
+of the values of a composite key in key order. The server reads it with the key columns' types
+(bemi.trail_key), so any spelling its types accept names the same row."""
 
 Moment = datetime | str
 
@@ -39,11 +41,27 @@ def relation(table: Table) -> sql.Composable:
     return sql.SQL("{}::regclass").format(sql.Literal(name))
 
 
+def key_value(value: Any) -> Any:
+    """One key value as JSON can carry it: numbers and strings as they are, anything else
+    (Decimal, UUID, dates, times) as its text, which the column's type reads back exactly."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def key_text(primary_key: Key) -> str:
+    """The key as bemi.row_at takes it: one value as text, a composite key as a JSON array."""
+    if isinstance(primary_key, Sequence) and not isinstance(primary_key, (str, bytes)):
+        return json.dumps([key_value(v) for v in primary_key])
+    value = key_value(primary_key)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def key_sql(primary_key: Key) -> tuple[sql.Composable, Any]:
-    """The key in the text form of bemi.changes.primary_key: composite keys as the server's JSON text."""
-    if isinstance(primary_key, (str, int)):
-        return sql.SQL("%s::text"), str(primary_key)
-    return sql.SQL("(%s::jsonb)::text"), Jsonb(list(primary_key))
+    """The key as a text parameter of bemi.row_at (bemi.trail_key reads it with the key's types)."""
+    return sql.SQL("%s::text"), key_text(primary_key)
 
 
 def row_steps(table: Table, primary_key: Key, at: Moment, trail: bool) -> Steps[dict[str, Any] | None]:

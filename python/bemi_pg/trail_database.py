@@ -49,12 +49,15 @@ def history(relation: sql.Composable, at: datetime | str) -> Steps[tuple[str, da
 
 
 def row_steps(relation: sql.Composable, key: sql.Composable, value: Any, at: datetime | str) -> Steps[Any]:
-    """bemi.row_at: row_history on the trail, row_from on the source."""
+    """bemi.row_at: the key read with the table's types and row_from on the source,
+    row_history on the trail."""
     found, moment, _ = yield from history(relation, at)
-    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s::jsonb, {}, %s)::text").format(key),
-                            [found, value, moment], on_trail=True)
-    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, {}, %s, %s::jsonb)::text").format(relation, key),
-                          [value, moment, event])
+    (canonical, form), = yield Query(sql.SQL("SELECT bemi.trail_key({0}, {1}), bemi.key_form({0})::text").format(relation, key),
+                                     [value])
+    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s::jsonb || %s::jsonb, %s, %s)::text"),
+                            [found, form, canonical, moment], on_trail=True)
+    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, %s, %s, %s::jsonb)::text").format(relation),
+                          [canonical, moment, event])
     return None if row is None else json.loads(row)
 
 

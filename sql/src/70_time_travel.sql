@@ -1,7 +1,8 @@
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
---    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
+--    bemi.known_values(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
+--    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.row_history(),
 --    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.diff().
 ------------------------------------------------------------------------------------------
@@ -132,6 +133,97 @@ LANGUAGE sql IMMUTABLE
 RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r, k), ' AND ')
         FROM pg_catalog.unnest(key_columns) AS k);
 
+-- A primary key as the caller wrote it, read with the types of the table's key columns:
+-- {"column": value, ...} as the trail's images hold them (to_jsonb under the settings
+-- bemi.store pins), so '007', '7.0', an upper-case UUID or any spelling of a timestamp name
+-- the row they mean. One key column: the value as text; several: a JSON array of as many
+-- values, in key order. Anything else is an error (22023), never a silent miss.
+CREATE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  parts jsonb;
+  given jsonb;
+  typed jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF pg_catalog.cardinality(keys) = 1 THEN
+    given := pg_catalog.jsonb_build_object(keys[1], primary_key);
+  ELSE
+    BEGIN
+      parts := primary_key::jsonb;
+    EXCEPTION WHEN data_exception THEN
+      parts := NULL;
+    END;
+    IF pg_catalog.jsonb_typeof(parts) IS DISTINCT FROM 'array' OR pg_catalog.jsonb_array_length(parts) <> pg_catalog.cardinality(keys) THEN
+      RAISE EXCEPTION 'bemi: the primary key of % has % columns (%): a key is a JSON array of % values, not %', relation,
+          pg_catalog.cardinality(keys), pg_catalog.array_to_string(keys, ', '), pg_catalog.cardinality(keys), pg_catalog.quote_literal(primary_key)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the values in key order, e.g. ''["acme", 7]''.';
+    END IF;
+    given := (SELECT pg_catalog.jsonb_object_agg(k.name, parts -> (k.ord::integer - 1))
+              FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord));
+  END IF;
+  BEGIN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(k.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k', relation)
+      INTO typed USING given;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: %', pg_catalog.quote_literal(primary_key), relation, SQLERRM
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Write each key value as its column''s type reads it.';
+  END;
+  typed := (SELECT pg_catalog.jsonb_object_agg(k.name, typed -> k.name) FROM pg_catalog.unnest(keys) AS k(name));
+  IF EXISTS (SELECT FROM pg_catalog.jsonb_each(typed) AS e WHERE e.value = 'null') THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: a key has no NULL values', pg_catalog.quote_literal(primary_key), relation
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN typed;
+END
+$$;
+
+-- A primary key as the caller wrote it, in the text form the trail writes (bemi.changes.primary_key).
+CREATE FUNCTION bemi.trail_key(relation regclass, primary_key text) RETURNS text
+LANGUAGE sql STABLE
+RETURN bemi.image_key(bemi.key_values(relation, primary_key), bemi.key_columns(relation));
+
+-- What the trail needs to know to find a key by value where its text is not unique: a key with
+-- a numeric column ('1' and '1.0' are one key) is compared as a number (one column) or as
+-- JSON (several). Merged into a history_of for row_history.
+CREATE FUNCTION bemi.key_form(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN NOT pg_catalog.bool_or(coalesce(nullif(t.typbasetype, 0), t.oid) = 'pg_catalog.numeric'::pg_catalog.regtype) THEN '{}'::jsonb
+    WHEN pg_catalog.count(*) = 1 THEN '{"key_by_value": "number"}' ELSE '{"key_by_value": "array"}' END
+  FROM pg_catalog.unnest(bemi.key_columns(relation)) AS k(name)
+  JOIN pg_catalog.pg_attribute AS a ON a.attrelid = relation AND a.attname = k.name
+  JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid;
+END;
+
+-- Whether two keys in the trail's text form name the same row of a table: equal texts, or
+-- equal values where the text is not unique (numeric columns).
+CREATE FUNCTION bemi.same_key(relation regclass, a text, b text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF a IS NULL OR b IS NULL THEN
+    RETURN false;
+  ELSIF a = b OR bemi.key_form(relation) = '{}' THEN
+    RETURN a = b;
+  END IF;
+  RETURN bemi.key_values(relation, a) = bemi.key_values(relation, b);
+EXCEPTION WHEN invalid_parameter_value THEN
+  RETURN false; -- a key written under another key definition
+END
+$$;
+
 -- The latest (latest = true: at or before at) or the first (after at) change of the row with a
 -- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
 -- branch reads one entry of its index; the other direction's branches are not run.
@@ -182,6 +274,26 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
+-- Where the trail is: the texts under which the trail holds a key given in its text form
+-- (bemi.trail_key): that text, and where the history says the key is compared by value
+-- (bemi.key_form), every text of the table's changes equal to it as a number ('1', '1.0') or as
+-- JSON (several columns). Those cost a scan of the table's changes.
+CREATE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT ARRAY[trail_keys.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> trail_keys.primary_key), '{}')
+  FROM bemi.changes AS c, LATERAL (VALUES (c.primary_key), (c.previous_key)) AS k(key)
+  WHERE history ->> 'key_by_value' IS NOT NULL AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+    AND (NOT history ? 'database' OR c.database = history ->> 'database')
+    AND CASE
+      WHEN history ->> 'key_by_value' = 'number' THEN CASE
+        WHEN k.key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+          AND trail_keys.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+        THEN k.key::numeric = trail_keys.primary_key::numeric ELSE false END
+      WHEN k.key LIKE '[%' AND trail_keys.primary_key LIKE '[%' THEN k.key::jsonb = trail_keys.primary_key::jsonb
+      ELSE false END;
+END;
+
 -- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
 -- of the row at or before the moment, else the first after it ("later": true), else {}.
 -- Generic plans: planning the six index lookups for every partition of the trail on each
@@ -193,15 +305,33 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   event jsonb;
+  found jsonb;
+  key text;
 BEGIN
   PERFORM bemi.check_trail(history, at);
-  SELECT pg_catalog.to_jsonb(e.*) INTO event
-  FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, true) AS e;
+  FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
+    SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at) INTO found
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true) AS e
+    JOIN bemi.changes AS x ON x.id = e.id;
+    IF (found ->> 'committed_at')::timestamptz > (event ->> 'committed_at')::timestamptz
+       OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint > (event ->> 'id')::bigint)
+       OR event IS NULL THEN
+      event := found;
+    END IF;
+  END LOOP;
   IF event IS NULL THEN
-    SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO event
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, false) AS e;
+    FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
+      SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at, 'later', true) INTO found
+      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false) AS e
+      JOIN bemi.changes AS x ON x.id = e.id;
+      IF (found ->> 'committed_at')::timestamptz < (event ->> 'committed_at')::timestamptz
+         OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint < (event ->> 'id')::bigint)
+         OR event IS NULL THEN
+        event := found;
+      END IF;
+    END LOOP;
   END IF;
-  RETURN coalesce(event, '{}');
+  RETURN coalesce(event - 'committed_at', '{}');
 END
 $$;
 
@@ -214,15 +344,10 @@ DECLARE
   keys text[] := bemi.key_columns(relation);
   result jsonb;
 BEGIN
-  IF primary_key IS NULL THEN
-    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-  ELSIF keys IS NULL THEN
-    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
-      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
-  END IF;
+  primary_key := bemi.trail_key(relation, primary_key);
   IF event ? 'id' AND NOT event ? 'later' THEN
     -- The row as the latest change at or before the moment left it.
-    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR NOT bemi.same_key(relation, event ->> 'primary_key', primary_key) THEN
       RETURN NULL;
     END IF;
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
@@ -233,7 +358,7 @@ BEGIN
       USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
   ELSIF event ? 'id' THEN
     -- Unchanged since tracking began, up to the moment: as the first change after it found it.
-    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
+    IF event ->> 'operation' = 'CREATE' OR NOT bemi.same_key(relation, bemi.image_key(event -> 'before', keys), primary_key) THEN
       RETURN NULL;
     END IF;
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
@@ -252,7 +377,8 @@ $$;
 
 CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-RETURN bemi.row_from(relation, primary_key, at, bemi.row_history(bemi.history_of(relation, at), primary_key, at));
+RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
 
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';

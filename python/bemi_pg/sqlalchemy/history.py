@@ -17,7 +17,7 @@ import psycopg
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
-from bemi_pg.timetravel import Key, row_at
+from bemi_pg.timetravel import Key, key_text, row_at
 
 M = TypeVar("M")
 
@@ -37,14 +37,10 @@ def as_of(session: Session, model: type[M], primary_key: Key, at: datetime, trai
             text(f"SELECT r.* FROM jsonb_populate_record(NULL::{name}, CAST(:image AS jsonb)) AS r"),
             {"image": json.dumps(image)}).mappings().first()
         return None if found is None else instance(model, found)
-    if isinstance(primary_key, (str, int)):
-        key_sql, key = "CAST(:key AS text)", str(primary_key)
-    else:  # the server's JSON text of the values, as in bemi.changes.primary_key
-        key_sql, key = "CAST(CAST(:key AS jsonb) AS text)", json.dumps(list(primary_key))
     row = session.execute(
-        text(f"SELECT r.* FROM bemi.row_at(CAST(:table AS regclass), {key_sql}, :at) AS j(image), "
+        text(f"SELECT r.* FROM bemi.row_at(CAST(:table AS regclass), CAST(:key AS text), :at) AS j(image), "
              f"jsonb_populate_record(NULL::{name}, j.image) AS r WHERE j.image IS NOT NULL"),
-        {"table": name, "key": key, "at": at},
+        {"table": name, "key": key_text(primary_key), "at": at},
     ).mappings().first()
     return None if row is None else instance(model, row)
 
