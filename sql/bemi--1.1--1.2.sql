@@ -470,12 +470,13 @@ DECLARE
   tables jsonb := '{}';
 BEGIN
   FOR t IN EXECUTE pg_catalog.format($q$
-    SELECT f.schema, f."table", f.id
+    SELECT f.schema, f."table", f.id, f.committed_at
     FROM (SELECT DISTINCT ON (x.schema, x."table") x.schema, x."table", x.id, x.committed_at
           FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.schema, x."table", x.committed_at, x.id) AS f
     ORDER BY f.committed_at, f.id$q$, changes) USING ids
   LOOP
-    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table", bemi.revert_table(t.schema, t."table", t.id));
+    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table",
+      bemi.revert_table(t.schema, t."table", t.id, t.committed_at));
   END LOOP;
   RETURN tables;
 END
@@ -648,8 +649,9 @@ BEGIN
     step := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1, 'columns', bemi.known_columns(target, writable));
   ELSE
     verdict := 'updated';
+    -- Ignored columns are left as they are: their later values were never stored.
     step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
-      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
+      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable, ignored)));
     IF step -> 'columns' = '[]' THEN
       verdict := 'unchanged';
       step := NULL;
@@ -1230,6 +1232,12 @@ REVOKE ALL ON FUNCTION bemi.ingested_until(name), bemi.retained_from() FROM PUBL
 GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
 
 -- Issue 20 (items 2-5) and issue 16 (partitions): keys as values, partitions, swaps, by transaction, safe reverts.
+-- Signatures that change: revert_table takes the change's commit time (the table by identity),
+-- context_changes and revert_context take match_all.
+DROP FUNCTION bemi.revert_context(jsonb, timestamptz, text);
+DROP FUNCTION bemi.context_changes(jsonb, timestamptz, text);
+DROP FUNCTION bemi.revert_table(text, text, bigint);
+
 CREATE OR REPLACE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1406,3 +1414,140 @@ CREATE OR REPLACE FUNCTION bemi.row_at(relation regclass, primary_key text, at t
 LANGUAGE sql STABLE
 RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
         FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
+
+CREATE OR REPLACE FUNCTION bemi.changed_relation(schema_name text, table_name text, committed_at timestamptz) RETURNS oid
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named oid := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+  tracked record;
+BEGIN
+  SELECT t.relation::oid AS relation, c.oid IS NOT NULL AS alive INTO tracked
+  FROM bemi.tracking AS t LEFT JOIN pg_catalog.pg_class AS c ON c.oid = t.relation
+  WHERE ((t.schema, t."table") = (schema_name, table_name) OR t.relation::oid = named)
+    AND t.tracked_at <= changed_relation.committed_at
+  ORDER BY t.tracked_at DESC LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN named;
+  ELSIF NOT tracked.alive THEN
+    RETURN NULL;
+  END IF;
+  RETURN tracked.relation;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint, committed_at timestamptz) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := bemi.changed_relation(schema_name, table_name, committed_at);
+BEGIN
+  IF relation IS NULL THEN
+    RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', change_id, schema_name, table_name
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = CASE WHEN pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name)) IS NOT NULL
+              THEN 'The table of that name now is another one, created after the change: a revert never writes into it.' END;
+  END IF;
+  RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
+    'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
+    'depth', bemi.foreign_key_depth(relation), 'schema', schema_name, 'table', table_name);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL, match_all boolean DEFAULT false)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  ids bigint[];
+BEGIN
+  IF pg_catalog.jsonb_typeof(context_changes.context) IS DISTINCT FROM 'object' THEN
+    RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(context_changes.context), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF context_changes.context = '{}' AND match_all IS NOT TRUE THEN
+    RAISE EXCEPTION 'bemi: the empty context matches every change in the trail%', CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the context to revert, e.g. ''{"request_id": "..."}''; to revert every change, pass match_all => true.';
+  END IF;
+  SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
+  WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since)
+    AND (database_name IS NULL OR x.database = database_name);
+  IF ids IS NULL THEN
+    RAISE EXCEPTION 'bemi: no changes with context % in the trail%', context_changes.context,
+        CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN ids;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error',
+                                    match_all boolean DEFAULT false)
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since, NULL, revert_context.match_all),
+                   revert_context.on_conflict) AS r;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.transactions_changes(first_transaction bigint, last_transaction bigint, database_name text DEFAULT NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  first_change bigint := (SELECT pg_catalog.min(i) FROM pg_catalog.unnest(bemi.transaction_changes(first_transaction, database_name)) AS i);
+  last_change bigint := (SELECT pg_catalog.max(i) FROM pg_catalog.unnest(bemi.transaction_changes(last_transaction, database_name)) AS i);
+  bounds record;
+BEGIN
+  SELECT (SELECT x.committed_at FROM bemi.changes AS x WHERE x.id = first_change) AS low,
+         (SELECT x.committed_at FROM bemi.changes AS x WHERE x.id = last_change) AS high INTO bounds;
+  IF (bounds.low, first_change) > (bounds.high, last_change) THEN
+    RAISE EXCEPTION 'bemi: transaction % committed after transaction %', first_transaction, last_transaction
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the earlier transaction first.';
+  END IF;
+  RETURN (SELECT pg_catalog.array_agg(x.id ORDER BY x.committed_at, x.id) FROM bemi.changes AS x
+          WHERE x.committed_at BETWEEN bounds.low AND bounds.high
+            AND (x.committed_at, x.id) >= (bounds.low, first_change) AND (x.committed_at, x.id) <= (bounds.high, last_change)
+            AND (database_name IS NULL OR x.database = database_name));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_transactions(first_transaction bigint, last_transaction bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.transactions_changes(revert_transactions.first_transaction, revert_transactions.last_transaction),
+                   revert_transactions.on_conflict) AS r;
+END;
+
+CREATE OR REPLACE FUNCTION bemi.revert_preview(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text, new_values jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  plan record;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan('bemi.changes', change_ids, on_conflict);
+  RETURN QUERY SELECT (r.value ->> 0)::bigint, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
+      (SELECT pg_catalog.jsonb_object_agg(c.name, s.value -> 'target' -> c.name)
+       FROM pg_catalog.jsonb_array_elements(plan.steps) AS s, pg_catalog.jsonb_array_elements_text(s.value -> 'columns') AS c(name)
+       WHERE (s.value -> 'last_id') = (r.value -> 0))
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text, boolean) IS
+  'bemi.revert of every change whose context contains the given one, committed at or after since (the empty context only with match_all => true).';
+COMMENT ON FUNCTION bemi.revert_transactions(bigint, bigint, text) IS
+  'bemi.revert of every change of the transactions committed from one through another, in one call.';
+COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
+  'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
+REVOKE ALL ON FUNCTION bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.changed_relation(text, text, timestamptz) TO PUBLIC;

@@ -84,17 +84,22 @@ def table_steps(relation: sql.Composable, at: datetime | str, rows: RowFactory[A
     return table
 
 
-def revert_steps(change_ids: list[int] | None, transaction_id: int | None, context: dict[str, Any] | None,
-                 since: datetime | str | None, on_conflict: str, rows: RowFactory[Any]) -> Steps[list[Any]]:
-    """bemi.revert (and revert_transaction, revert_context): the changes chosen on the trail (of
-    the source database only), copied to the source, reverted there by revert_from."""
-    (database, since), = yield Query(sql.SQL("SELECT current_database(), %s::timestamptz"), [since])
+def revert_steps(chosen: Any, on_conflict: str, rows: RowFactory[Any]) -> Steps[list[Any]]:
+    """bemi.revert (and revert_transaction(s), revert_context): the changes chosen (a
+    bemi_pg.revert.Choice) on the trail, of the source database only, copied to the source,
+    reverted there by revert_from."""
+    (database, since), = yield Query(sql.SQL("SELECT current_database(), %s::timestamptz"), [chosen.since])
+    change_ids = chosen.change_ids
     if change_ids is None:
-        chosen = (Query(sql.SQL("SELECT bemi.transaction_changes(%s, %s)"), [transaction_id, database], on_trail=True)
-                  if transaction_id is not None else
-                  Query(sql.SQL("SELECT bemi.context_changes(%s::jsonb, %s, %s)"), [json.dumps(context), since, database],
-                        on_trail=True))
-        (change_ids,), = yield chosen
+        if chosen.transaction_id is not None:
+            query = Query(sql.SQL("SELECT bemi.transaction_changes(%s, %s)"), [chosen.transaction_id, database], on_trail=True)
+        elif chosen.transaction_range is not None:
+            query = Query(sql.SQL("SELECT bemi.transactions_changes(%s, %s, %s)"), [*chosen.transaction_range, database],
+                          on_trail=True)
+        else:
+            query = Query(sql.SQL("SELECT bemi.context_changes(%s::jsonb, %s, %s, %s)"),
+                          [json.dumps(chosen.context), since, database, chosen.match_all], on_trail=True)
+        (change_ids,), = yield query
     yield Query(CREATE_ROWS, [])
     yield Copy(sql.SQL("SELECT {} FROM bemi.changes WHERE id = ANY (%s::bigint[]) AND database = %s").format(COLUMN_LIST),
                [change_ids, database], ROWS_COLUMNS)
