@@ -1233,10 +1233,16 @@ GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.
 
 -- Issue 20 (items 2-5) and issue 16 (partitions): keys as values, partitions, swaps, by transaction, safe reverts.
 -- Signatures that change: revert_table takes the change's commit time (the table by identity),
--- context_changes and revert_context take match_all.
+-- context_changes and revert_context take match_all; row_event, row_history, table_history and
+-- table_from take a bound within a commit time (through), so row_at is made again after them.
 DROP FUNCTION bemi.revert_context(jsonb, timestamptz, text);
 DROP FUNCTION bemi.context_changes(jsonb, timestamptz, text);
 DROP FUNCTION bemi.revert_table(text, text, bigint);
+DROP FUNCTION bemi.row_at(regclass, text, timestamptz);
+DROP FUNCTION bemi.row_history(jsonb, text, timestamptz);
+DROP FUNCTION bemi.row_event(text, text, text, text, timestamptz, boolean);
+DROP FUNCTION bemi.table_history(jsonb, timestamptz);
+DROP FUNCTION bemi.table_from(anyelement, timestamptz, regclass);
 
 CREATE OR REPLACE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
@@ -1318,6 +1324,54 @@ EXCEPTION WHEN invalid_parameter_value THEN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean,
+                               through bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean,
+               committed_at timestamptz, previous_key text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete, e.committed_at, e.previous_key FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
+    UNION ALL
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
+     FROM bemi.changes AS c
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
+       AND (database_name IS NULL OR c.database = database_name)
+     ORDER BY c.committed_at, c.id LIMIT 1)
+  ) AS e
+  ORDER BY CASE WHEN latest THEN e.committed_at END DESC, CASE WHEN latest THEN e.id END DESC,
+    CASE WHEN NOT latest THEN e.committed_at END, CASE WHEN NOT latest THEN e.id END
+  LIMIT 1;
+END;
+
 CREATE OR REPLACE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
 LANGUAGE sql STABLE
 BEGIN ATOMIC
@@ -1334,7 +1388,7 @@ BEGIN ATOMIC
       ELSE false END;
 END;
 
-CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -1346,9 +1400,8 @@ DECLARE
 BEGIN
   PERFORM bemi.check_trail(history, at);
   FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
-    SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at) INTO found
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true) AS e
-    JOIN bemi.changes AS x ON x.id = e.id;
+    SELECT pg_catalog.to_jsonb(e.*) INTO found
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS e;
     IF (found ->> 'committed_at')::timestamptz > (event ->> 'committed_at')::timestamptz
        OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint > (event ->> 'id')::bigint)
        OR event IS NULL THEN
@@ -1357,9 +1410,8 @@ BEGIN
   END LOOP;
   IF event IS NULL THEN
     FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
-      SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at, 'later', true) INTO found
-      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false) AS e
-      JOIN bemi.changes AS x ON x.id = e.id;
+      SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO found
+      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS e;
       IF (found ->> 'committed_at')::timestamptz < (event ->> 'committed_at')::timestamptz
          OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint < (event ->> 'id')::bigint)
          OR event IS NULL THEN
@@ -1367,7 +1419,7 @@ BEGIN
       END IF;
     END LOOP;
   END IF;
-  RETURN coalesce(event - 'committed_at', '{}');
+  RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
 $$;
 
@@ -1414,6 +1466,198 @@ CREATE OR REPLACE FUNCTION bemi.row_at(relation regclass, primary_key text, at t
 LANGUAGE sql STABLE
 RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
         FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
+
+CREATE OR REPLACE FUNCTION bemi.table_history(history jsonb, at timestamptz, through bigint DEFAULT NULL) RETURNS SETOF bemi.changes
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  RETURN QUERY SELECT c.* FROM bemi.changes AS c
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+      AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
+      AND (NOT history ? 'database' OR c.database = history ->> 'database');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  schema_name text;
+  table_name text;
+  keys text[] := bemi.key_columns(table_oid);
+  truncated bigint[];
+BEGIN
+  SELECT n.nspname, c.relname INTO schema_name, table_name
+  FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
+
+  EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)', changes)
+    INTO truncated USING schema_name, table_name, at, through;
+  IF truncated IS NOT NULL THEN
+    RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
+      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+  END IF;
+
+  IF keys IS NULL THEN
+    -- No key: the rows as a multiset, the table now, minus what later changes added, plus
+    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+      WITH later AS (
+        SELECT c.before, c.after FROM %3$s AS c
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
+      ), generated AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
+        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), counted AS (
+        SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          UNION ALL
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        ) AS v GROUP BY v.image
+      )
+      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
+      USING schema_name, table_name, at, through;
+    RETURN;
+  END IF;
+
+  -- With a key: each row a later change touched as the first such change found it (its before
+  -- image; none when that change created the key), every other row as it is now. One query,
+  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH later AS (
+      SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
+    ), sides AS (
+      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+      UNION ALL
+      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), firsts AS (
+      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+    ), used AS (
+      SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
+      FROM firsts AS f WHERE f.image IS NOT NULL
+    )
+    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    UNION ALL
+    SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
+    WHERE bemi.refuse_incomplete(u.incomplete)$q$,
+    table_oid,
+    (SELECT pg_catalog.string_agg(pg_catalog.format('r.%I AS bemi_key_%s', k.name, k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s', k.ord), ', ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    changes)
+    USING schema_name, table_name, at, through;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.transaction_moment(transaction_id bigint, database_name text DEFAULT NULL,
+                                        OUT at timestamptz, OUT through bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  SELECT pg_catalog.max(x.committed_at), pg_catalog.max(x.id) INTO at, through
+  FROM bemi.changes AS x WHERE x.id = ANY (bemi.transaction_changes(transaction_moment.transaction_id, database_name));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.row_at_transaction(relation regclass, primary_key text, transaction_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_from(relation, k.key, m.at,
+          bemi.row_history(bemi.history_of(relation, m.at) || bemi.key_form(relation), k.key, m.at, m.through))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k, bemi.transaction_moment(transaction_id) AS m);
+
+CREATE OR REPLACE FUNCTION bemi.table_at_transaction(relation anyelement, transaction_id bigint) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  moment record := bemi.transaction_moment(transaction_id);
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), moment.at), moment.at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, moment.at, 'bemi.changes', moment.through);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.row_versions(relation regclass, row_key text)
+RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, change_id bigint, transaction_id bigint, primary_key text, image jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  history jsonb := bemi.history_of(relation, 'infinity');
+  key text := bemi.trail_key(relation, row_key);
+  e record;
+  moved record;
+  at timestamptz := 'infinity';
+  through bigint;
+  started boolean := false;
+  events bigint[] := '{}';
+BEGIN
+  -- Back from the latest change of the key, through the keys the row had before.
+  LOOP
+    SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS r;
+    EXIT WHEN NOT FOUND;
+    IF e.operation IN ('DELETE', 'TRUNCATE') OR e.primary_key IS DISTINCT FROM key THEN
+      EXIT WHEN started; -- an earlier row under this key ended here
+      IF e.operation NOT IN ('DELETE', 'TRUNCATE') AND moved IS NULL THEN
+        moved := e; -- the row moved to another key: followed forward below
+      END IF;
+    ELSE
+      started := true;
+      key := coalesce(e.previous_key, key);
+    END IF;
+    events := events || e.id;
+    EXIT WHEN e.operation = 'CREATE';
+    at := e.committed_at;
+    through := e.id - 1;
+  END LOOP;
+  -- Forward from a move away, through the keys the row had after.
+  IF moved IS NOT NULL THEN
+    key := moved.primary_key;
+    at := moved.committed_at;
+    through := moved.id;
+    LOOP
+      SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS r;
+      EXIT WHEN NOT FOUND;
+      events := events || e.id;
+      EXIT WHEN e.operation IN ('DELETE', 'TRUNCATE');
+      key := e.primary_key;
+      at := e.committed_at;
+      through := e.id;
+    END LOOP;
+  END IF;
+  RETURN QUERY
+    WITH chain AS (
+      SELECT c.id, c.committed_at, c.transaction_id, c.operation, c.primary_key, c.before, c.after,
+        pg_catalog.lead(c.committed_at) OVER (ORDER BY c.committed_at, c.id) AS next_at,
+        pg_catalog.row_number() OVER (ORDER BY c.committed_at, c.id) AS n
+      FROM bemi.changes AS c WHERE c.id = ANY (events)
+    )
+    SELECT NULL::timestamptz, c.committed_at, NULL::bigint, NULL::bigint, bemi.image_key(c.before, bemi.key_columns(relation)), c.before
+    FROM chain AS c WHERE c.n = 1 AND c.operation IN ('UPDATE', 'DELETE')
+    UNION ALL
+    SELECT c.committed_at, c.next_at, c.id, c.transaction_id, c.primary_key, c.after
+    FROM chain AS c WHERE c.operation IN ('CREATE', 'UPDATE')
+    ORDER BY 1 NULLS FIRST, 3;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION bemi.changed_relation(schema_name text, table_name text, committed_at timestamptz) RETURNS oid
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -1551,3 +1795,11 @@ COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
   'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
 REVOKE ALL ON FUNCTION bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.changed_relation(text, text, timestamptz) TO PUBLIC;
+COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
+  'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
+COMMENT ON FUNCTION bemi.row_at_transaction(regclass, text, bigint) IS
+  'A row (as JSON) as it was right after a transaction (bemi.changes.transaction_id) committed: exact where commit times are equal.';
+COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
+  'A whole table as typed rows, as it was right after a transaction committed: SELECT * FROM bemi.table_at_transaction(NULL::todo, 1234).';
+COMMENT ON FUNCTION bemi.row_versions(regclass, text) IS
+  'Every version of a row, oldest first, following its key moves: valid_from, valid_to, the change and transaction that made it, its key and the row.';

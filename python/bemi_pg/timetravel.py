@@ -2,6 +2,9 @@
 
     bemi_pg.row_at(conn, "todo", 26, at)          # {"id": 26, "task": "Sleep", ...} or None
     bemi_pg.table_at(conn, "todo", at)            # [{"id": 26, ...}, ...], typed values
+    bemi_pg.row_at_transaction(conn, "todo", 26, 1234)   # right after transaction 1234 committed
+    bemi_pg.table_at_transaction(conn, "todo", 1234)
+    bemi_pg.row_versions(conn, "todo", 26)        # [{"valid_from", "valid_to", "image", ...}, ...]
 
 Thin wrappers over ``bemi.row_at`` and ``bemi.table_at`` (docs/time-travel.md): a moment
 before tracking began, or past what has been ingested, raises ``psycopg.errors.InvalidParameterValue``.
@@ -19,7 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from bemi_pg import trail_database
 from bemi_pg.steps import Query, Steps, run, run_async
@@ -112,3 +115,29 @@ async def table_at_async(conn: psycopg.AsyncConnection[Any], table: Table, at: M
                          trail: psycopg.AsyncConnection[Any] | None = None) -> list[dict[str, Any]]:
     """``table_at`` for an ``AsyncConnection``."""
     return await run_async(table_steps(table, at, trail is not None), conn, trail)
+
+
+def row_at_transaction(conn: psycopg.Connection[Any], table: Table, primary_key: Key, transaction_id: int) -> dict[str, Any] | None:
+    """The row as it was right after a transaction (bemi.changes.transaction_id) committed:
+    exact where several transactions share a commit time (bemi.row_at_transaction)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        (row,), = cur.execute(sql.SQL("SELECT bemi.row_at_transaction({}, %s::text, %s)").format(relation(table)),
+                              [key_text(primary_key), transaction_id]).fetchall()
+    return row  # type: ignore[no-any-return]
+
+
+def table_at_transaction(conn: psycopg.Connection[Any], table: Table, transaction_id: int) -> list[dict[str, Any]]:
+    """Every row of the table as it was right after a transaction committed, as dicts of typed values."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        (name,), = cur.execute(sql.SQL(ROW_TYPE).format(relation(table))).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql.SQL("SELECT * FROM bemi.table_at_transaction(NULL::{}, %s)").format(sql.SQL(name)),
+                           [transaction_id]).fetchall()
+
+
+def row_versions(conn: psycopg.Connection[Any], table: Table, primary_key: Key) -> list[dict[str, Any]]:
+    """Every version of the row, oldest first, following its key moves (bemi.row_versions):
+    dicts with valid_from, valid_to, change_id, transaction_id, primary_key and image."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql.SQL("SELECT * FROM bemi.row_versions({}, %s::text)").format(relation(table)),
+                           [key_text(primary_key)]).fetchall()

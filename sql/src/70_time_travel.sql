@@ -4,7 +4,8 @@
 --    bemi.known_values(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
 --    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.row_history(),
 --    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
---    bemi.table_from(), bemi.table_at(), bemi.diff().
+--    bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
+--    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
 
 -- Time is commit time (committed_at, ties broken by id). A row's history, an UPDATE that
@@ -227,45 +228,49 @@ $$;
 -- The latest (latest = true: at or before at) or the first (after at) change of the row with a
 -- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
 -- branch reads one entry of its index; the other direction's branches are not run.
--- database_name: only changes from this database (NULL: any).
-CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
-RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean)
+-- database_name: only changes from this database (NULL: any). through: the moment is the
+-- commit of the change with this id (bemi.transaction_moment): of the changes committed at
+-- at, only those up to it count as at or before (NULL: all of them).
+CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean,
+                               through bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean,
+               committed_at timestamptz, previous_key text)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete FROM (
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete, e.committed_at, e.previous_key FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
   ) AS e
@@ -298,7 +303,7 @@ END;
 -- of the row at or before the moment, else the first after it ("later": true), else {}.
 -- Generic plans: planning the six index lookups for every partition of the trail on each
 -- call would cost more than running them (partitions are pruned when the plan starts).
-CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -310,9 +315,8 @@ DECLARE
 BEGIN
   PERFORM bemi.check_trail(history, at);
   FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
-    SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at) INTO found
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true) AS e
-    JOIN bemi.changes AS x ON x.id = e.id;
+    SELECT pg_catalog.to_jsonb(e.*) INTO found
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS e;
     IF (found ->> 'committed_at')::timestamptz > (event ->> 'committed_at')::timestamptz
        OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint > (event ->> 'id')::bigint)
        OR event IS NULL THEN
@@ -321,9 +325,8 @@ BEGIN
   END LOOP;
   IF event IS NULL THEN
     FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
-      SELECT pg_catalog.to_jsonb(e.*) || pg_catalog.jsonb_build_object('committed_at', x.committed_at, 'later', true) INTO found
-      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false) AS e
-      JOIN bemi.changes AS x ON x.id = e.id;
+      SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO found
+      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS e;
       IF (found ->> 'committed_at')::timestamptz < (event ->> 'committed_at')::timestamptz
          OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint < (event ->> 'id')::bigint)
          OR event IS NULL THEN
@@ -331,7 +334,7 @@ BEGIN
       END IF;
     END LOOP;
   END IF;
-  RETURN coalesce(event - 'committed_at', '{}');
+  RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
 $$;
 
@@ -415,21 +418,22 @@ $$;
 
 -- Where the trail is: the changes of a history_of's table after a moment, for table_from
 -- where the table is (bemi_pg copies them into a temporary table there).
-CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz) RETURNS SETOF bemi.changes
+CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz, through bigint DEFAULT NULL) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM bemi.check_trail(history, at);
   RETURN QUERY SELECT c.* FROM bemi.changes AS c
-    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.committed_at > at
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+      AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
       AND (NOT history ? 'database' OR c.database = history ->> 'database');
 END
 $$;
 
 -- Where the table is: the table as of a moment, from the table now and the changes after the
 -- moment, read from changes (bemi.changes, or a copy of table_history's rows).
-CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -444,8 +448,8 @@ BEGIN
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
 
   EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
-      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
-    INTO truncated USING schema_name, table_name, at;
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)', changes)
+    INTO truncated USING schema_name, table_name, at, through;
   IF truncated IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
       USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
@@ -457,7 +461,7 @@ BEGIN
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
         SELECT c.before, c.after FROM %3$s AS c
-        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
       ), generated AS (
         SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
         WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
@@ -475,7 +479,7 @@ BEGIN
       SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
         pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
       WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
-      USING schema_name, table_name, at;
+      USING schema_name, table_name, at, through;
     RETURN;
   END IF;
 
@@ -485,7 +489,7 @@ BEGIN
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
-      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
       SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
@@ -510,7 +514,7 @@ BEGIN
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     changes)
-    USING schema_name, table_name, at;
+    USING schema_name, table_name, at, through;
 END
 $$;
 
@@ -526,6 +530,118 @@ $$;
 
 COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
   'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+-- The moment right after a transaction committed, as the pair the time-travel functions take:
+-- its commit time, and its last change, so that of the transactions committed at the same
+-- time (it happens) only those committed up to it count. Errors as bemi.transaction_changes.
+CREATE FUNCTION bemi.transaction_moment(transaction_id bigint, database_name text DEFAULT NULL,
+                                        OUT at timestamptz, OUT through bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  SELECT pg_catalog.max(x.committed_at), pg_catalog.max(x.id) INTO at, through
+  FROM bemi.changes AS x WHERE x.id = ANY (bemi.transaction_changes(transaction_moment.transaction_id, database_name));
+END
+$$;
+
+CREATE FUNCTION bemi.row_at_transaction(relation regclass, primary_key text, transaction_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_from(relation, k.key, m.at,
+          bemi.row_history(bemi.history_of(relation, m.at) || bemi.key_form(relation), k.key, m.at, m.through))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k, bemi.transaction_moment(transaction_id) AS m);
+
+COMMENT ON FUNCTION bemi.row_at_transaction(regclass, text, bigint) IS
+  'A row (as JSON) as it was right after a transaction (bemi.changes.transaction_id) committed: exact where commit times are equal.';
+
+CREATE FUNCTION bemi.table_at_transaction(relation anyelement, transaction_id bigint) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  moment record := bemi.transaction_moment(transaction_id);
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), moment.at), moment.at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, moment.at, 'bemi.changes', moment.through);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
+  'A whole table as typed rows, as it was right after a transaction committed: SELECT * FROM bemi.table_at_transaction(NULL::todo, 1234).';
+
+-- Every version of the row with a primary key, oldest first, following its key moves both
+-- ways: each with the commit time it began (NULL: before its first change the trail holds,
+-- when tracking began), the commit time it ended (by a later version, a DELETE, a TRUNCATE;
+-- NULL: it still is, as far as the trail is ingested), the change that made it and the row
+-- (as bemi.changes.after). Walks one index entry per version. An earlier row that had the key
+-- and was deleted before this one was created is another row: not listed.
+CREATE FUNCTION bemi.row_versions(relation regclass, row_key text)
+RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, change_id bigint, transaction_id bigint, primary_key text, image jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  history jsonb := bemi.history_of(relation, 'infinity');
+  key text := bemi.trail_key(relation, row_key);
+  e record;
+  moved record;
+  at timestamptz := 'infinity';
+  through bigint;
+  started boolean := false;
+  events bigint[] := '{}';
+BEGIN
+  -- Back from the latest change of the key, through the keys the row had before.
+  LOOP
+    SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS r;
+    EXIT WHEN NOT FOUND;
+    IF e.operation IN ('DELETE', 'TRUNCATE') OR e.primary_key IS DISTINCT FROM key THEN
+      EXIT WHEN started; -- an earlier row under this key ended here
+      IF e.operation NOT IN ('DELETE', 'TRUNCATE') AND moved IS NULL THEN
+        moved := e; -- the row moved to another key: followed forward below
+      END IF;
+    ELSE
+      started := true;
+      key := coalesce(e.previous_key, key);
+    END IF;
+    events := events || e.id;
+    EXIT WHEN e.operation = 'CREATE';
+    at := e.committed_at;
+    through := e.id - 1;
+  END LOOP;
+  -- Forward from a move away, through the keys the row had after.
+  IF moved IS NOT NULL THEN
+    key := moved.primary_key;
+    at := moved.committed_at;
+    through := moved.id;
+    LOOP
+      SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS r;
+      EXIT WHEN NOT FOUND;
+      events := events || e.id;
+      EXIT WHEN e.operation IN ('DELETE', 'TRUNCATE');
+      key := e.primary_key;
+      at := e.committed_at;
+      through := e.id;
+    END LOOP;
+  END IF;
+  RETURN QUERY
+    WITH chain AS (
+      SELECT c.id, c.committed_at, c.transaction_id, c.operation, c.primary_key, c.before, c.after,
+        pg_catalog.lead(c.committed_at) OVER (ORDER BY c.committed_at, c.id) AS next_at,
+        pg_catalog.row_number() OVER (ORDER BY c.committed_at, c.id) AS n
+      FROM bemi.changes AS c WHERE c.id = ANY (events)
+    )
+    SELECT NULL::timestamptz, c.committed_at, NULL::bigint, NULL::bigint, bemi.image_key(c.before, bemi.key_columns(relation)), c.before
+    FROM chain AS c WHERE c.n = 1 AND c.operation IN ('UPDATE', 'DELETE')
+    UNION ALL
+    SELECT c.committed_at, c.next_at, c.id, c.transaction_id, c.primary_key, c.after
+    FROM chain AS c WHERE c.operation IN ('CREATE', 'UPDATE')
+    ORDER BY 1 NULLS FIRST, 3;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.row_versions(regclass, text) IS
+  'Every version of a row, oldest first, following its key moves: valid_from, valid_to, the change and transaction that made it, its key and the row.';
 
 CREATE FUNCTION bemi.diff(before jsonb, after jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
