@@ -870,6 +870,9 @@ BEGIN
       query := pg_catalog.set_config('bemi.mark', mark, true);
     END IF;
   END IF;
+  IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+    PERFORM bemi.partition_event(TG_RELID, 'truncate');
+  END IF;
   RETURN NULL;
 END
 $$;
@@ -943,6 +946,7 @@ DECLARE
   ordinal integer := 0;
   i integer;
   relids integer;
+  event jsonb;
 BEGIN
   seq := 0;
   FOR message IN
@@ -971,6 +975,20 @@ BEGIN
         lsn := message.lsn; xid := message.xid;
         data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
         RETURN NEXT;
+      ELSIF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d692e7472756e63617465'::bytea THEN
+        -- 'bemi.truncate': rows of a partition that left or joined the root (bemi.partition_event).
+        event := bemi.partition_message(bemi.message_text(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer)));
+        IF event IS NOT NULL THEN
+          shapes := shapes + 1;
+          INSERT INTO bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity)
+          VALUES (shapes, (event ->> 'relid')::bigint::oid, event ->> 'schema', event ->> 'table',
+                  '{partition_schema,partition,event}', '{25,25,25}', '{-1,-1,-1}', '{f,f,f}');
+          IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+          ordinal := ordinal + 1;
+          INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context, old_values)
+          VALUES (seq, shapes, 'T', message.lsn, ordinal, xact_id, commit_time, context,
+                  ARRAY[event ->> 'partition_schema', event ->> 'partition', event ->> 'event']);
+        END IF;
       END IF;
     ELSIF kind = 'R' THEN
       -- relid, namespace, name, replica identity, then per column: flags, name, type, typmod.
@@ -1046,6 +1064,11 @@ BEGIN
     ELSIF kind = 'T' THEN
       -- number of relations, options, then their OIDs.
       relids := bemi.int_at(m, 1, 4)::integer;
+      -- A TRUNCATE of a root covers the partition TRUNCATEs of its statement (and any before it
+      -- in its transaction): those are not stored.
+      DELETE FROM bemi.staged AS s USING bemi.staged_relations AS r
+      WHERE r.relation = s.relation AND s.operation = 'T' AND s.old_values IS NOT NULL AND s.transaction_id = xact_id
+        AND r.relid IN (SELECT bemi.int_at(m, 6 + 4 * g.n, 4)::oid FROM pg_catalog.generate_series(0, relids - 1) AS g(n));
       IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
       FOR i IN 0..relids - 1 LOOP
         ordinal := ordinal + 1;
@@ -1244,6 +1267,145 @@ DROP FUNCTION bemi.row_event(text, text, text, text, timestamptz, boolean);
 DROP FUNCTION bemi.table_history(jsonb, timestamptz);
 DROP FUNCTION bemi.table_from(anyelement, timestamptz, regclass);
 
+CREATE OR REPLACE FUNCTION bemi.partition_event(relation oid, event text, root oid DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  root := coalesce(root, (
+    WITH RECURSIVE up(member, depth) AS (
+      SELECT relation, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up AS u
+      JOIN pg_catalog.pg_class AS c ON c.oid = u.member AND c.relispartition
+      JOIN pg_catalog.pg_inherits AS i ON i.inhrelid = u.member
+    )
+    SELECT u.member FROM up AS u WHERE u.depth > 0 ORDER BY u.depth DESC LIMIT 1));
+  IF root IS NULL THEN
+    RETURN;
+  END IF;
+  PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi.truncate', pg_catalog.jsonb_build_object(
+    'relid', r.oid::bigint, 'schema', rn.nspname, 'table', r.relname, 'partition_schema', pn.nspname, 'partition', p.relname,
+    'event', event)::text)
+  FROM pg_catalog.pg_class AS p JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.relnamespace,
+    pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS rn ON rn.oid = r.relnamespace
+  WHERE p.oid = relation AND r.oid = root;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.partition_message(content text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  parsed jsonb;
+BEGIN
+  parsed := content::jsonb;
+  IF pg_catalog.jsonb_typeof(parsed) = 'object' AND pg_catalog.jsonb_typeof(parsed -> 'relid') = 'number'
+     AND (parsed ->> 'relid') ~ '^[0-9]{1,10}$' AND (parsed ->> 'relid')::bigint BETWEEN 1 AND 4294967295
+     AND parsed ->> 'event' IN ('truncate', 'detach', 'attach')
+     AND (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_each(parsed) AS e
+          WHERE e.key IN ('schema', 'table', 'partition_schema', 'partition') AND pg_catalog.jsonb_typeof(e.value) = 'string') = 4 THEN
+    RETURN parsed;
+  END IF;
+  RETURN NULL;
+EXCEPTION WHEN data_exception THEN
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.partitions_moved(top regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  has_rows boolean;
+BEGIN
+  FOR member IN
+    SELECT t.relation FROM bemi.tracking AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relation
+    WHERE t.root = top AND t.relation <> top AND NOT c.relispartition
+      AND t.relation NOT IN (SELECT bemi.members(top))
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r JOIN pg_catalog.pg_publication AS p ON p.oid = r.prpubid
+                      WHERE p.pubname = 'bemi' AND r.prrelid = t.relation)
+  LOOP
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', member) INTO has_rows;
+    IF has_rows THEN
+      PERFORM bemi.partition_event(member, 'detach', top);
+    END IF;
+    PERFORM bemi.untrack(member);
+  END LOOP;
+  FOR member IN
+    SELECT m.member FROM bemi.members(top) AS m(member) JOIN pg_catalog.pg_class AS c ON c.oid = m.member
+    WHERE c.relispartition AND NOT EXISTS (SELECT FROM bemi.tracking AS t WHERE t.relation = m.member)
+      AND EXISTS (SELECT FROM pg_catalog.pg_inherits AS i JOIN bemi.tracking AS t ON t.relation = i.inhparent
+                  WHERE i.inhrelid = m.member) -- the partition attached, not those under it
+  LOOP
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', member) INTO has_rows;
+    IF has_rows THEN
+      PERFORM bemi.partition_event(member, 'attach');
+    END IF;
+  END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.track_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  created record;
+  top regclass;
+BEGIN
+  -- The ALTER TABLE commands bemi.track runs itself.
+  IF pg_catalog.current_setting('bemi.tracking_new', true) = 'on' THEN
+    RETURN;
+  END IF;
+  FOR created IN
+    SELECT DISTINCT d.objid, d.command_tag, c.relpersistence, n.nspname
+    FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    JOIN pg_catalog.pg_class c ON c.oid = d.objid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE d.object_type = 'table' AND NOT d.in_extension AND c.relkind IN ('r', 'p')
+      AND c.relpersistence <> 't' AND n.nspname NOT IN ('bemi', 'bemi_trail')
+  LOOP
+    -- The table it is a partition or child of, at the top.
+    WITH RECURSIVE up(relation, depth) AS (
+      SELECT created.objid, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up u JOIN pg_catalog.pg_inherits i ON i.inhrelid = u.relation
+    )
+    SELECT u.relation::pg_catalog.regclass INTO top FROM up u ORDER BY u.depth DESC LIMIT 1;
+    IF created.command_tag = 'ALTER TABLE' AND EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      PERFORM bemi.partitions_moved(top);
+    END IF;
+    IF EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      IF NOT EXISTS (SELECT FROM bemi.members(top) AS m(member)
+                     WHERE NOT EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = m.member)) THEN
+        CONTINUE; -- every member is tracked already
+      END IF;
+    ELSIF top <> created.objid::pg_catalog.regclass
+       OR created.command_tag NOT IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+       OR NOT EXISTS (SELECT FROM bemi.auto_tracked a WHERE a.schema = created.nspname) THEN
+      CONTINUE;
+    ELSIF created.relpersistence = 'u' THEN
+      RAISE WARNING 'bemi: not tracking %, which is unlogged: its changes never reach the WAL', top;
+      CONTINUE;
+    END IF;
+    PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
+    PERFORM bemi.track(top);
+    PERFORM pg_catalog.set_config('bemi.tracking_new', '', true);
+  END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.scan_of(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN c.relkind = 'p' THEN relation::text ELSE 'ONLY ' || relation::text END
+  FROM pg_catalog.pg_class AS c WHERE c.oid = relation;
+END;
+
 CREATE OR REPLACE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1388,7 +1550,7 @@ BEGIN ATOMIC
       ELSE false END;
 END;
 
-CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
+CREATE OR REPLACE FUNCTION bemi.key_event(history jsonb, keys text[], at timestamptz, latest boolean, through bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -1398,28 +1560,112 @@ DECLARE
   found jsonb;
   key text;
 BEGIN
-  PERFORM bemi.check_trail(history, at);
-  FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
+  FOREACH key IN ARRAY keys LOOP
     SELECT pg_catalog.to_jsonb(e.*) INTO found
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS e;
-    IF (found ->> 'committed_at')::timestamptz > (event ->> 'committed_at')::timestamptz
-       OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint > (event ->> 'id')::bigint)
-       OR event IS NULL THEN
-      event := found;
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, latest, through) AS e;
+    IF event IS NULL OR (latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                                   > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint))
+       OR (NOT latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                        < ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)) THEN
+      event := coalesce(found, event);
     END IF;
   END LOOP;
-  IF event IS NULL THEN
-    FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
-      SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO found
-      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS e;
-      IF (found ->> 'committed_at')::timestamptz < (event ->> 'committed_at')::timestamptz
-         OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint < (event ->> 'id')::bigint)
-         OR event IS NULL THEN
-        event := found;
-      END IF;
-    END LOOP;
+  RETURN event;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[];
+  event jsonb;
+  moved jsonb := '[]';
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  keys := bemi.trail_keys(history, primary_key);
+  event := bemi.key_event(history, keys, at, true, through);
+  WHILE event ->> 'operation' = 'TRUNCATE' AND event -> 'before' ? 'partition' LOOP
+    moved := moved || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('id', event -> 'id', 'before', event -> 'before',
+      'moved_since', (SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT c.before - 'event'), '[]') FROM bemi.changes AS c
+        WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.operation = 'TRUNCATE'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND (c.committed_at, c.id) > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)
+          AND c.before ->> 'event' IN ('detach', 'attach'))));
+    event := bemi.key_event(history, keys, (event ->> 'committed_at')::timestamptz, true, (event ->> 'id')::bigint - 1);
+  END LOOP;
+  IF moved <> '[]' THEN
+    event := coalesce(bemi.key_event(history, keys, at, false, through) || '{"later": true}', '{}')
+      || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
+  ELSIF event IS NULL THEN
+    event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.in_partition(relation regclass, part jsonb, image jsonb, moved jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  target regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', part ->> 'partition_schema', part ->> 'partition'));
+  candidate record;
+  inside boolean;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_partitioned_table AS p ON p.partrelid = t.relid
+             WHERE p.partexprs IS NOT NULL) THEN
+    RETURN NULL;
+  END IF;
+  FOR candidate IN
+    SELECT t.relid, n.nspname, c.relname, pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default
+    FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE t.isleaf AND t.relid <> relation
+    ORDER BY t.relid IS DISTINCT FROM target  -- the partition itself first
+  LOOP
+    CONTINUE WHEN candidate.is_default OR moved @> pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+      'partition_schema', candidate.nspname, 'partition', candidate.relname));
+    EXECUTE pg_catalog.format('SELECT coalesce((%s), false) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        coalesce(pg_catalog.pg_get_partition_constraintdef(candidate.relid), 'true'), relation)
+      INTO inside USING image;
+    IF candidate.relid = target THEN
+      RETURN inside;
+    ELSIF inside THEN
+      RETURN false; -- in another partition
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.partition_verdict(relation regclass, primary_key text, event jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  prior jsonb := nullif(event -> 'prior', 'null');
+  moved jsonb;
+  present boolean := prior IS NOT NULL AND prior ->> 'operation' IN ('CREATE', 'UPDATE')
+    AND bemi.same_key(relation, prior ->> 'primary_key', primary_key);
+  inside boolean;
+BEGIN
+  FOR moved IN SELECT m.value FROM pg_catalog.jsonb_array_elements(event -> 'partition_events') WITH ORDINALITY AS m(value, n)
+               ORDER BY m.n DESC LOOP
+    IF moved -> 'before' ->> 'event' = 'attach' THEN
+      IF NOT present THEN
+        RETURN NULL; -- it may have come in with the partition
+      END IF;
+    ELSIF present THEN
+      inside := bemi.in_partition(relation, moved -> 'before', prior -> 'after', moved -> 'moved_since');
+      IF inside IS NULL THEN
+        RETURN NULL;
+      END IF;
+      present := NOT inside;
+    END IF;
+  END LOOP;
+  RETURN CASE WHEN present THEN 'kept' ELSE 'gone' END;
 END
 $$;
 
@@ -1432,6 +1678,17 @@ DECLARE
   result jsonb;
 BEGIN
   primary_key := bemi.trail_key(relation, primary_key);
+  IF event ? 'partition_events' THEN
+    CASE bemi.partition_verdict(relation, primary_key, event)
+      WHEN 'gone' THEN
+        RETURN NULL;
+      WHEN 'kept' THEN
+        PERFORM bemi.refuse_incomplete(CASE WHEN (event -> 'prior' ->> 'incomplete')::boolean THEN ARRAY[(event -> 'prior' ->> 'id')::bigint] END);
+        RETURN event -> 'prior' -> 'after';
+      ELSE
+        event := event - 'partition_events' - 'prior';
+    END CASE;
+  END IF;
   IF event ? 'id' AND NOT event ? 'later' THEN
     -- The row as the latest change at or before the moment left it.
     IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR NOT bemi.same_key(relation, event ->> 'primary_key', primary_key) THEN
@@ -1453,7 +1710,7 @@ BEGIN
   END IF;
   -- Unchanged to this day.
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-      relation, relation, bemi.key_match(keys, 't', 'k'))
+      bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
     INTO result
     USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
       ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
@@ -1499,7 +1756,8 @@ BEGIN
     INTO truncated USING schema_name, table_name, at, through;
   IF truncated IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
-      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
   IF keys IS NULL THEN
@@ -1514,7 +1772,7 @@ BEGIN
         WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %4$s AS t
           UNION ALL
           SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
           FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
@@ -1525,7 +1783,7 @@ BEGIN
       )
       SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
         pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
-      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
       USING schema_name, table_name, at, through;
     RETURN;
   END IF;
@@ -1549,7 +1807,7 @@ BEGIN
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
       FROM firsts AS f WHERE f.image IS NOT NULL
     )
-    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -1560,7 +1818,7 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes)
+    changes, bemi.scan_of(table_oid))
     USING schema_name, table_name, at, through;
 END
 $$;
@@ -1656,6 +1914,57 @@ BEGIN
     SELECT c.committed_at, c.next_at, c.id, c.transaction_id, c.primary_key, c.after
     FROM chain AS c WHERE c.operation IN ('CREATE', 'UPDATE')
     ORDER BY 1 NULLS FIRST, 3;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.locked_row(relation regclass, key_columns text[], image jsonb, taken tid[],
+  OUT image_now jsonb, OUT row_id tid)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF key_columns IS NOT NULL THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
+        bemi.scan_of(relation), relation, bemi.key_match(key_columns, 't', 'k'))
+      INTO image_now, row_id USING image;
+  ELSE
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
+        bemi.scan_of(relation))
+      INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  relation regclass := (step ->> 'relation')::oid::regclass;
+  keys text[] := bemi.text_array(step -> 'keys');
+  columns text[] := bemi.text_array(step -> 'columns');
+  located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
+    ELSE bemi.key_match(keys, 't', 'k') END;
+BEGIN
+  IF step ->> 'kind' = 'insert' THEN
+    RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        relation,
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation);
+  ELSIF step ->> 'kind' = 'update' THEN
+    RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
+        bemi.scan_of(relation),
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
+        relation,
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located);
+  ELSE
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', bemi.scan_of(relation),
+        CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
+        located);
+  END IF;
 END
 $$;
 
@@ -1803,3 +2112,4 @@ COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
   'A whole table as typed rows, as it was right after a transaction committed: SELECT * FROM bemi.table_at_transaction(NULL::todo, 1234).';
 COMMENT ON FUNCTION bemi.row_versions(regclass, text) IS
   'Every version of a row, oldest first, following its key moves: valid_from, valid_to, the change and transaction that made it, its key and the row.';
+REVOKE ALL ON FUNCTION bemi.partitions_moved(regclass) FROM PUBLIC;

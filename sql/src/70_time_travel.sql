@@ -1,8 +1,9 @@
 ------------------------------------------------------------------------------------------
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
---    bemi.known_values(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
---    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.row_history(),
+--    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
+--    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.row_history(),
+--    bemi.in_partition(), bemi.partition_verdict(),
 --    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
@@ -127,6 +128,15 @@ CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
         WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+
+-- A table's own rows, as FROM reads them: an inheritance parent ONLY (its children are
+-- tracked and stored under their own names), a partitioned table with its partitions.
+CREATE FUNCTION bemi.scan_of(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN c.relkind = 'p' THEN relation::text ELSE 'ONLY ' || relation::text END
+  FROM pg_catalog.pg_class AS c WHERE c.oid = relation;
+END;
 
 -- The WHERE condition matching a table's row t by its primary key to the key of the record r.
 CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
@@ -299,11 +309,9 @@ BEGIN ATOMIC
       ELSE false END;
 END;
 
--- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
--- of the row at or before the moment, else the first after it ("later": true), else {}.
--- Generic plans: planning the six index lookups for every partition of the trail on each
--- call would cost more than running them (partitions are pruned when the plan starts).
-CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
+-- Where the trail is: the latest (or first, latest = false) change of a row under any of the
+-- texts its key has in the trail (bemi.trail_keys), as JSON (bemi.row_event's columns); NULL.
+CREATE FUNCTION bemi.key_event(history jsonb, keys text[], at timestamptz, latest boolean, through bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -313,28 +321,131 @@ DECLARE
   found jsonb;
   key text;
 BEGIN
-  PERFORM bemi.check_trail(history, at);
-  FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
+  FOREACH key IN ARRAY keys LOOP
     SELECT pg_catalog.to_jsonb(e.*) INTO found
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS e;
-    IF (found ->> 'committed_at')::timestamptz > (event ->> 'committed_at')::timestamptz
-       OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint > (event ->> 'id')::bigint)
-       OR event IS NULL THEN
-      event := found;
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, latest, through) AS e;
+    IF event IS NULL OR (latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                                   > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint))
+       OR (NOT latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                        < ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)) THEN
+      event := coalesce(found, event);
     END IF;
   END LOOP;
-  IF event IS NULL THEN
-    FOREACH key IN ARRAY bemi.trail_keys(history, primary_key) LOOP
-      SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO found
-      FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS e;
-      IF (found ->> 'committed_at')::timestamptz < (event ->> 'committed_at')::timestamptz
-         OR ((found ->> 'committed_at')::timestamptz = (event ->> 'committed_at')::timestamptz AND (found ->> 'id')::bigint < (event ->> 'id')::bigint)
-         OR event IS NULL THEN
-        event := found;
-      END IF;
-    END LOOP;
+  RETURN event;
+END
+$$;
+
+-- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
+-- of the row at or before the moment, else the first after it ("later": true), else {}.
+-- Where the latest are partitions truncated, detached or attached (bemi.partition_event),
+-- also those ("partition_events", newest first, each with "moved_since": the partitions
+-- detached or attached after it) and the change of the row before them ("prior"), for
+-- row_from to tell whether the row was in them.
+-- Generic plans: planning the six index lookups for every partition of the trail on each
+-- call would cost more than running them (partitions are pruned when the plan starts).
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[];
+  event jsonb;
+  moved jsonb := '[]';
+BEGIN
+  PERFORM bemi.check_trail(history, at);
+  keys := bemi.trail_keys(history, primary_key);
+  event := bemi.key_event(history, keys, at, true, through);
+  WHILE event ->> 'operation' = 'TRUNCATE' AND event -> 'before' ? 'partition' LOOP
+    moved := moved || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('id', event -> 'id', 'before', event -> 'before',
+      'moved_since', (SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT c.before - 'event'), '[]') FROM bemi.changes AS c
+        WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.operation = 'TRUNCATE'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND (c.committed_at, c.id) > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)
+          AND c.before ->> 'event' IN ('detach', 'attach'))));
+    event := bemi.key_event(history, keys, (event ->> 'committed_at')::timestamptz, true, (event ->> 'id')::bigint - 1);
+  END LOOP;
+  IF moved <> '[]' THEN
+    event := coalesce(bemi.key_event(history, keys, at, false, through) || '{"later": true}', '{}')
+      || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
+  ELSIF event IS NULL THEN
+    event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
+END
+$$;
+
+-- Where the table is: whether a row image of a partitioned table was in one of its partitions
+-- (part) at a partition event, told by the partitions' bounds now where they cannot have
+-- changed since: the partition's own, or another's that holds the row (partitions are
+-- disjoint). moved: the partitions detached or attached since, whose bounds may differ now (and
+-- a DEFAULT partition's bounds are what the others leave). NULL when it cannot be told: the
+-- partitions are gone or moved, or bounded by an expression (code of the table's owner, which
+-- time travel does not run).
+CREATE FUNCTION bemi.in_partition(relation regclass, part jsonb, image jsonb, moved jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  target regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', part ->> 'partition_schema', part ->> 'partition'));
+  candidate record;
+  inside boolean;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_partitioned_table AS p ON p.partrelid = t.relid
+             WHERE p.partexprs IS NOT NULL) THEN
+    RETURN NULL;
+  END IF;
+  FOR candidate IN
+    SELECT t.relid, n.nspname, c.relname, pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default
+    FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE t.isleaf AND t.relid <> relation
+    ORDER BY t.relid IS DISTINCT FROM target  -- the partition itself first
+  LOOP
+    CONTINUE WHEN candidate.is_default OR moved @> pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+      'partition_schema', candidate.nspname, 'partition', candidate.relname));
+    EXECUTE pg_catalog.format('SELECT coalesce((%s), false) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        coalesce(pg_catalog.pg_get_partition_constraintdef(candidate.relid), 'true'), relation)
+      INTO inside USING image;
+    IF candidate.relid = target THEN
+      RETURN inside;
+    ELSIF inside THEN
+      RETURN false; -- in another partition
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+-- Where the table is: what partition events (row_history's "partition_events", newest first)
+-- did to a row, given its change before them ("prior"): 'gone' (it was in a partition
+-- truncated or detached, or was not there and none came in), 'kept' (it was there and in none
+-- of them), NULL when that cannot be told (row_from then asks what came after).
+CREATE FUNCTION bemi.partition_verdict(relation regclass, primary_key text, event jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  prior jsonb := nullif(event -> 'prior', 'null');
+  moved jsonb;
+  present boolean := prior IS NOT NULL AND prior ->> 'operation' IN ('CREATE', 'UPDATE')
+    AND bemi.same_key(relation, prior ->> 'primary_key', primary_key);
+  inside boolean;
+BEGIN
+  FOR moved IN SELECT m.value FROM pg_catalog.jsonb_array_elements(event -> 'partition_events') WITH ORDINALITY AS m(value, n)
+               ORDER BY m.n DESC LOOP
+    IF moved -> 'before' ->> 'event' = 'attach' THEN
+      IF NOT present THEN
+        RETURN NULL; -- it may have come in with the partition
+      END IF;
+    ELSIF present THEN
+      inside := bemi.in_partition(relation, moved -> 'before', prior -> 'after', moved -> 'moved_since');
+      IF inside IS NULL THEN
+        RETURN NULL;
+      END IF;
+      present := NOT inside;
+    END IF;
+  END LOOP;
+  RETURN CASE WHEN present THEN 'kept' ELSE 'gone' END;
 END
 $$;
 
@@ -348,6 +459,17 @@ DECLARE
   result jsonb;
 BEGIN
   primary_key := bemi.trail_key(relation, primary_key);
+  IF event ? 'partition_events' THEN
+    CASE bemi.partition_verdict(relation, primary_key, event)
+      WHEN 'gone' THEN
+        RETURN NULL;
+      WHEN 'kept' THEN
+        PERFORM bemi.refuse_incomplete(CASE WHEN (event -> 'prior' ->> 'incomplete')::boolean THEN ARRAY[(event -> 'prior' ->> 'id')::bigint] END);
+        RETURN event -> 'prior' -> 'after';
+      ELSE
+        event := event - 'partition_events' - 'prior';
+    END CASE;
+  END IF;
   IF event ? 'id' AND NOT event ? 'later' THEN
     -- The row as the latest change at or before the moment left it.
     IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR NOT bemi.same_key(relation, event ->> 'primary_key', primary_key) THEN
@@ -369,7 +491,7 @@ BEGIN
   END IF;
   -- Unchanged to this day.
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-      relation, relation, bemi.key_match(keys, 't', 'k'))
+      bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
     INTO result
     USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
       ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
@@ -452,7 +574,8 @@ BEGIN
     INTO truncated USING schema_name, table_name, at, through;
   IF truncated IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
-      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
   IF keys IS NULL THEN
@@ -467,7 +590,7 @@ BEGIN
         WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %4$s AS t
           UNION ALL
           SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
           FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
@@ -478,7 +601,7 @@ BEGIN
       )
       SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
         pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
-      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
       USING schema_name, table_name, at, through;
     RETURN;
   END IF;
@@ -502,7 +625,7 @@ BEGIN
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
       FROM firsts AS f WHERE f.image IS NOT NULL
     )
-    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -513,7 +636,7 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes)
+    changes, bemi.scan_of(table_oid))
     USING schema_name, table_name, at, through;
 END
 $$;

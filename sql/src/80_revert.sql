@@ -89,11 +89,11 @@ AS $$
 BEGIN
   IF key_columns IS NOT NULL THEN
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
-        relation, relation, bemi.key_match(key_columns, 't', 'k'))
+        bemi.scan_of(relation), relation, bemi.key_match(key_columns, 't', 'k'))
       INTO image_now, row_id USING image;
   ELSE
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
-        relation)
+        bemi.scan_of(relation))
       INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
   END IF;
 END
@@ -122,14 +122,14 @@ BEGIN
         relation);
   ELSIF step ->> 'kind' = 'update' THEN
     RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
-        relation,
+        bemi.scan_of(relation),
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         relation,
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
         located);
   ELSE
-    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', bemi.scan_of(relation),
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
         located);
   END IF;
