@@ -489,7 +489,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  -- Rows are told apart by their key under the table's key now (a key redefined since left
+  -- the trail's primary_key of older changes under the old one).
   RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH x AS (
+      SELECT x.id, x.schema, x."table", x.operation, x.before, x.after, x.committed_at,
+        coalesce(bemi.image_key(CASE WHEN x.after <> '{}' THEN x.after ELSE x.before END,
+                                bemi.text_array($2 -> (x.schema || '.' || x."table") -> 'keys')), x.primary_key) AS primary_key
+      FROM %1$s AS x WHERE x.id = ANY ($1)
+    )
     SELECT ($2 -> (f.schema || '.' || f."table") ->> 'relation')::pg_catalog.oid, f.schema || '.' || f."table",
       f.primary_key, f.first, CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END, l.operation = 'DELETE',
       f.ids, f.first_id, l.id
@@ -497,10 +505,10 @@ BEGIN
             x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
             pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
               ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
     JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
       ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
     ORDER BY f.committed_at, f.first_id$q$, changes) USING ids, tables;
@@ -525,17 +533,23 @@ DECLARE
   found_key text;
   candidate integer;
   n integer;
+  ignored text[];
 BEGIN
   FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
                                      'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
     relation := (tables -> (c.schema || '.' || c."table") ->> 'relation')::oid;
     keys := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'keys');
+    ignored := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'ignored');
     old_key := relation || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
     new_key := relation || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
     found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
     n := NULL;
+    -- Two rows can have one key for a moment (a swap under a DEFERRABLE key): an UPDATE or DELETE
+    -- continues the chain whose row it found (its before is that row's last image, but for
+    -- ignored columns, whose updates alone are not stored).
     FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-      IF (chains[candidate]).gone = (c.operation = 'CREATE') THEN
+      IF (chains[candidate]).gone = (c.operation = 'CREATE') AND (c.operation = 'CREATE' OR keys IS NULL
+          OR (chains[candidate]).last - ignored = c.before - ignored) THEN
         n := candidate;
         EXIT;
       END IF;
@@ -581,7 +595,7 @@ $$;
 -- (on_conflict => 'error'), skipped, deleted, inserted or updated; step: what to write, if
 -- anything; conflict: the row named for the error; taken: a row of a table without a key this
 -- row claims (no other row may take it).
-CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[],
+CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[], moving tid[],
                                 OUT verdict text, OUT step jsonb, OUT conflict text, OUT claimed tid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -618,7 +632,8 @@ BEGIN
       AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
     WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
         found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
-    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+    -- The key it goes back to is another row's, unless the revert moves that row away.
+    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id AND target_id <> ALL (moving) THEN 'conflict'
     ELSE 'revert' END;
   IF verdict = 'conflict' AND on_conflict = 'error' THEN
     conflict := pg_catalog.format('%I.%I %s (changes %s)', info ->> 'schema', info ->> 'table',
@@ -637,7 +652,7 @@ BEGIN
   END IF;
   step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
     'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain.first_id,
-    'last_id', chain.last_id, 'depth', info -> 'depth');
+    'last_id', chain.last_id, 'depth', info -> 'depth', 'ids', chain.ids);
   IF target IS NULL AND found_expected IS NULL THEN
     verdict := 'unchanged';
     step := NULL;
@@ -671,7 +686,10 @@ AS $$
 DECLARE
   by_change boolean;
   tables jsonb;
+  chains bemi.revert_chain[];
   chain bemi.revert_chain;
+  keys text[];
+  moving tid[] := '{}';   -- rows a step takes off their keys
   checked record;
   taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
   conflicts text[] := '{}';
@@ -681,8 +699,19 @@ BEGIN
   SELECT r.ids, r.by_change INTO ids, by_change FROM bemi.revert_ids(changes, change_ids, on_conflict) AS r;
   tables := bemi.revert_tables(changes, ids);
   -- Each row's changes, chained: its net effect is its first before and its last after.
-  FOR chain IN SELECT * FROM bemi.revert_chains(changes, ids, tables, by_change) LOOP
-    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken);
+  chains := ARRAY(SELECT c FROM bemi.revert_chains(changes, ids, tables, by_change) AS c);
+  -- The rows the revert takes off their keys (moved back, or deleted): their keys are free for
+  -- other rows of the revert (a swap of keys is no conflict).
+  FOREACH chain IN ARRAY chains LOOP
+    keys := bemi.text_array(tables -> chain.table_name -> 'keys');
+    IF keys IS NOT NULL AND chain.last IS NOT NULL
+       AND (chain.first IS NULL OR bemi.image_key(chain.first, keys) IS DISTINCT FROM bemi.image_key(chain.last, keys)) THEN
+      moving := moving || ARRAY(SELECT l.row_id FROM bemi.locked_row(chain.relation, keys, chain.last, '{}') AS l
+                                WHERE l.row_id IS NOT NULL);
+    END IF;
+  END LOOP;
+  FOREACH chain IN ARRAY chains LOOP
+    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken, moving);
     IF checked.claimed IS NOT NULL THEN
       taken[pg_catalog.cardinality(taken) + 1] := checked.claimed;
     END IF;
@@ -690,7 +719,8 @@ BEGIN
       conflicts[pg_catalog.cardinality(conflicts) + 1] := checked.conflict;
     END IF;
     IF checked.step IS NOT NULL THEN
-      planned[pg_catalog.cardinality(planned) + 1] := checked.step;
+      planned[pg_catalog.cardinality(planned) + 1] := checked.step
+        || pg_catalog.jsonb_build_object('replay', bemi.revert_replay(changes, checked.step ->> 'ids', tables -> chain.table_name));
     END IF;
     result_rows[pg_catalog.cardinality(result_rows) + 1] := pg_catalog.jsonb_build_array(chain.last_id,
       tables -> chain.table_name ->> 'schema', tables -> chain.table_name ->> 'table',
@@ -1574,6 +1604,32 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION bemi.shared_key_event(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.to_jsonb(e.*) || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+  FROM (SELECT c.id, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete,
+          c.committed_at, c.previous_key
+        FROM bemi.changes AS c, bemi.changes AS m
+        WHERE m.id = (event ->> 'id')::bigint AND m.committed_at = (event ->> 'committed_at')::timestamptz
+          AND c.committed_at = m.committed_at AND c.transaction_id = m.transaction_id AND c.id <> m.id
+          AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND CASE WHEN NOT event ? 'later'
+            -- the latest gave the key up: a row that took it, after the latest or before it
+            THEN (event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)))
+              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE') AND c.after <> m.before
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id > c.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
+            -- the first took the key: a row of the transaction that gave it up (its before)
+            ELSE (event ->> 'operation' = 'CREATE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL
+                                                         AND event ->> 'primary_key' = ANY (keys)))
+              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys))) AND c.before <> m.after
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id < c.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
+        ORDER BY CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
+END;
+
 CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1600,6 +1656,11 @@ BEGIN
       || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
   ELSIF event IS NULL THEN
     event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
+  END IF;
+  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    event := coalesce(bemi.shared_key_event(history, keys, event), event);
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
@@ -1724,6 +1785,19 @@ LANGUAGE sql STABLE
 RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
         FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
 
+CREATE OR REPLACE FUNCTION bemi.check_presence(n integer, known boolean) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n NOT IN (0, 1) OR (n = 1 AND NOT known) THEN
+    RAISE EXCEPTION 'bemi: the table and its trail disagree on a key: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n = 1;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION bemi.table_history(history jsonb, at timestamptz, through bigint DEFAULT NULL) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1788,26 +1862,35 @@ BEGIN
     RETURN;
   END IF;
 
-  -- With a key: each row a later change touched as the first such change found it (its before
-  -- image; none when that change created the key), every other row as it is now. One query,
-  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  -- With a key: per key a later change touched, whether a row had it at the moment (it has one
+  -- now, less the changes since that gave it, plus those that took it away: two rows can share
+  -- a key for a moment, as in a swap under a DEFERRABLE key), and that row as the first change
+  -- since that took the key from a row that had it then (its before image); every other row as
+  -- it is now. One query, planned per call (the row type is the caller's); keys are pulled out
+  -- of the images once.
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
       FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
-      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), touched AS (
+      SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
-      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
+      WHERE s.delta = -1 AND NOT EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
+                                          AND (a.committed_at, a.id) < (s.committed_at, s.id))
+      ORDER BY %3$s, s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
-      FROM firsts AS f WHERE f.image IS NOT NULL
+      FROM touched AS s LEFT JOIN firsts AS f ON %8$s
+      WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -1818,7 +1901,11 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes, bemi.scan_of(table_oid))
+    changes, bemi.scan_of(table_oid),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('a.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;
 END
 $$;
@@ -1943,8 +2030,12 @@ DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
   keys text[] := bemi.text_array(step -> 'keys');
   columns text[] := bemi.text_array(step -> 'columns');
+  -- A row of a table with a key: by its key, and (two rows can share a key for a moment) the
+  -- row the plan locked ($2) or the row whose values are $4 (a step of a replay).
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
-    ELSE bemi.key_match(keys, 't', 'k') END;
+    ELSE bemi.key_match(keys, 't', 'k') || pg_catalog.format(' AND ($2::pg_catalog.tid IS NULL OR t.ctid = $2::pg_catalog.tid)'
+      ' AND ($4::pg_catalog.jsonb IS NULL OR pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*),'
+      ' bemi.typed_image(%s, $4), %L::pg_catalog.text[])) = 0)', relation::oid, bemi.text_array(step -> 'match')) END;
 BEGIN
   IF step ->> 'kind' = 'insert' THEN
     RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
@@ -2006,6 +2097,132 @@ BEGIN
   RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
     'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
     'depth', bemi.foreign_key_depth(relation), 'schema', schema_name, 'table', table_name);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_replay(changes regclass, ids text, info jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writable text[] := bemi.text_array(info -> 'writable');
+  ignored text[] := bemi.text_array(info -> 'ignored');
+  undone jsonb;
+BEGIN
+  IF info -> 'keys' = 'null' THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE pg_catalog.format($q$
+    SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))), '[]') FROM (
+      SELECT pg_catalog.jsonb_build_object('relation', $2 -> 'relation', 'keys', $2 -> 'keys', 'id', x.id,
+          'committed_at', x.committed_at, 'last_id', x.id, 'target', x.before, 'at', x.after, 'image', x.after,
+          'match', bemi.known_columns(x.after, $3, $4))
+        || CASE x.operation
+          WHEN 'CREATE' THEN '{"kind": "delete"}'
+          WHEN 'DELETE' THEN pg_catalog.jsonb_build_object('kind', 'insert', 'columns', bemi.known_columns(x.before, $3))
+          ELSE pg_catalog.jsonb_build_object('kind', 'update', 'columns', bemi.known_columns(x.before, $3, $4)) END AS s
+      FROM %s AS x WHERE x.id = ANY (pg_catalog.string_to_array($1, ',')::bigint[])) AS u$q$, changes)
+    INTO undone USING ids, info, writable, ignored;
+  RETURN undone;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_write(step jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  written pg_catalog.int8;
+  relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
+  keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
+BEGIN
+  EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+    USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at',
+      step OPERATOR(pg_catalog.->) 'image';
+  GET DIAGNOSTICS written = ROW_COUNT;
+  IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
+      INTO written USING step OPERATOR(pg_catalog.->) 'at';
+    IF written OPERATOR(pg_catalog.<>) 1 THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
+        USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
+    END IF;
+    EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+      USING step OPERATOR(pg_catalog.->) 'target', NULL::pg_catalog.text, step OPERATOR(pg_catalog.->) 'at', NULL::pg_catalog.jsonb;
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.revert_from(changes regclass, change_ids bigint[], on_conflict text)
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  plan record;
+  caller_context jsonb;
+  step jsonb;
+  pending jsonb;
+  failed jsonb;
+  progress boolean;
+  error_state text;
+  error_message text;
+  error_detail text;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
+  caller_context := bemi.revert_context_begin(plan.ids);
+  -- In order (parents inserted before children, children deleted before parents); rows of one
+  -- table that reference each other, and orders no table-level rule gets right, are retried
+  -- one by one until every step is written or a round writes nothing.
+  pending := plan.steps;
+  BEGIN
+    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
+      PERFORM bemi.revert_write(step);
+    END LOOP;
+    pending := '[]';
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    NULL; -- undone: written one by one below
+  END;
+  BEGIN
+    WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+      failed := '[]';
+      progress := false;
+      FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+        BEGIN
+          PERFORM bemi.revert_write(step);
+          progress := true;
+        EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+          failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+          GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+        END;
+      END LOOP;
+      IF NOT progress THEN
+        RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+          USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+      END IF;
+      pending := failed;
+    END LOOP;
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    -- No order of the net writes is accepted (the writes above are undone): the changes undone
+    -- one by one, newest first, with DEFERRABLE constraints checked once at the end.
+    GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+    BEGIN
+      SET CONSTRAINTS ALL DEFERRED;
+      FOR step IN SELECT u.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s,
+                    pg_catalog.jsonb_array_elements(s.value OPERATOR(pg_catalog.->) 'replay') AS u
+                  ORDER BY (u.value OPERATOR(pg_catalog.->>) 'committed_at')::pg_catalog.timestamptz DESC,
+                    (u.value OPERATOR(pg_catalog.->>) 'id')::pg_catalog.int8 DESC LOOP
+        PERFORM bemi.revert_write(step);
+      END LOOP;
+      SET CONSTRAINTS ALL IMMEDIATE;
+    EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+      RAISE EXCEPTION '%', error_message USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END;
+  END;
+  PERFORM bemi.set_context(caller_context);
+  RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
+      r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
 END
 $$;
 

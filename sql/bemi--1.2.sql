@@ -1711,9 +1711,10 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
---    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.row_history(),
+--    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
+--    bemi.row_history(),
 --    bemi.in_partition(), bemi.partition_verdict(),
---    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
+--    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.check_presence(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
@@ -2044,6 +2045,38 @@ BEGIN
 END
 $$;
 
+-- Where the trail is: two rows can have one key for a moment inside a transaction (a swap
+-- under a DEFERRABLE key). When the latest change of a key up to a moment took it from a row
+-- (a DELETE, a move away), another row of the same transaction that took the key (and did not
+-- give it up) has it after that transaction; when the first change after a moment gave the key
+-- to a row, a row of the same transaction that gave the key up had it before. That change, or
+-- NULL when there is none.
+CREATE FUNCTION bemi.shared_key_event(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.to_jsonb(e.*) || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+  FROM (SELECT c.id, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete,
+          c.committed_at, c.previous_key
+        FROM bemi.changes AS c, bemi.changes AS m
+        WHERE m.id = (event ->> 'id')::bigint AND m.committed_at = (event ->> 'committed_at')::timestamptz
+          AND c.committed_at = m.committed_at AND c.transaction_id = m.transaction_id AND c.id <> m.id
+          AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND CASE WHEN NOT event ? 'later'
+            -- the latest gave the key up: a row that took it, after the latest or before it
+            THEN (event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)))
+              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE') AND c.after <> m.before
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id > c.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
+            -- the first took the key: a row of the transaction that gave it up (its before)
+            ELSE (event ->> 'operation' = 'CREATE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL
+                                                         AND event ->> 'primary_key' = ANY (keys)))
+              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys))) AND c.before <> m.after
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id < c.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
+        ORDER BY CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
+END;
+
 -- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
 -- of the row at or before the moment, else the first after it ("later": true), else {}.
 -- Where the latest are partitions truncated, detached or attached (bemi.partition_event),
@@ -2078,6 +2111,11 @@ BEGIN
       || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
   ELSIF event IS NULL THEN
     event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
+  END IF;
+  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    event := coalesce(bemi.shared_key_event(history, keys, event), event);
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
@@ -2231,6 +2269,22 @@ BEGIN
 END
 $$;
 
+-- Whether a row had a key at a moment, from how many rows have it now less what the changes
+-- since did (1 or 0), checked: anything else, or a row without the change that took the key
+-- from it, and the trail and the table disagree.
+CREATE FUNCTION bemi.check_presence(n integer, known boolean) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n NOT IN (0, 1) OR (n = 1 AND NOT known) THEN
+    RAISE EXCEPTION 'bemi: the table and its trail disagree on a key: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n = 1;
+END
+$$;
+
 -- The table of a row type (the typed NULL table_at and table_from are given), or an error.
 CREATE FUNCTION bemi.table_of(row_type regtype) RETURNS regclass
 LANGUAGE plpgsql STABLE
@@ -2315,26 +2369,35 @@ BEGIN
     RETURN;
   END IF;
 
-  -- With a key: each row a later change touched as the first such change found it (its before
-  -- image; none when that change created the key), every other row as it is now. One query,
-  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  -- With a key: per key a later change touched, whether a row had it at the moment (it has one
+  -- now, less the changes since that gave it, plus those that took it away: two rows can share
+  -- a key for a moment, as in a swap under a DEFERRABLE key), and that row as the first change
+  -- since that took the key from a row that had it then (its before image); every other row as
+  -- it is now. One query, planned per call (the row type is the caller's); keys are pulled out
+  -- of the images once.
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
       FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
-      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), touched AS (
+      SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
-      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
+      WHERE s.delta = -1 AND NOT EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
+                                          AND (a.committed_at, a.id) < (s.committed_at, s.id))
+      ORDER BY %3$s, s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
-      FROM firsts AS f WHERE f.image IS NOT NULL
+      FROM touched AS s LEFT JOIN firsts AS f ON %8$s
+      WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -2345,7 +2408,11 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes, bemi.scan_of(table_oid))
+    changes, bemi.scan_of(table_oid),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('a.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;
 END
 $$;
@@ -2493,8 +2560,8 @@ GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_tra
 --    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
 --    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
 --    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
---    and its two ways, revert_row, revert_plan); the writing (revert_context_begin, revert_from,
---    revert); what to revert (transaction_changes, context_changes, revert_transaction,
+--    and its two ways, revert_row, revert_replay, revert_plan); the writing (revert_context_begin, revert_from,
+--    revert_write, revert); what to revert (transaction_changes, context_changes, revert_transaction,
 --    revert_context, transactions_changes, revert_transactions, revert_preview; changed_relation).
 ------------------------------------------------------------------------------------------
 
@@ -2590,9 +2657,10 @@ END
 $$;
 
 -- The statement of one planned step of a revert: {"kind": insert | update | delete,
--- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
--- row (a table without a key), $3 an image with the key of the row to write over. Every name
--- in it is qualified: bemi.revert runs it with its caller's search_path.
+-- "relation", "keys", "columns", "match"}. Its parameters: $1 the image to write, $2 the ctid
+-- of the row (a table without a key; with one, NULL: any row with the key), $3 an image with
+-- the key of the row to write over, $4 NULL or the image the row must match (in the columns
+-- "match"). Every name in it is qualified: bemi.revert runs it with its caller's search_path.
 CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2601,8 +2669,12 @@ DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
   keys text[] := bemi.text_array(step -> 'keys');
   columns text[] := bemi.text_array(step -> 'columns');
+  -- A row of a table with a key: by its key, and (two rows can share a key for a moment) the
+  -- row the plan locked ($2) or the row whose values are $4 (a step of a replay).
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
-    ELSE bemi.key_match(keys, 't', 'k') END;
+    ELSE bemi.key_match(keys, 't', 'k') || pg_catalog.format(' AND ($2::pg_catalog.tid IS NULL OR t.ctid = $2::pg_catalog.tid)'
+      ' AND ($4::pg_catalog.jsonb IS NULL OR pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*),'
+      ' bemi.typed_image(%s, $4), %L::pg_catalog.text[])) = 0)', relation::oid, bemi.text_array(step -> 'match')) END;
 BEGIN
   IF step ->> 'kind' = 'insert' THEN
     RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
@@ -2758,7 +2830,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  -- Rows are told apart by their key under the table's key now (a key redefined since left
+  -- the trail's primary_key of older changes under the old one).
   RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH x AS (
+      SELECT x.id, x.schema, x."table", x.operation, x.before, x.after, x.committed_at,
+        coalesce(bemi.image_key(CASE WHEN x.after <> '{}' THEN x.after ELSE x.before END,
+                                bemi.text_array($2 -> (x.schema || '.' || x."table") -> 'keys')), x.primary_key) AS primary_key
+      FROM %1$s AS x WHERE x.id = ANY ($1)
+    )
     SELECT ($2 -> (f.schema || '.' || f."table") ->> 'relation')::pg_catalog.oid, f.schema || '.' || f."table",
       f.primary_key, f.first, CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END, l.operation = 'DELETE',
       f.ids, f.first_id, l.id
@@ -2766,10 +2846,10 @@ BEGIN
             x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
             pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
               ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
     JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
       ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
     ORDER BY f.committed_at, f.first_id$q$, changes) USING ids, tables;
@@ -2794,17 +2874,23 @@ DECLARE
   found_key text;
   candidate integer;
   n integer;
+  ignored text[];
 BEGIN
   FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
                                      'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
     relation := (tables -> (c.schema || '.' || c."table") ->> 'relation')::oid;
     keys := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'keys');
+    ignored := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'ignored');
     old_key := relation || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
     new_key := relation || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
     found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
     n := NULL;
+    -- Two rows can have one key for a moment (a swap under a DEFERRABLE key): an UPDATE or DELETE
+    -- continues the chain whose row it found (its before is that row's last image, but for
+    -- ignored columns, whose updates alone are not stored).
     FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-      IF (chains[candidate]).gone = (c.operation = 'CREATE') THEN
+      IF (chains[candidate]).gone = (c.operation = 'CREATE') AND (c.operation = 'CREATE' OR keys IS NULL
+          OR (chains[candidate]).last - ignored = c.before - ignored) THEN
         n := candidate;
         EXIT;
       END IF;
@@ -2850,7 +2936,7 @@ $$;
 -- (on_conflict => 'error'), skipped, deleted, inserted or updated; step: what to write, if
 -- anything; conflict: the row named for the error; taken: a row of a table without a key this
 -- row claims (no other row may take it).
-CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[],
+CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[], moving tid[],
                                 OUT verdict text, OUT step jsonb, OUT conflict text, OUT claimed tid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2887,7 +2973,8 @@ BEGIN
       AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
     WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
         found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
-    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+    -- The key it goes back to is another row's, unless the revert moves that row away.
+    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id AND target_id <> ALL (moving) THEN 'conflict'
     ELSE 'revert' END;
   IF verdict = 'conflict' AND on_conflict = 'error' THEN
     conflict := pg_catalog.format('%I.%I %s (changes %s)', info ->> 'schema', info ->> 'table',
@@ -2906,7 +2993,7 @@ BEGIN
   END IF;
   step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
     'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain.first_id,
-    'last_id', chain.last_id, 'depth', info -> 'depth');
+    'last_id', chain.last_id, 'depth', info -> 'depth', 'ids', chain.ids);
   IF target IS NULL AND found_expected IS NULL THEN
     verdict := 'unchanged';
     step := NULL;
@@ -2932,6 +3019,38 @@ BEGIN
 END
 $$;
 
+-- A row's changes undone one by one, newest first, as steps like revert_row's (with their
+-- statements): for a revert whose net writes cannot be put in an order the constraints
+-- accept (keys swapped under a key that is not DEFERRABLE, cycles of foreign keys), written
+-- by revert_from in reverse commit order, each the inverse of a write the table once took.
+-- Empty for a table without a key (its rows are found by value, not by key).
+CREATE FUNCTION bemi.revert_replay(changes regclass, ids text, info jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writable text[] := bemi.text_array(info -> 'writable');
+  ignored text[] := bemi.text_array(info -> 'ignored');
+  undone jsonb;
+BEGIN
+  IF info -> 'keys' = 'null' THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE pg_catalog.format($q$
+    SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))), '[]') FROM (
+      SELECT pg_catalog.jsonb_build_object('relation', $2 -> 'relation', 'keys', $2 -> 'keys', 'id', x.id,
+          'committed_at', x.committed_at, 'last_id', x.id, 'target', x.before, 'at', x.after, 'image', x.after,
+          'match', bemi.known_columns(x.after, $3, $4))
+        || CASE x.operation
+          WHEN 'CREATE' THEN '{"kind": "delete"}'
+          WHEN 'DELETE' THEN pg_catalog.jsonb_build_object('kind', 'insert', 'columns', bemi.known_columns(x.before, $3))
+          ELSE pg_catalog.jsonb_build_object('kind', 'update', 'columns', bemi.known_columns(x.before, $3, $4)) END AS s
+      FROM %s AS x WHERE x.id = ANY (pg_catalog.string_to_array($1, ',')::bigint[])) AS u$q$, changes)
+    INTO undone USING ids, info, writable, ignored;
+  RETURN undone;
+END
+$$;
+
 -- What a revert does, checked and the rows locked, without writing: the steps to write (in
 -- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
 -- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
@@ -2943,7 +3062,10 @@ AS $$
 DECLARE
   by_change boolean;
   tables jsonb;
+  chains bemi.revert_chain[];
   chain bemi.revert_chain;
+  keys text[];
+  moving tid[] := '{}';   -- rows a step takes off their keys
   checked record;
   taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
   conflicts text[] := '{}';
@@ -2953,8 +3075,19 @@ BEGIN
   SELECT r.ids, r.by_change INTO ids, by_change FROM bemi.revert_ids(changes, change_ids, on_conflict) AS r;
   tables := bemi.revert_tables(changes, ids);
   -- Each row's changes, chained: its net effect is its first before and its last after.
-  FOR chain IN SELECT * FROM bemi.revert_chains(changes, ids, tables, by_change) LOOP
-    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken);
+  chains := ARRAY(SELECT c FROM bemi.revert_chains(changes, ids, tables, by_change) AS c);
+  -- The rows the revert takes off their keys (moved back, or deleted): their keys are free for
+  -- other rows of the revert (a swap of keys is no conflict).
+  FOREACH chain IN ARRAY chains LOOP
+    keys := bemi.text_array(tables -> chain.table_name -> 'keys');
+    IF keys IS NOT NULL AND chain.last IS NOT NULL
+       AND (chain.first IS NULL OR bemi.image_key(chain.first, keys) IS DISTINCT FROM bemi.image_key(chain.last, keys)) THEN
+      moving := moving || ARRAY(SELECT l.row_id FROM bemi.locked_row(chain.relation, keys, chain.last, '{}') AS l
+                                WHERE l.row_id IS NOT NULL);
+    END IF;
+  END LOOP;
+  FOREACH chain IN ARRAY chains LOOP
+    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken, moving);
     IF checked.claimed IS NOT NULL THEN
       taken[pg_catalog.cardinality(taken) + 1] := checked.claimed;
     END IF;
@@ -2962,7 +3095,8 @@ BEGIN
       conflicts[pg_catalog.cardinality(conflicts) + 1] := checked.conflict;
     END IF;
     IF checked.step IS NOT NULL THEN
-      planned[pg_catalog.cardinality(planned) + 1] := checked.step;
+      planned[pg_catalog.cardinality(planned) + 1] := checked.step
+        || pg_catalog.jsonb_build_object('replay', bemi.revert_replay(changes, checked.step ->> 'ids', tables -> chain.table_name));
     END IF;
     result_rows[pg_catalog.cardinality(result_rows) + 1] := pg_catalog.jsonb_build_array(chain.last_id,
       tables -> chain.table_name ->> 'schema', tables -> chain.table_name ->> 'table',
@@ -3004,6 +3138,35 @@ BEGIN
 END
 $$;
 
+-- Writes one step (revert_sql's statement): on the row the plan locked, or for a step of a
+-- replay the row with its key and values; where that row is not found (an earlier step's
+-- cascade rewrote it), the one row with its key. Runs as its caller, like revert_from.
+CREATE FUNCTION bemi.revert_write(step jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  written pg_catalog.int8;
+  relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
+  keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
+BEGIN
+  EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+    USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at',
+      step OPERATOR(pg_catalog.->) 'image';
+  GET DIAGNOSTICS written = ROW_COUNT;
+  IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
+      INTO written USING step OPERATOR(pg_catalog.->) 'at';
+    IF written OPERATOR(pg_catalog.<>) 1 THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
+        USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
+    END IF;
+    EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+      USING step OPERATOR(pg_catalog.->) 'target', NULL::pg_catalog.text, step OPERATOR(pg_catalog.->) 'at', NULL::pg_catalog.jsonb;
+  END IF;
+END
+$$;
+
 -- Writes as its caller, with the caller's search_path (so the caller's triggers and row
 -- security run as they always do); everything it runs is schema-qualified. Where the tables
 -- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
@@ -3031,32 +3194,48 @@ BEGIN
   pending := plan.steps;
   BEGIN
     FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
-      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+      PERFORM bemi.revert_write(step);
     END LOOP;
     pending := '[]';
   EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
     NULL; -- undone: written one by one below
   END;
-  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
-    failed := '[]';
-    progress := false;
-    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
-      BEGIN
-        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
-        progress := true;
-      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
-        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
-      END;
+  BEGIN
+    WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+      failed := '[]';
+      progress := false;
+      FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+        BEGIN
+          PERFORM bemi.revert_write(step);
+          progress := true;
+        EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+          failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+          GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+        END;
+      END LOOP;
+      IF NOT progress THEN
+        RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+          USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+      END IF;
+      pending := failed;
     END LOOP;
-    IF NOT progress THEN
-      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
-        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
-    END IF;
-    pending := failed;
-  END LOOP;
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    -- No order of the net writes is accepted (the writes above are undone): the changes undone
+    -- one by one, newest first, with DEFERRABLE constraints checked once at the end.
+    GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+    BEGIN
+      SET CONSTRAINTS ALL DEFERRED;
+      FOR step IN SELECT u.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s,
+                    pg_catalog.jsonb_array_elements(s.value OPERATOR(pg_catalog.->) 'replay') AS u
+                  ORDER BY (u.value OPERATOR(pg_catalog.->>) 'committed_at')::pg_catalog.timestamptz DESC,
+                    (u.value OPERATOR(pg_catalog.->>) 'id')::pg_catalog.int8 DESC LOOP
+        PERFORM bemi.revert_write(step);
+      END LOOP;
+      SET CONSTRAINTS ALL IMMEDIATE;
+    EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+      RAISE EXCEPTION '%', error_message USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END;
+  END;
   PERFORM bemi.set_context(caller_context);
   RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
       r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4

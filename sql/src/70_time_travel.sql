@@ -2,9 +2,10 @@
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.history_of(), bemi.check_trail(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
---    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.row_history(),
+--    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
+--    bemi.row_history(),
 --    bemi.in_partition(), bemi.partition_verdict(),
---    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
+--    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.check_presence(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
@@ -335,6 +336,38 @@ BEGIN
 END
 $$;
 
+-- Where the trail is: two rows can have one key for a moment inside a transaction (a swap
+-- under a DEFERRABLE key). When the latest change of a key up to a moment took it from a row
+-- (a DELETE, a move away), another row of the same transaction that took the key (and did not
+-- give it up) has it after that transaction; when the first change after a moment gave the key
+-- to a row, a row of the same transaction that gave the key up had it before. That change, or
+-- NULL when there is none.
+CREATE FUNCTION bemi.shared_key_event(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.to_jsonb(e.*) || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+  FROM (SELECT c.id, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete,
+          c.committed_at, c.previous_key
+        FROM bemi.changes AS c, bemi.changes AS m
+        WHERE m.id = (event ->> 'id')::bigint AND m.committed_at = (event ->> 'committed_at')::timestamptz
+          AND c.committed_at = m.committed_at AND c.transaction_id = m.transaction_id AND c.id <> m.id
+          AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND CASE WHEN NOT event ? 'later'
+            -- the latest gave the key up: a row that took it, after the latest or before it
+            THEN (event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)))
+              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE') AND c.after <> m.before
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id > c.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
+            -- the first took the key: a row of the transaction that gave it up (its before)
+            ELSE (event ->> 'operation' = 'CREATE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL
+                                                         AND event ->> 'primary_key' = ANY (keys)))
+              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys))) AND c.before <> m.after
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id < c.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
+        ORDER BY CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
+END;
+
 -- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
 -- of the row at or before the moment, else the first after it ("later": true), else {}.
 -- Where the latest are partitions truncated, detached or attached (bemi.partition_event),
@@ -369,6 +402,11 @@ BEGIN
       || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
   ELSIF event IS NULL THEN
     event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
+  END IF;
+  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    event := coalesce(bemi.shared_key_event(history, keys, event), event);
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
@@ -522,6 +560,22 @@ BEGIN
 END
 $$;
 
+-- Whether a row had a key at a moment, from how many rows have it now less what the changes
+-- since did (1 or 0), checked: anything else, or a row without the change that took the key
+-- from it, and the trail and the table disagree.
+CREATE FUNCTION bemi.check_presence(n integer, known boolean) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n NOT IN (0, 1) OR (n = 1 AND NOT known) THEN
+    RAISE EXCEPTION 'bemi: the table and its trail disagree on a key: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n = 1;
+END
+$$;
+
 -- The table of a row type (the typed NULL table_at and table_from are given), or an error.
 CREATE FUNCTION bemi.table_of(row_type regtype) RETURNS regclass
 LANGUAGE plpgsql STABLE
@@ -606,26 +660,35 @@ BEGIN
     RETURN;
   END IF;
 
-  -- With a key: each row a later change touched as the first such change found it (its before
-  -- image; none when that change created the key), every other row as it is now. One query,
-  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  -- With a key: per key a later change touched, whether a row had it at the moment (it has one
+  -- now, less the changes since that gave it, plus those that took it away: two rows can share
+  -- a key for a moment, as in a swap under a DEFERRABLE key), and that row as the first change
+  -- since that took the key from a row that had it then (its before image); every other row as
+  -- it is now. One query, planned per call (the row type is the caller's); keys are pulled out
+  -- of the images once.
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
       FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
-      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), touched AS (
+      SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
-      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
+      WHERE s.delta = -1 AND NOT EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
+                                          AND (a.committed_at, a.id) < (s.committed_at, s.id))
+      ORDER BY %3$s, s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
-      FROM firsts AS f WHERE f.image IS NOT NULL
+      FROM touched AS s LEFT JOIN firsts AS f ON %8$s
+      WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -636,7 +699,11 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes, bemi.scan_of(table_oid))
+    changes, bemi.scan_of(table_oid),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('a.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;
 END
 $$;

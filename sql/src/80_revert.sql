@@ -3,8 +3,8 @@
 --    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
 --    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
 --    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
---    and its two ways, revert_row, revert_plan); the writing (revert_context_begin, revert_from,
---    revert); what to revert (transaction_changes, context_changes, revert_transaction,
+--    and its two ways, revert_row, revert_replay, revert_plan); the writing (revert_context_begin, revert_from,
+--    revert_write, revert); what to revert (transaction_changes, context_changes, revert_transaction,
 --    revert_context, transactions_changes, revert_transactions, revert_preview; changed_relation).
 ------------------------------------------------------------------------------------------
 
@@ -100,9 +100,10 @@ END
 $$;
 
 -- The statement of one planned step of a revert: {"kind": insert | update | delete,
--- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
--- row (a table without a key), $3 an image with the key of the row to write over. Every name
--- in it is qualified: bemi.revert runs it with its caller's search_path.
+-- "relation", "keys", "columns", "match"}. Its parameters: $1 the image to write, $2 the ctid
+-- of the row (a table without a key; with one, NULL: any row with the key), $3 an image with
+-- the key of the row to write over, $4 NULL or the image the row must match (in the columns
+-- "match"). Every name in it is qualified: bemi.revert runs it with its caller's search_path.
 CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -111,8 +112,12 @@ DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
   keys text[] := bemi.text_array(step -> 'keys');
   columns text[] := bemi.text_array(step -> 'columns');
+  -- A row of a table with a key: by its key, and (two rows can share a key for a moment) the
+  -- row the plan locked ($2) or the row whose values are $4 (a step of a replay).
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
-    ELSE bemi.key_match(keys, 't', 'k') END;
+    ELSE bemi.key_match(keys, 't', 'k') || pg_catalog.format(' AND ($2::pg_catalog.tid IS NULL OR t.ctid = $2::pg_catalog.tid)'
+      ' AND ($4::pg_catalog.jsonb IS NULL OR pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*),'
+      ' bemi.typed_image(%s, $4), %L::pg_catalog.text[])) = 0)', relation::oid, bemi.text_array(step -> 'match')) END;
 BEGIN
   IF step ->> 'kind' = 'insert' THEN
     RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
@@ -268,7 +273,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  -- Rows are told apart by their key under the table's key now (a key redefined since left
+  -- the trail's primary_key of older changes under the old one).
   RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH x AS (
+      SELECT x.id, x.schema, x."table", x.operation, x.before, x.after, x.committed_at,
+        coalesce(bemi.image_key(CASE WHEN x.after <> '{}' THEN x.after ELSE x.before END,
+                                bemi.text_array($2 -> (x.schema || '.' || x."table") -> 'keys')), x.primary_key) AS primary_key
+      FROM %1$s AS x WHERE x.id = ANY ($1)
+    )
     SELECT ($2 -> (f.schema || '.' || f."table") ->> 'relation')::pg_catalog.oid, f.schema || '.' || f."table",
       f.primary_key, f.first, CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END, l.operation = 'DELETE',
       f.ids, f.first_id, l.id
@@ -276,10 +289,10 @@ BEGIN
             x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
             pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
               ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
     JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
       ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
     ORDER BY f.committed_at, f.first_id$q$, changes) USING ids, tables;
@@ -304,17 +317,23 @@ DECLARE
   found_key text;
   candidate integer;
   n integer;
+  ignored text[];
 BEGIN
   FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
                                      'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
     relation := (tables -> (c.schema || '.' || c."table") ->> 'relation')::oid;
     keys := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'keys');
+    ignored := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'ignored');
     old_key := relation || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
     new_key := relation || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
     found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
     n := NULL;
+    -- Two rows can have one key for a moment (a swap under a DEFERRABLE key): an UPDATE or DELETE
+    -- continues the chain whose row it found (its before is that row's last image, but for
+    -- ignored columns, whose updates alone are not stored).
     FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-      IF (chains[candidate]).gone = (c.operation = 'CREATE') THEN
+      IF (chains[candidate]).gone = (c.operation = 'CREATE') AND (c.operation = 'CREATE' OR keys IS NULL
+          OR (chains[candidate]).last - ignored = c.before - ignored) THEN
         n := candidate;
         EXIT;
       END IF;
@@ -360,7 +379,7 @@ $$;
 -- (on_conflict => 'error'), skipped, deleted, inserted or updated; step: what to write, if
 -- anything; conflict: the row named for the error; taken: a row of a table without a key this
 -- row claims (no other row may take it).
-CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[],
+CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[], moving tid[],
                                 OUT verdict text, OUT step jsonb, OUT conflict text, OUT claimed tid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -397,7 +416,8 @@ BEGIN
       AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
     WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
         found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
-    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+    -- The key it goes back to is another row's, unless the revert moves that row away.
+    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id AND target_id <> ALL (moving) THEN 'conflict'
     ELSE 'revert' END;
   IF verdict = 'conflict' AND on_conflict = 'error' THEN
     conflict := pg_catalog.format('%I.%I %s (changes %s)', info ->> 'schema', info ->> 'table',
@@ -416,7 +436,7 @@ BEGIN
   END IF;
   step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
     'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain.first_id,
-    'last_id', chain.last_id, 'depth', info -> 'depth');
+    'last_id', chain.last_id, 'depth', info -> 'depth', 'ids', chain.ids);
   IF target IS NULL AND found_expected IS NULL THEN
     verdict := 'unchanged';
     step := NULL;
@@ -442,6 +462,38 @@ BEGIN
 END
 $$;
 
+-- A row's changes undone one by one, newest first, as steps like revert_row's (with their
+-- statements): for a revert whose net writes cannot be put in an order the constraints
+-- accept (keys swapped under a key that is not DEFERRABLE, cycles of foreign keys), written
+-- by revert_from in reverse commit order, each the inverse of a write the table once took.
+-- Empty for a table without a key (its rows are found by value, not by key).
+CREATE FUNCTION bemi.revert_replay(changes regclass, ids text, info jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writable text[] := bemi.text_array(info -> 'writable');
+  ignored text[] := bemi.text_array(info -> 'ignored');
+  undone jsonb;
+BEGIN
+  IF info -> 'keys' = 'null' THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE pg_catalog.format($q$
+    SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))), '[]') FROM (
+      SELECT pg_catalog.jsonb_build_object('relation', $2 -> 'relation', 'keys', $2 -> 'keys', 'id', x.id,
+          'committed_at', x.committed_at, 'last_id', x.id, 'target', x.before, 'at', x.after, 'image', x.after,
+          'match', bemi.known_columns(x.after, $3, $4))
+        || CASE x.operation
+          WHEN 'CREATE' THEN '{"kind": "delete"}'
+          WHEN 'DELETE' THEN pg_catalog.jsonb_build_object('kind', 'insert', 'columns', bemi.known_columns(x.before, $3))
+          ELSE pg_catalog.jsonb_build_object('kind', 'update', 'columns', bemi.known_columns(x.before, $3, $4)) END AS s
+      FROM %s AS x WHERE x.id = ANY (pg_catalog.string_to_array($1, ',')::bigint[])) AS u$q$, changes)
+    INTO undone USING ids, info, writable, ignored;
+  RETURN undone;
+END
+$$;
+
 -- What a revert does, checked and the rows locked, without writing: the steps to write (in
 -- order, each with its statement) and the result rows. Raises the errors bemi.revert raises.
 -- The changes are read from changes: bemi.changes, or a copy of the trail's rows.
@@ -453,7 +505,10 @@ AS $$
 DECLARE
   by_change boolean;
   tables jsonb;
+  chains bemi.revert_chain[];
   chain bemi.revert_chain;
+  keys text[];
+  moving tid[] := '{}';   -- rows a step takes off their keys
   checked record;
   taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
   conflicts text[] := '{}';
@@ -463,8 +518,19 @@ BEGIN
   SELECT r.ids, r.by_change INTO ids, by_change FROM bemi.revert_ids(changes, change_ids, on_conflict) AS r;
   tables := bemi.revert_tables(changes, ids);
   -- Each row's changes, chained: its net effect is its first before and its last after.
-  FOR chain IN SELECT * FROM bemi.revert_chains(changes, ids, tables, by_change) LOOP
-    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken);
+  chains := ARRAY(SELECT c FROM bemi.revert_chains(changes, ids, tables, by_change) AS c);
+  -- The rows the revert takes off their keys (moved back, or deleted): their keys are free for
+  -- other rows of the revert (a swap of keys is no conflict).
+  FOREACH chain IN ARRAY chains LOOP
+    keys := bemi.text_array(tables -> chain.table_name -> 'keys');
+    IF keys IS NOT NULL AND chain.last IS NOT NULL
+       AND (chain.first IS NULL OR bemi.image_key(chain.first, keys) IS DISTINCT FROM bemi.image_key(chain.last, keys)) THEN
+      moving := moving || ARRAY(SELECT l.row_id FROM bemi.locked_row(chain.relation, keys, chain.last, '{}') AS l
+                                WHERE l.row_id IS NOT NULL);
+    END IF;
+  END LOOP;
+  FOREACH chain IN ARRAY chains LOOP
+    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken, moving);
     IF checked.claimed IS NOT NULL THEN
       taken[pg_catalog.cardinality(taken) + 1] := checked.claimed;
     END IF;
@@ -472,7 +538,8 @@ BEGIN
       conflicts[pg_catalog.cardinality(conflicts) + 1] := checked.conflict;
     END IF;
     IF checked.step IS NOT NULL THEN
-      planned[pg_catalog.cardinality(planned) + 1] := checked.step;
+      planned[pg_catalog.cardinality(planned) + 1] := checked.step
+        || pg_catalog.jsonb_build_object('replay', bemi.revert_replay(changes, checked.step ->> 'ids', tables -> chain.table_name));
     END IF;
     result_rows[pg_catalog.cardinality(result_rows) + 1] := pg_catalog.jsonb_build_array(chain.last_id,
       tables -> chain.table_name ->> 'schema', tables -> chain.table_name ->> 'table',
@@ -514,6 +581,35 @@ BEGIN
 END
 $$;
 
+-- Writes one step (revert_sql's statement): on the row the plan locked, or for a step of a
+-- replay the row with its key and values; where that row is not found (an earlier step's
+-- cascade rewrote it), the one row with its key. Runs as its caller, like revert_from.
+CREATE FUNCTION bemi.revert_write(step jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  written pg_catalog.int8;
+  relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
+  keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
+BEGIN
+  EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+    USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at',
+      step OPERATOR(pg_catalog.->) 'image';
+  GET DIAGNOSTICS written = ROW_COUNT;
+  IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
+      INTO written USING step OPERATOR(pg_catalog.->) 'at';
+    IF written OPERATOR(pg_catalog.<>) 1 THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
+        USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
+    END IF;
+    EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+      USING step OPERATOR(pg_catalog.->) 'target', NULL::pg_catalog.text, step OPERATOR(pg_catalog.->) 'at', NULL::pg_catalog.jsonb;
+  END IF;
+END
+$$;
+
 -- Writes as its caller, with the caller's search_path (so the caller's triggers and row
 -- security run as they always do); everything it runs is schema-qualified. Where the tables
 -- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
@@ -541,32 +637,48 @@ BEGIN
   pending := plan.steps;
   BEGIN
     FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
-      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+      PERFORM bemi.revert_write(step);
     END LOOP;
     pending := '[]';
   EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
     NULL; -- undone: written one by one below
   END;
-  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
-    failed := '[]';
-    progress := false;
-    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
-      BEGIN
-        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
-        progress := true;
-      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
-        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
-      END;
+  BEGIN
+    WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+      failed := '[]';
+      progress := false;
+      FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+        BEGIN
+          PERFORM bemi.revert_write(step);
+          progress := true;
+        EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+          failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+          GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+        END;
+      END LOOP;
+      IF NOT progress THEN
+        RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+          USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+      END IF;
+      pending := failed;
     END LOOP;
-    IF NOT progress THEN
-      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
-        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
-    END IF;
-    pending := failed;
-  END LOOP;
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    -- No order of the net writes is accepted (the writes above are undone): the changes undone
+    -- one by one, newest first, with DEFERRABLE constraints checked once at the end.
+    GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+    BEGIN
+      SET CONSTRAINTS ALL DEFERRED;
+      FOR step IN SELECT u.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s,
+                    pg_catalog.jsonb_array_elements(s.value OPERATOR(pg_catalog.->) 'replay') AS u
+                  ORDER BY (u.value OPERATOR(pg_catalog.->>) 'committed_at')::pg_catalog.timestamptz DESC,
+                    (u.value OPERATOR(pg_catalog.->>) 'id')::pg_catalog.int8 DESC LOOP
+        PERFORM bemi.revert_write(step);
+      END LOOP;
+      SET CONSTRAINTS ALL IMMEDIATE;
+    EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+      RAISE EXCEPTION '%', error_message USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END;
+  END;
   PERFORM bemi.set_context(caller_context);
   RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
       r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
