@@ -1429,6 +1429,12 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+RETURN CASE WHEN pg_catalog.jsonb_typeof(image) = 'object' THEN
+  (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+   WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb)) ELSE image END;
+
 CREATE OR REPLACE FUNCTION bemi.scan_of(relation regclass) RETURNS text
 LANGUAGE sql STABLE
 BEGIN ATOMIC
@@ -1785,6 +1791,20 @@ LANGUAGE sql STABLE
 RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
         FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
 
+CREATE OR REPLACE FUNCTION bemi.unfit_value(message text, relation regclass) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF message LIKE 'bemi:%' THEN
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'bemi: a value in the trail does not fit %: %', coalesce(relation::text, 'the table as it is now'), message
+    USING ERRCODE = 'data_exception',
+          HINT = 'A column was retyped since the change: bemi.row_at and bemi.changes give the values as they were stored.';
+END
+$$;
+
 CREATE OR REPLACE FUNCTION bemi.check_presence(n integer, known boolean) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -1811,6 +1831,13 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION bemi.masked_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.mask_columns FROM bemi.tracking AS t WHERE t.relation = masked_columns.relation), '{}');
+END;
+
 CREATE OR REPLACE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1821,6 +1848,7 @@ DECLARE
   table_name text;
   keys text[] := bemi.key_columns(table_oid);
   truncated bigint[];
+  failure text;
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
@@ -1834,29 +1862,37 @@ BEGIN
             HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
+  BEGIN
   IF keys IS NULL THEN
     -- No key: the rows as a multiset, the table now, minus what later changes added, plus
-    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    -- what they removed (compared as JSON of the typed row, leaving out generated columns and
+    -- the columns the trail does not hold exactly: masked and ignored ones). A row that is in
+    -- the table now is given as it is now; one that comes from the trail has NULL there.
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
         SELECT c.before, c.after FROM %3$s AS c
         WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
-      ), generated AS (
-        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
-        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), excluded AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') || bemi.masked_columns(%2$s) || bemi.ignored_columns(%2$s) AS names
+        FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), live AS (
+        SELECT t AS whole, v.image, pg_catalog.row_number() OVER (PARTITION BY v.image) AS copy FROM %4$s AS t,
+          LATERAL (SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE excluded) AS image) AS v
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %4$s AS t
+          SELECT w.image, 1 AS n FROM live AS w
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.after)) AS r WHERE l.after <> '{}'
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.before)) AS r WHERE l.before <> '{}'
         ) AS v GROUP BY v.image
       )
-      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      SELECT (x.rec).* FROM counted AS c CROSS JOIN pg_catalog.generate_series(1, c.n::bigint) AS g(copy)
+        LEFT JOIN live AS w ON w.image = c.image AND w.copy = g.copy,
+        LATERAL (SELECT CASE WHEN w.copy IS NULL THEN pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) ELSE w.whole END AS rec
+                 OFFSET 0) AS x
       WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
       USING schema_name, table_name, at, through;
     RETURN;
@@ -1907,6 +1943,11 @@ BEGIN
     (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(failure, table_oid);
+    RAISE;
+  END;
 END
 $$;
 
@@ -2001,6 +2042,19 @@ BEGIN
     SELECT c.committed_at, c.next_at, c.id, c.transaction_id, c.primary_key, c.after
     FROM chain AS c WHERE c.operation IN ('CREATE', 'UPDATE')
     ORDER BY 1 NULLS FIRST, 3;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bemi.typed_image(relation regclass, image jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  typed jsonb;
+BEGIN
+  EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
+    INTO typed USING bemi.known_values(image); -- "[masked]" is no value of an integer column
+  RETURN typed;
 END
 $$;
 
@@ -2135,20 +2189,23 @@ DECLARE
   relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
   keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
 BEGIN
+  -- Values the trail does not know ("[masked]", "[erased]") are never written, nor read as
+  -- values of their columns' types.
   EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-    USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at',
-      step OPERATOR(pg_catalog.->) 'image';
+    USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), step OPERATOR(pg_catalog.->>) 'row_id',
+      bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), step OPERATOR(pg_catalog.->) 'image';
   GET DIAGNOSTICS written = ROW_COUNT;
   IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
     EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
         bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
-      INTO written USING step OPERATOR(pg_catalog.->) 'at';
+      INTO written USING bemi.known_values(step OPERATOR(pg_catalog.->) 'at');
     IF written OPERATOR(pg_catalog.<>) 1 THEN
       RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
         USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
     END IF;
     EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-      USING step OPERATOR(pg_catalog.->) 'target', NULL::pg_catalog.text, step OPERATOR(pg_catalog.->) 'at', NULL::pg_catalog.jsonb;
+      USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), NULL::pg_catalog.text,
+        bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), NULL::pg_catalog.jsonb;
   END IF;
 END
 $$;
@@ -2168,7 +2225,13 @@ DECLARE
   error_message text;
   error_detail text;
 BEGIN
-  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  BEGIN
+    SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  EXCEPTION WHEN data_exception THEN -- a value of the trail the table cannot take (retyped since)
+    GET STACKED DIAGNOSTICS error_message = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(error_message, NULL);
+    RAISE;
+  END;
   -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
   caller_context := bemi.revert_context_begin(plan.ids);
   -- In order (parents inserted before children, children deleted before parents); rows of one
@@ -2303,6 +2366,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   plan record;
+  failure text;
 BEGIN
   SELECT * INTO plan FROM bemi.revert_plan('bemi.changes', change_ids, on_conflict);
   RETURN QUERY SELECT (r.value ->> 0)::bigint, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
@@ -2310,6 +2374,10 @@ BEGIN
        FROM pg_catalog.jsonb_array_elements(plan.steps) AS s, pg_catalog.jsonb_array_elements_text(s.value -> 'columns') AS c(name)
        WHERE (s.value -> 'last_id') = (r.value -> 0))
     FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+EXCEPTION WHEN data_exception THEN
+  GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+  PERFORM bemi.unfit_value(failure, NULL);
+  RAISE;
 END
 $$;
 
@@ -2319,8 +2387,8 @@ COMMENT ON FUNCTION bemi.revert_transactions(bigint, bigint, text) IS
   'bemi.revert of every change of the transactions committed from one through another, in one call.';
 COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
   'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
-REVOKE ALL ON FUNCTION bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.changed_relation(text, text, timestamptz) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.changed_relation(text, text, timestamptz), bemi.masked_columns(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.changed_relation(text, text, timestamptz), bemi.masked_columns(regclass) TO PUBLIC;
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
 COMMENT ON FUNCTION bemi.row_at_transaction(regclass, text, bigint) IS

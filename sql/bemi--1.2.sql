@@ -1714,7 +1714,7 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 --    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
 --    bemi.row_history(),
 --    bemi.in_partition(), bemi.partition_verdict(),
---    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.check_presence(), bemi.table_of(), bemi.table_history(),
+--    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
@@ -1833,11 +1833,13 @@ END
 $$;
 
 -- An image without the values the trail does not know: "[masked]" by a column rule of
--- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there. Anything but an object
+-- (JSON null: no image) is given back as it is.
 CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
-        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+RETURN CASE WHEN pg_catalog.jsonb_typeof(image) = 'object' THEN
+  (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+   WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb)) ELSE image END;
 
 -- A table's own rows, as FROM reads them: an inheritance parent ONLY (its children are
 -- tracked and stored under their own names), a partitioned table with its partitions.
@@ -2255,6 +2257,23 @@ RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
 
+-- After an error converting a value of the trail into a table's row type: unless it is one of
+-- bemi's own, the error bemi gives for it (a column was retyped since, or holds values the
+-- trail does not: 22000 with the conversion's message). Returns when the error is bemi's.
+CREATE FUNCTION bemi.unfit_value(message text, relation regclass) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF message LIKE 'bemi:%' THEN
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'bemi: a value in the trail does not fit %: %', coalesce(relation::text, 'the table as it is now'), message
+    USING ERRCODE = 'data_exception',
+          HINT = 'A column was retyped since the change: bemi.row_at and bemi.changes give the values as they were stored.';
+END
+$$;
+
 -- A count of copies of a row, checked: below zero the trail and the table disagree.
 CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE
@@ -2328,6 +2347,7 @@ DECLARE
   table_name text;
   keys text[] := bemi.key_columns(table_oid);
   truncated bigint[];
+  failure text;
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
@@ -2341,29 +2361,37 @@ BEGIN
             HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
+  BEGIN
   IF keys IS NULL THEN
     -- No key: the rows as a multiset, the table now, minus what later changes added, plus
-    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    -- what they removed (compared as JSON of the typed row, leaving out generated columns and
+    -- the columns the trail does not hold exactly: masked and ignored ones). A row that is in
+    -- the table now is given as it is now; one that comes from the trail has NULL there.
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
         SELECT c.before, c.after FROM %3$s AS c
         WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
-      ), generated AS (
-        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
-        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), excluded AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') || bemi.masked_columns(%2$s) || bemi.ignored_columns(%2$s) AS names
+        FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), live AS (
+        SELECT t AS whole, v.image, pg_catalog.row_number() OVER (PARTITION BY v.image) AS copy FROM %4$s AS t,
+          LATERAL (SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE excluded) AS image) AS v
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %4$s AS t
+          SELECT w.image, 1 AS n FROM live AS w
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.after)) AS r WHERE l.after <> '{}'
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.before)) AS r WHERE l.before <> '{}'
         ) AS v GROUP BY v.image
       )
-      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      SELECT (x.rec).* FROM counted AS c CROSS JOIN pg_catalog.generate_series(1, c.n::bigint) AS g(copy)
+        LEFT JOIN live AS w ON w.image = c.image AND w.copy = g.copy,
+        LATERAL (SELECT CASE WHEN w.copy IS NULL THEN pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) ELSE w.whole END AS rec
+                 OFFSET 0) AS x
       WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
       USING schema_name, table_name, at, through;
     RETURN;
@@ -2414,6 +2442,11 @@ BEGIN
     (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(failure, table_oid);
+    RAISE;
+  END;
 END
 $$;
 
@@ -2558,7 +2591,7 @@ GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_tra
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
 --    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
---    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
+--    ignored_columns, masked_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
 --    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
 --    and its two ways, revert_row, revert_replay, revert_plan); the writing (revert_context_begin, revert_from,
 --    revert_write, revert); what to revert (transaction_changes, context_changes, revert_transaction,
@@ -2601,7 +2634,7 @@ DECLARE
   typed jsonb;
 BEGIN
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
-    INTO typed USING image;
+    INTO typed USING bemi.known_values(image); -- "[masked]" is no value of an integer column
   RETURN typed;
 END
 $$;
@@ -2622,6 +2655,15 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- The columns of a table never stored (bemi.track's mask_columns). SECURITY DEFINER: it reads
+-- bemi.tracking.
+CREATE FUNCTION bemi.masked_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.mask_columns FROM bemi.tracking AS t WHERE t.relation = masked_columns.relation), '{}');
 END;
 
 -- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
@@ -3149,20 +3191,23 @@ DECLARE
   relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
   keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
 BEGIN
+  -- Values the trail does not know ("[masked]", "[erased]") are never written, nor read as
+  -- values of their columns' types.
   EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-    USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at',
-      step OPERATOR(pg_catalog.->) 'image';
+    USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), step OPERATOR(pg_catalog.->>) 'row_id',
+      bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), step OPERATOR(pg_catalog.->) 'image';
   GET DIAGNOSTICS written = ROW_COUNT;
   IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
     EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
         bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
-      INTO written USING step OPERATOR(pg_catalog.->) 'at';
+      INTO written USING bemi.known_values(step OPERATOR(pg_catalog.->) 'at');
     IF written OPERATOR(pg_catalog.<>) 1 THEN
       RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
         USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
     END IF;
     EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-      USING step OPERATOR(pg_catalog.->) 'target', NULL::pg_catalog.text, step OPERATOR(pg_catalog.->) 'at', NULL::pg_catalog.jsonb;
+      USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), NULL::pg_catalog.text,
+        bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), NULL::pg_catalog.jsonb;
   END IF;
 END
 $$;
@@ -3185,7 +3230,13 @@ DECLARE
   error_message text;
   error_detail text;
 BEGIN
-  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  BEGIN
+    SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  EXCEPTION WHEN data_exception THEN -- a value of the trail the table cannot take (retyped since)
+    GET STACKED DIAGNOSTICS error_message = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(error_message, NULL);
+    RAISE;
+  END;
   -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
   caller_context := bemi.revert_context_begin(plan.ids);
   -- In order (parents inserted before children, children deleted before parents); rows of one
@@ -3378,6 +3429,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   plan record;
+  failure text;
 BEGIN
   SELECT * INTO plan FROM bemi.revert_plan('bemi.changes', change_ids, on_conflict);
   RETURN QUERY SELECT (r.value ->> 0)::bigint, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
@@ -3385,14 +3437,18 @@ BEGIN
        FROM pg_catalog.jsonb_array_elements(plan.steps) AS s, pg_catalog.jsonb_array_elements_text(s.value -> 'columns') AS c(name)
        WHERE (s.value -> 'last_id') = (r.value -> 0))
     FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+EXCEPTION WHEN data_exception THEN
+  GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+  PERFORM bemi.unfit_value(failure, NULL);
+  RAISE;
 END
 $$;
 
 COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
   'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
 
-REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass), bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass), bemi.changed_relation(text, text, timestamptz) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 10. Retention and erasure: old history goes as whole partitions, and one row's personal

@@ -5,7 +5,7 @@
 --    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
 --    bemi.row_history(),
 --    bemi.in_partition(), bemi.partition_verdict(),
---    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.check_presence(), bemi.table_of(), bemi.table_history(),
+--    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(), bemi.table_history(),
 --    bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
@@ -124,11 +124,13 @@ END
 $$;
 
 -- An image without the values the trail does not know: "[masked]" by a column rule of
--- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there. Anything but an object
+-- (JSON null: no image) is given back as it is.
 CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
-        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+RETURN CASE WHEN pg_catalog.jsonb_typeof(image) = 'object' THEN
+  (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+   WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb)) ELSE image END;
 
 -- A table's own rows, as FROM reads them: an inheritance parent ONLY (its children are
 -- tracked and stored under their own names), a partitioned table with its partitions.
@@ -546,6 +548,23 @@ RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
 
+-- After an error converting a value of the trail into a table's row type: unless it is one of
+-- bemi's own, the error bemi gives for it (a column was retyped since, or holds values the
+-- trail does not: 22000 with the conversion's message). Returns when the error is bemi's.
+CREATE FUNCTION bemi.unfit_value(message text, relation regclass) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF message LIKE 'bemi:%' THEN
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'bemi: a value in the trail does not fit %: %', coalesce(relation::text, 'the table as it is now'), message
+    USING ERRCODE = 'data_exception',
+          HINT = 'A column was retyped since the change: bemi.row_at and bemi.changes give the values as they were stored.';
+END
+$$;
+
 -- A count of copies of a row, checked: below zero the trail and the table disagree.
 CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE
@@ -619,6 +638,7 @@ DECLARE
   table_name text;
   keys text[] := bemi.key_columns(table_oid);
   truncated bigint[];
+  failure text;
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
@@ -632,29 +652,37 @@ BEGIN
             HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
+  BEGIN
   IF keys IS NULL THEN
     -- No key: the rows as a multiset, the table now, minus what later changes added, plus
-    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    -- what they removed (compared as JSON of the typed row, leaving out generated columns and
+    -- the columns the trail does not hold exactly: masked and ignored ones). A row that is in
+    -- the table now is given as it is now; one that comes from the trail has NULL there.
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
         SELECT c.before, c.after FROM %3$s AS c
         WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
-      ), generated AS (
-        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
-        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), excluded AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') || bemi.masked_columns(%2$s) || bemi.ignored_columns(%2$s) AS names
+        FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), live AS (
+        SELECT t AS whole, v.image, pg_catalog.row_number() OVER (PARTITION BY v.image) AS copy FROM %4$s AS t,
+          LATERAL (SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE excluded) AS image) AS v
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %4$s AS t
+          SELECT w.image, 1 AS n FROM live AS w
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.after)) AS r WHERE l.after <> '{}'
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.before)) AS r WHERE l.before <> '{}'
         ) AS v GROUP BY v.image
       )
-      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
+      SELECT (x.rec).* FROM counted AS c CROSS JOIN pg_catalog.generate_series(1, c.n::bigint) AS g(copy)
+        LEFT JOIN live AS w ON w.image = c.image AND w.copy = g.copy,
+        LATERAL (SELECT CASE WHEN w.copy IS NULL THEN pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) ELSE w.whole END AS rec
+                 OFFSET 0) AS x
       WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
       USING schema_name, table_name, at, through;
     RETURN;
@@ -705,6 +733,11 @@ BEGIN
     (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(failure, table_oid);
+    RAISE;
+  END;
 END
 $$;
 

@@ -1,7 +1,7 @@
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
 --    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
---    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
+--    ignored_columns, masked_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
 --    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
 --    and its two ways, revert_row, revert_replay, revert_plan); the writing (revert_context_begin, revert_from,
 --    revert_write, revert); what to revert (transaction_changes, context_changes, revert_transaction,
@@ -44,7 +44,7 @@ DECLARE
   typed jsonb;
 BEGIN
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
-    INTO typed USING image;
+    INTO typed USING bemi.known_values(image); -- "[masked]" is no value of an integer column
   RETURN typed;
 END
 $$;
@@ -65,6 +65,15 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- The columns of a table never stored (bemi.track's mask_columns). SECURITY DEFINER: it reads
+-- bemi.tracking.
+CREATE FUNCTION bemi.masked_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.mask_columns FROM bemi.tracking AS t WHERE t.relation = masked_columns.relation), '{}');
 END;
 
 -- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
@@ -592,20 +601,23 @@ DECLARE
   relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
   keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
 BEGIN
+  -- Values the trail does not know ("[masked]", "[erased]") are never written, nor read as
+  -- values of their columns' types.
   EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-    USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at',
-      step OPERATOR(pg_catalog.->) 'image';
+    USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), step OPERATOR(pg_catalog.->>) 'row_id',
+      bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), step OPERATOR(pg_catalog.->) 'image';
   GET DIAGNOSTICS written = ROW_COUNT;
   IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
     EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
         bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
-      INTO written USING step OPERATOR(pg_catalog.->) 'at';
+      INTO written USING bemi.known_values(step OPERATOR(pg_catalog.->) 'at');
     IF written OPERATOR(pg_catalog.<>) 1 THEN
       RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
         USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
     END IF;
     EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-      USING step OPERATOR(pg_catalog.->) 'target', NULL::pg_catalog.text, step OPERATOR(pg_catalog.->) 'at', NULL::pg_catalog.jsonb;
+      USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), NULL::pg_catalog.text,
+        bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), NULL::pg_catalog.jsonb;
   END IF;
 END
 $$;
@@ -628,7 +640,13 @@ DECLARE
   error_message text;
   error_detail text;
 BEGIN
-  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  BEGIN
+    SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  EXCEPTION WHEN data_exception THEN -- a value of the trail the table cannot take (retyped since)
+    GET STACKED DIAGNOSTICS error_message = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(error_message, NULL);
+    RAISE;
+  END;
   -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
   caller_context := bemi.revert_context_begin(plan.ids);
   -- In order (parents inserted before children, children deleted before parents); rows of one
@@ -821,6 +839,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   plan record;
+  failure text;
 BEGIN
   SELECT * INTO plan FROM bemi.revert_plan('bemi.changes', change_ids, on_conflict);
   RETURN QUERY SELECT (r.value ->> 0)::bigint, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
@@ -828,11 +847,15 @@ BEGIN
        FROM pg_catalog.jsonb_array_elements(plan.steps) AS s, pg_catalog.jsonb_array_elements_text(s.value -> 'columns') AS c(name)
        WHERE (s.value -> 'last_id') = (r.value -> 0))
     FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+EXCEPTION WHEN data_exception THEN
+  GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+  PERFORM bemi.unfit_value(failure, NULL);
+  RAISE;
 END
 $$;
 
 COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
   'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
 
-REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass), bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass), bemi.changed_relation(text, text, timestamptz) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) TO PUBLIC;

@@ -145,3 +145,36 @@ def test_sqlalchemy_whole_table_as_of_and_revert(dsn: str, admin: psycopg.Connec
     finally:
         engine.dispose()
     assert rows(admin, "SELECT * FROM todo") == [{"id": 1, "task": "a"}, {"id": 2, "task": "b"}]
+
+
+def test_masked_columns_of_a_table_without_a_key(admin: psycopg.Connection[Any]) -> None:
+    """The trail holds "[masked]" where the table holds the value (of any type): no false
+    55000, no cast error; rows still in the table keep their values."""
+    admin.execute("CREATE TABLE logs (msg text, secret int)")
+    admin.execute("SELECT bemi.track('logs', mask_columns => ARRAY['secret'])")
+    admin.execute("INSERT INTO logs VALUES ('a', 1), ('keep', 2)")
+    at = moment(admin)
+    admin.execute("UPDATE logs SET msg = 'b' WHERE msg = 'a'")
+    ingest(admin)
+    assert rows(admin, "SELECT * FROM bemi.table_at(NULL::logs, %s)", [at]) == [
+        {"msg": "a", "secret": None}, {"msg": "keep", "secret": 2}]
+    update = admin.execute("SELECT id FROM bemi.changes WHERE operation = 'UPDATE'").fetchone()["id"]  # type: ignore[index]
+    assert [r["action"] for r in admin.execute("SELECT action FROM bemi.revert(ARRAY[%s]::bigint[])", [update])] == ["updated"]
+    assert rows(admin, "SELECT * FROM logs") == [{"msg": "a", "secret": 1}, {"msg": "keep", "secret": 2}]
+
+
+def test_a_retyped_column_is_a_bemi_error(admin: psycopg.Connection[Any]) -> None:
+    todo(admin)
+    admin.execute("INSERT INTO todo VALUES (1, 'abc')")
+    at = moment(admin)
+    admin.execute("UPDATE todo SET task = 'defg'")
+    ingest(admin)
+    admin.execute("ALTER TABLE todo ALTER COLUMN task TYPE int USING length(task)")
+    with fails("22000", "a value in the trail does not fit public.todo", '"abc"'):
+        admin.execute("SELECT * FROM bemi.table_at(NULL::todo, %s)", [at])
+    update = admin.execute("SELECT id FROM bemi.changes WHERE operation = 'UPDATE'").fetchone()["id"]  # type: ignore[index]
+    for query in ("SELECT * FROM bemi.revert(ARRAY[%s]::bigint[])", "SELECT * FROM bemi.revert_preview(ARRAY[%s]::bigint[])"):
+        with fails("22000", "a value in the trail does not fit"):
+            admin.execute(query, [update])
+    # The stored values are still there, as JSON.
+    assert admin.execute("SELECT bemi.row_at('todo', '1', %s) AS r", [at]).fetchone()["r"] == {"id": 1, "task": "abc"}  # type: ignore[index]
