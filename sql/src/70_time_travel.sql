@@ -343,13 +343,16 @@ $$;
 -- (a DELETE, a move away), another row of the same transaction that took the key (and did not
 -- give it up) has it after that transaction; when the first change after a moment gave the key
 -- to a row, a row of the same transaction that gave the key up had it before. That change, or
--- NULL when there is none.
+-- NULL when there is none; "alike": true when the rows are alike in every value, so the trail
+-- cannot tell whether one row took the key and gave it up or two rows shared it.
 CREATE FUNCTION bemi.shared_key_event(history jsonb, keys text[], event jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT pg_catalog.to_jsonb(e.*) || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+  SELECT pg_catalog.to_jsonb(e.*) - 'alike' || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+    || CASE WHEN e.alike THEN pg_catalog.jsonb_build_object('alike', true, 'transaction_first', e.first_id) ELSE '{}' END
   FROM (SELECT c.id, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete,
-          c.committed_at, c.previous_key
+          c.committed_at, c.previous_key, CASE WHEN event ? 'later' THEN c.before = m.after ELSE c.after = m.before END AS alike,
+          (SELECT pg_catalog.min(f.id) FROM bemi.changes AS f WHERE f.committed_at = m.committed_at AND f.transaction_id = m.transaction_id) AS first_id
         FROM bemi.changes AS c, bemi.changes AS m
         WHERE m.id = (event ->> 'id')::bigint AND m.committed_at = (event ->> 'committed_at')::timestamptz
           AND c.committed_at = m.committed_at AND c.transaction_id = m.transaction_id AND c.id <> m.id
@@ -358,16 +361,16 @@ BEGIN ATOMIC
           AND CASE WHEN NOT event ? 'later'
             -- the latest gave the key up: a row that took it, after the latest or before it
             THEN (event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)))
-              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE') AND c.after <> m.before
+              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE')
               AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
-                              AND g.id > c.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
+                              AND g.id > c.id AND g.id <> m.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
             -- the first took the key: a row of the transaction that gave it up (its before)
             ELSE (event ->> 'operation' = 'CREATE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL
                                                          AND event ->> 'primary_key' = ANY (keys)))
-              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys))) AND c.before <> m.after
+              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys)))
               AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
-                              AND g.id < c.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
-        ORDER BY CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
+                              AND g.id < c.id AND g.id <> m.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
+        ORDER BY 9, CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
 END;
 
 -- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
@@ -385,6 +388,8 @@ AS $$
 DECLARE
   keys text[];
   event jsonb;
+  shared jsonb;
+  before_it jsonb;
   moved jsonb := '[]';
 BEGIN
   PERFORM bemi.check_trail(history, at);
@@ -408,7 +413,18 @@ BEGIN
   IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
              OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
            ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
-    event := coalesce(bemi.shared_key_event(history, keys, event), event);
+    shared := bemi.shared_key_event(history, keys, event);
+    IF shared ? 'alike' THEN
+      -- Alike in every value: one row that took the key and gave it up, or two that shared it?
+      -- Whether a row had the key when the transaction began tells.
+      before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
+      IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
+        shared := shared - 'alike' - 'transaction_first';
+      ELSIF before_it IS NOT NULL THEN
+        shared := NULL;
+      END IF;
+    END IF;
+    event := coalesce(shared - 'transaction_first', event);
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
@@ -509,6 +525,11 @@ BEGIN
       ELSE
         event := event - 'partition_events' - 'prior';
     END CASE;
+  END IF;
+  IF event ? 'alike' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % cannot be told from another alike in every value that shared its key inside one transaction (change %)',
+        primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'bemi.table_at tells the rows by their number: use it for this moment.';
   END IF;
   IF event ? 'id' AND NOT event ? 'later' THEN
     -- The row as the latest change at or before the moment left it.
@@ -691,7 +712,8 @@ BEGIN
   -- With a key: per key a later change touched, whether a row had it at the moment (it has one
   -- now, less the changes since that gave it, plus those that took it away: two rows can share
   -- a key for a moment, as in a swap under a DEFERRABLE key), and that row as the first change
-  -- since that took the key from a row that had it then (its before image); every other row as
+  -- since that took the key from a row that had it then (its before image: a row that got the
+  -- key after the moment has an earlier change that gave it that image); every other row as
   -- it is now. One query, planned per call (the row type is the caller's); keys are pulled out
   -- of the images once.
   RETURN QUERY EXECUTE pg_catalog.format($q$
@@ -707,10 +729,12 @@ BEGIN
     ), touched AS (
       SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
+      -- A change that takes the key from a row that got it after the moment is not the one
+      -- (unless the two rows are alike in every value: then either is).
       SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
-      WHERE s.delta = -1 AND NOT EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
-                                          AND (a.committed_at, a.id) < (s.committed_at, s.id))
-      ORDER BY %3$s, s.committed_at, s.id
+      WHERE s.delta = -1
+      ORDER BY %3$s, EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
+                             AND (a.committed_at, a.id) < (s.committed_at, s.id)), s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
       FROM touched AS s LEFT JOIN firsts AS f ON %8$s
