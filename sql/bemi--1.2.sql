@@ -91,7 +91,8 @@ COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or
 ------------------------------------------------------------------------------------------
 -- 2. The context trigger: before each statement on a tracked table, put the context into
 --    the WAL, once, and only when it differs from the last one this transaction emitted.
---    Holds: bemi.comment_context(text, text), bemi.statement_text(text), bemi.context_trigger().
+--    Holds: bemi.comment_context(text, text), bemi.statement_text(text), bemi.partition_event(oid, text, oid),
+--    bemi.context_trigger().
 ------------------------------------------------------------------------------------------
 
 -- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, as written; '' when there
@@ -189,6 +190,39 @@ BEGIN
 END
 $$;
 
+-- Rows of a partition that leave or join its root without a change of their own: TRUNCATE of
+-- the partition alone (pgoutput, publishing through the root, sends no TRUNCATE for it),
+-- DETACH and ATTACH. Written to the WAL as a transactional message with the prefix
+-- 'bemi.truncate', which both ingest paths store as a TRUNCATE of the root whose before names
+-- the partition: {"partition_schema", "partition", "event": truncate | detach | attach}
+-- (docs/time-travel.md, "Partitions"). root: the root it left (DETACH), else the root it is
+-- under now (NULL: nothing, for a table that is not a partition).
+CREATE FUNCTION bemi.partition_event(relation oid, event text, root oid DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  root := coalesce(root, (
+    WITH RECURSIVE up(member, depth) AS (
+      SELECT relation, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up AS u
+      JOIN pg_catalog.pg_class AS c ON c.oid = u.member AND c.relispartition
+      JOIN pg_catalog.pg_inherits AS i ON i.inhrelid = u.member
+    )
+    SELECT u.member FROM up AS u WHERE u.depth > 0 ORDER BY u.depth DESC LIMIT 1));
+  IF root IS NULL THEN
+    RETURN;
+  END IF;
+  PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi.truncate', pg_catalog.jsonb_build_object(
+    'relid', r.oid::bigint, 'schema', rn.nspname, 'table', r.relname, 'partition_schema', pn.nspname, 'partition', p.relname,
+    'event', event)::text)
+  FROM pg_catalog.pg_class AS p JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.relnamespace,
+    pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS rn ON rn.oid = r.relnamespace
+  WHERE p.oid = relation AND r.oid = root;
+END
+$$;
+
 -- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
 -- the context: one current_query() read and one strpos per statement, never per row.
 -- bemi.context and bemi.emitted count only when they hold this transaction's mark
@@ -218,6 +252,9 @@ BEGIN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi',
       CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
     query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+  END IF;
+  IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+    PERFORM bemi.partition_event(TG_RELID, 'truncate');
   END IF;
   RETURN NULL;
 END
@@ -482,6 +519,7 @@ DECLARE
   persistence "char";
   is_partition boolean;
   unknown text;
+  previous_setting text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO unknown
   FROM pg_catalog.unnest(coalesce(ignore_columns, '{}') || coalesce(mask_columns, '{}')) AS c
@@ -505,6 +543,9 @@ BEGIN
       USING ERRCODE = 'wrong_object_type', HINT = 'Track its partitioned parent, which covers every partition.';
   END IF;
   PERFORM bemi.create_publication();
+  -- The ALTER TABLEs below are bemi's own: the event trigger (bemi.track_new_tables) leaves them.
+  previous_setting := pg_catalog.current_setting('bemi.tracking_new', true);
+  PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
   FOR member IN SELECT bemi.members(relation) LOOP
     SELECT c.relpersistence INTO persistence FROM pg_catalog.pg_class c WHERE c.oid = member;
     IF persistence = 't' THEN
@@ -559,6 +600,7 @@ BEGIN
       EXECUTE pg_catalog.format('ALTER PUBLICATION bemi ADD TABLE ONLY %s', member);
     END IF;
   END LOOP;
+  PERFORM pg_catalog.set_config('bemi.tracking_new', coalesce(previous_setting, ''), true);
 END
 $$;
 
@@ -629,7 +671,7 @@ $$;
 
 ------------------------------------------------------------------------------------------
 -- 4. Tracking new tables: an event trigger tracks tables and partitions created later.
---    Holds: bemi.auto_tracked, bemi.track_new_tables() and its event trigger
+--    Holds: bemi.auto_tracked, bemi.partitions_moved(), bemi.track_new_tables() and its event trigger
 --    bemi_track_new_tables, bemi.track_all(name, boolean).
 ------------------------------------------------------------------------------------------
 
@@ -644,6 +686,47 @@ COMMENT ON TABLE bemi.auto_tracked IS
   'Schemas whose new tables are tracked when they are created (bemi.track_all(schema, auto => true)).';
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.auto_tracked', '');
+
+-- After an ALTER TABLE of a tracked root: a partition detached takes its rows out of the root
+-- without a change of their own, and one attached brings its rows in; each (when it has rows)
+-- is written to the WAL as a partition event (bemi.partition_event), which the trail stores as
+-- a TRUNCATE of the root naming the partition. A detached partition is no longer tracked
+-- (bemi.untrack: it leaves bemi.tracked and status); an attached one is tracked by the caller.
+-- Inheritance children (published by themselves) are left as they are.
+CREATE FUNCTION bemi.partitions_moved(top regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  has_rows boolean;
+BEGIN
+  FOR member IN
+    SELECT t.relation FROM bemi.tracking AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relation
+    WHERE t.root = top AND t.relation <> top AND NOT c.relispartition
+      AND t.relation NOT IN (SELECT bemi.members(top))
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r JOIN pg_catalog.pg_publication AS p ON p.oid = r.prpubid
+                      WHERE p.pubname = 'bemi' AND r.prrelid = t.relation)
+  LOOP
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', member) INTO has_rows;
+    IF has_rows THEN
+      PERFORM bemi.partition_event(member, 'detach', top);
+    END IF;
+    PERFORM bemi.untrack(member);
+  END LOOP;
+  FOR member IN
+    SELECT m.member FROM bemi.members(top) AS m(member) JOIN pg_catalog.pg_class AS c ON c.oid = m.member
+    WHERE c.relispartition AND NOT EXISTS (SELECT FROM bemi.tracking AS t WHERE t.relation = m.member)
+      AND EXISTS (SELECT FROM pg_catalog.pg_inherits AS i JOIN bemi.tracking AS t ON t.relation = i.inhparent
+                  WHERE i.inhrelid = m.member) -- the partition attached, not those under it
+  LOOP
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', member) INTO has_rows;
+    IF has_rows THEN
+      PERFORM bemi.partition_event(member, 'attach');
+    END IF;
+  END LOOP;
+END
+$$;
 
 -- At the end of CREATE TABLE (AS), SELECT INTO and ALTER TABLE: tracks a new table of an
 -- auto-tracked schema, and a tracked table again when it gained a partition or child (CREATE
@@ -677,6 +760,9 @@ BEGIN
       SELECT i.inhparent, u.depth + 1 FROM up u JOIN pg_catalog.pg_inherits i ON i.inhrelid = u.relation
     )
     SELECT u.relation::pg_catalog.regclass INTO top FROM up u ORDER BY u.depth DESC LIMIT 1;
+    IF created.command_tag = 'ALTER TABLE' AND EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      PERFORM bemi.partitions_moved(top);
+    END IF;
     IF EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
       IF NOT EXISTS (SELECT FROM bemi.members(top) AS m(member)
                      WHERE NOT EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = m.member)) THEN
@@ -770,7 +856,7 @@ $$;
 COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
   'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';
 
-REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables(), bemi.partitions_moved(regclass) FROM PUBLIC;
 REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
@@ -1030,7 +1116,8 @@ REVOKE ALL ON FUNCTION bemi.open_gap(name, text, oid, pg_lsn, timestamptz, pg_ls
 ------------------------------------------------------------------------------------------
 -- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
 --    The streaming worker reads the same messages in Python (python/bemi_pg/pgoutput.py).
---    Holds: bemi.int_at(), bemi.time_at(), bemi.message_text(), bemi.stage_from_slot().
+--    Holds: bemi.int_at(), bemi.time_at(), bemi.message_text(), bemi.partition_message(),
+--    bemi.stage_from_slot().
 ------------------------------------------------------------------------------------------
 
 -- A big-endian integer of width bytes at a zero-based offset of a pgoutput message.
@@ -1059,6 +1146,32 @@ BEGIN
   RETURN pg_catalog.convert_from(content, pg_catalog.getdatabaseencoding());
 EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
   RETURN content::text;
+END
+$$;
+
+-- A 'bemi.truncate' message (bemi.partition_event) read, or NULL when it is not one bemi
+-- wrote: {"relid", "schema", "table"} of the root, and the values of the TRUNCATE's before
+-- (partition_schema, partition, event). Staged as a TRUNCATE of the root, the relation
+-- described by these three text columns; both ingest paths do the same (the worker in
+-- python/bemi_pg/ingest/staging.py).
+CREATE FUNCTION bemi.partition_message(content text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  parsed jsonb;
+BEGIN
+  parsed := content::jsonb;
+  IF pg_catalog.jsonb_typeof(parsed) = 'object' AND pg_catalog.jsonb_typeof(parsed -> 'relid') = 'number'
+     AND (parsed ->> 'relid') ~ '^[0-9]{1,10}$' AND (parsed ->> 'relid')::bigint BETWEEN 1 AND 4294967295
+     AND parsed ->> 'event' IN ('truncate', 'detach', 'attach')
+     AND (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_each(parsed) AS e
+          WHERE e.key IN ('schema', 'table', 'partition_schema', 'partition') AND pg_catalog.jsonb_typeof(e.value) = 'string') = 4 THEN
+    RETURN parsed;
+  END IF;
+  RETURN NULL;
+EXCEPTION WHEN data_exception THEN
+  RETURN NULL;
 END
 $$;
 
@@ -1108,6 +1221,7 @@ DECLARE
   ordinal integer := 0;
   i integer;
   relids integer;
+  event jsonb;
 BEGIN
   -- Sent as UTF8, an SQL_ASCII database's bytes would first be checked as UTF8, and the first
   -- value that is not would stop ingest. (The SET clause restores client_encoding on return.)
@@ -1141,6 +1255,20 @@ BEGIN
         lsn := message.lsn; xid := message.xid;
         data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
         RETURN NEXT;
+      ELSIF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d692e7472756e63617465'::bytea THEN
+        -- 'bemi.truncate': rows of a partition that left or joined the root (bemi.partition_event).
+        event := bemi.partition_message(bemi.message_text(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer)));
+        IF event IS NOT NULL THEN
+          shapes := shapes + 1;
+          INSERT INTO bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity)
+          VALUES (shapes, (event ->> 'relid')::bigint::oid, event ->> 'schema', event ->> 'table',
+                  '{partition_schema,partition,event}', '{25,25,25}', '{-1,-1,-1}', '{f,f,f}');
+          IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+          ordinal := ordinal + 1;
+          INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context, old_values)
+          VALUES (seq, shapes, 'T', message.lsn, ordinal, xact_id, commit_time, context,
+                  ARRAY[event ->> 'partition_schema', event ->> 'partition', event ->> 'event']);
+        END IF;
       END IF;
     ELSIF kind = 'R' THEN
       -- relid, namespace, name, replica identity, then per column: flags, name, type, typmod.
@@ -1216,6 +1344,11 @@ BEGIN
     ELSIF kind = 'T' THEN
       -- number of relations, options, then their OIDs.
       relids := bemi.int_at(m, 1, 4)::integer;
+      -- A TRUNCATE of a root covers the partition TRUNCATEs of its statement (and any before it
+      -- in its transaction): those are not stored.
+      DELETE FROM bemi.staged AS s USING bemi.staged_relations AS r
+      WHERE r.relation = s.relation AND s.operation = 'T' AND s.old_values IS NOT NULL AND s.transaction_id = xact_id
+        AND r.relid IN (SELECT bemi.int_at(m, 6 + 4 * g.n, 4)::oid FROM pg_catalog.generate_series(0, relids - 1) AS g(n));
       IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
       FOR i IN 0..relids - 1 LOOP
         ordinal := ordinal + 1;
@@ -1999,9 +2132,12 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.message_relids(), bemi.pending_writes(), bemi.covered_from(),
 --    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
---    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
---    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
---    bemi.table_from(), bemi.table_at(), bemi.diff().
+--    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
+--    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
+--    bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
+--    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(),
+--    bemi.table_history(), bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
+--    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
 
 -- Time is commit time (committed_at, ties broken by id). A row's history, an UPDATE that
@@ -2284,11 +2420,22 @@ END
 $$;
 
 -- An image without the values the trail does not know: "[masked]" by a column rule of
--- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there. Anything but an object
+-- (JSON null: no image) is given back as it is.
 CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
-        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+RETURN CASE WHEN pg_catalog.jsonb_typeof(image) = 'object' THEN
+  (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+   WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb)) ELSE image END;
+
+-- A table's own rows, as FROM reads them: an inheritance parent ONLY (its children are
+-- tracked and stored under their own names), a partitioned table with its partitions.
+CREATE FUNCTION bemi.scan_of(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN c.relkind = 'p' THEN relation::text ELSE 'ONLY ' || relation::text END
+  FROM pg_catalog.pg_class AS c WHERE c.oid = relation;
+END;
 
 -- The WHERE condition matching a table's row t by its primary key to the key of the record r.
 CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
@@ -2296,48 +2443,143 @@ LANGUAGE sql IMMUTABLE
 RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r, k), ' AND ')
         FROM pg_catalog.unnest(key_columns) AS k);
 
+-- A primary key as the caller wrote it, read with the types of the table's key columns:
+-- {"column": value, ...} as the trail's images hold them (to_jsonb under the settings
+-- bemi.store pins), so '007', '7.0', an upper-case UUID or any spelling of a timestamp name
+-- the row they mean. One key column: the value as text; several: a JSON array of as many
+-- values, in key order. Anything else is an error (22023), never a silent miss.
+CREATE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  parts jsonb;
+  given jsonb;
+  typed jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF pg_catalog.cardinality(keys) = 1 THEN
+    given := pg_catalog.jsonb_build_object(keys[1], primary_key);
+  ELSE
+    BEGIN
+      parts := primary_key::jsonb;
+    EXCEPTION WHEN data_exception THEN
+      parts := NULL;
+    END;
+    IF pg_catalog.jsonb_typeof(parts) IS DISTINCT FROM 'array' OR pg_catalog.jsonb_array_length(parts) <> pg_catalog.cardinality(keys) THEN
+      RAISE EXCEPTION 'bemi: the primary key of % has % columns (%): a key is a JSON array of % values, not %', relation,
+          pg_catalog.cardinality(keys), pg_catalog.array_to_string(keys, ', '), pg_catalog.cardinality(keys), pg_catalog.quote_literal(primary_key)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the values in key order, e.g. ''["acme", 7]''.';
+    END IF;
+    given := (SELECT pg_catalog.jsonb_object_agg(k.name, parts -> (k.ord::integer - 1))
+              FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord));
+  END IF;
+  BEGIN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(k.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k', relation)
+      INTO typed USING given;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: %', pg_catalog.quote_literal(primary_key), relation, SQLERRM
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Write each key value as its column''s type reads it.';
+  END;
+  typed := (SELECT pg_catalog.jsonb_object_agg(k.name, typed -> k.name) FROM pg_catalog.unnest(keys) AS k(name));
+  IF EXISTS (SELECT FROM pg_catalog.jsonb_each(typed) AS e WHERE e.value = 'null') THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: a key has no NULL values', pg_catalog.quote_literal(primary_key), relation
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN typed;
+END
+$$;
+
+-- A primary key as the caller wrote it, in the text form the trail writes (bemi.changes.primary_key).
+CREATE FUNCTION bemi.trail_key(relation regclass, primary_key text) RETURNS text
+LANGUAGE sql STABLE
+RETURN bemi.image_key(bemi.key_values(relation, primary_key), bemi.key_columns(relation));
+
+-- What the trail needs to know to find a key by value where its text is not unique: a key with
+-- a numeric column ('1' and '1.0' are one key) is compared as a number (one column) or as
+-- JSON (several). Merged into a history_of for row_history.
+CREATE FUNCTION bemi.key_form(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN NOT pg_catalog.bool_or(coalesce(nullif(t.typbasetype, 0), t.oid) = 'pg_catalog.numeric'::pg_catalog.regtype) THEN '{}'::jsonb
+    WHEN pg_catalog.count(*) = 1 THEN '{"key_by_value": "number"}' ELSE '{"key_by_value": "array"}' END
+  FROM pg_catalog.unnest(bemi.key_columns(relation)) AS k(name)
+  JOIN pg_catalog.pg_attribute AS a ON a.attrelid = relation AND a.attname = k.name
+  JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid;
+END;
+
+-- Whether two keys in the trail's text form name the same row of a table: equal texts, or
+-- equal values where the text is not unique (numeric columns).
+CREATE FUNCTION bemi.same_key(relation regclass, a text, b text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF a IS NULL OR b IS NULL THEN
+    RETURN false;
+  ELSIF a = b OR bemi.key_form(relation) = '{}' THEN
+    RETURN a = b;
+  END IF;
+  RETURN bemi.key_values(relation, a) = bemi.key_values(relation, b);
+EXCEPTION WHEN invalid_parameter_value THEN
+  RETURN false; -- a key written under another key definition
+END
+$$;
+
 -- The latest (latest = true: at or before at) or the first (after at) change of the row with a
 -- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
 -- branch reads one entry of its index; the other direction's branches are not run.
--- database_name: only changes from this database (NULL: any).
-CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
-RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean)
+-- database_name: only changes from this database (NULL: any). through: the moment is the
+-- commit of the change with this id (bemi.transaction_moment): of the changes committed at
+-- at, only those up to it count as at or before (NULL: all of them).
+CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean,
+                               through bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean,
+               committed_at timestamptz, previous_key text)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete FROM (
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete, e.committed_at, e.previous_key FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
   ) AS e
@@ -2346,26 +2588,216 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
--- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
--- of the row at or before the moment, else the first after it ("later": true), else {}.
--- Generic plans: planning the six index lookups for every partition of the trail on each
--- call would cost more than running them (partitions are pruned when the plan starts).
-CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+-- Where the trail is: the texts under which the trail holds a key given in its text form
+-- (bemi.trail_key): that text, and where the history says the key is compared by value
+-- (bemi.key_form), every text of the table's changes equal to it as a number ('1', '1.0') or as
+-- JSON (several columns). Those cost a scan of the table's changes.
+CREATE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT ARRAY[trail_keys.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> trail_keys.primary_key), '{}')
+  FROM bemi.changes AS c, LATERAL (VALUES (c.primary_key), (c.previous_key)) AS k(key)
+  WHERE history ->> 'key_by_value' IS NOT NULL AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+    AND (NOT history ? 'database' OR c.database = history ->> 'database')
+    AND CASE
+      WHEN history ->> 'key_by_value' = 'number' THEN CASE
+        WHEN k.key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+          AND trail_keys.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+        THEN k.key::numeric = trail_keys.primary_key::numeric ELSE false END
+      WHEN k.key LIKE '[%' AND trail_keys.primary_key LIKE '[%' THEN k.key::jsonb = trail_keys.primary_key::jsonb
+      ELSE false END;
+END;
+
+-- Where the trail is: the latest (or first, latest = false) change of a row under any of the
+-- texts its key has in the trail (bemi.trail_keys), as JSON (bemi.row_event's columns); NULL.
+CREATE FUNCTION bemi.key_event(history jsonb, keys text[], at timestamptz, latest boolean, through bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   event jsonb;
+  found jsonb;
+  key text;
+BEGIN
+  FOREACH key IN ARRAY keys LOOP
+    SELECT pg_catalog.to_jsonb(e.*) INTO found
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, latest, through) AS e;
+    IF event IS NULL OR (latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                                   > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint))
+       OR (NOT latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                        < ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)) THEN
+      event := coalesce(found, event);
+    END IF;
+  END LOOP;
+  RETURN event;
+END
+$$;
+
+-- Where the trail is: two rows can have one key for a moment inside a transaction (a swap
+-- under a DEFERRABLE key). When the latest change of a key up to a moment took it from a row
+-- (a DELETE, a move away), another row of the same transaction that took the key (and did not
+-- give it up) has it after that transaction; when the first change after a moment gave the key
+-- to a row, a row of the same transaction that gave the key up had it before. That change, or
+-- NULL when there is none; "alike": true when the rows are alike in every value, so the trail
+-- cannot tell whether one row took the key and gave it up or two rows shared it.
+CREATE FUNCTION bemi.shared_key_event(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.to_jsonb(e.*) - 'alike' || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+    || CASE WHEN e.alike THEN pg_catalog.jsonb_build_object('alike', true, 'transaction_first', e.first_id) ELSE '{}' END
+  FROM (SELECT c.id, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete,
+          c.committed_at, c.previous_key, CASE WHEN event ? 'later' THEN c.before = m.after ELSE c.after = m.before END AS alike,
+          (SELECT pg_catalog.min(f.id) FROM bemi.changes AS f WHERE f.committed_at = m.committed_at AND f.transaction_id = m.transaction_id) AS first_id
+        FROM bemi.changes AS c, bemi.changes AS m
+        WHERE m.id = (event ->> 'id')::bigint AND m.committed_at = (event ->> 'committed_at')::timestamptz
+          AND c.committed_at = m.committed_at AND c.transaction_id = m.transaction_id AND c.id <> m.id
+          AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND CASE WHEN NOT event ? 'later'
+            -- the latest gave the key up: a row that took it, after the latest or before it
+            THEN (event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)))
+              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE')
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id > c.id AND g.id <> m.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
+            -- the first took the key: a row of the transaction that gave it up (its before)
+            ELSE (event ->> 'operation' = 'CREATE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL
+                                                         AND event ->> 'primary_key' = ANY (keys)))
+              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys)))
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id < c.id AND g.id <> m.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
+        ORDER BY 9, CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
+END;
+
+-- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
+-- of the row at or before the moment, else the first after it ("later": true), else {}.
+-- Where the latest are partitions truncated, detached or attached (bemi.partition_event),
+-- also those ("partition_events", newest first, each with "moved_since": the partitions
+-- detached or attached after it) and the change of the row before them ("prior"), for
+-- row_from to tell whether the row was in them.
+-- Generic plans: planning the six index lookups for every partition of the trail on each
+-- call would cost more than running them (partitions are pruned when the plan starts).
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[];
+  event jsonb;
+  shared jsonb;
+  before_it jsonb;
+  moved jsonb := '[]';
 BEGIN
   PERFORM bemi.check_trail(history, at);
-  SELECT pg_catalog.to_jsonb(e.*) INTO event
-  FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, true) AS e;
-  IF event IS NULL THEN
-    SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO event
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, false) AS e;
+  keys := bemi.trail_keys(history, primary_key);
+  event := bemi.key_event(history, keys, at, true, through);
+  WHILE event ->> 'operation' = 'TRUNCATE' AND event -> 'before' ? 'partition' LOOP
+    moved := moved || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('id', event -> 'id', 'before', event -> 'before',
+      'moved_since', (SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT c.before - 'event'), '[]') FROM bemi.changes AS c
+        WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.operation = 'TRUNCATE'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND (c.committed_at, c.id) > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)
+          AND c.before ->> 'event' IN ('detach', 'attach'))));
+    event := bemi.key_event(history, keys, (event ->> 'committed_at')::timestamptz, true, (event ->> 'id')::bigint - 1);
+  END LOOP;
+  IF moved <> '[]' THEN
+    event := coalesce(bemi.key_event(history, keys, at, false, through) || '{"later": true}', '{}')
+      || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
+  ELSIF event IS NULL THEN
+    event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
   END IF;
-  RETURN coalesce(event, '{}');
+  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    shared := bemi.shared_key_event(history, keys, event);
+    IF shared ? 'alike' THEN
+      -- Alike in every value: one row that took the key and gave it up, or two that shared it?
+      -- Whether a row had the key when the transaction began tells.
+      before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
+      IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
+        shared := shared - 'alike' - 'transaction_first';
+      ELSIF before_it IS NOT NULL THEN
+        shared := NULL;
+      END IF;
+    END IF;
+    event := coalesce(shared - 'transaction_first', event);
+  END IF;
+  RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
+END
+$$;
+
+-- Where the table is: whether a row image of a partitioned table was in one of its partitions
+-- (part) at a partition event, told by the partitions' bounds now where they cannot have
+-- changed since: the partition's own, or another's that holds the row (partitions are
+-- disjoint). moved: the partitions detached or attached since, whose bounds may differ now (and
+-- a DEFAULT partition's bounds are what the others leave). NULL when it cannot be told: the
+-- partitions are gone or moved, or bounded by an expression (code of the table's owner, which
+-- time travel does not run).
+CREATE FUNCTION bemi.in_partition(relation regclass, part jsonb, image jsonb, moved jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  target regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', part ->> 'partition_schema', part ->> 'partition'));
+  candidate record;
+  inside boolean;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_partitioned_table AS p ON p.partrelid = t.relid
+             WHERE p.partexprs IS NOT NULL) THEN
+    RETURN NULL;
+  END IF;
+  FOR candidate IN
+    SELECT t.relid, n.nspname, c.relname, pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default
+    FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE t.isleaf AND t.relid <> relation
+    ORDER BY t.relid IS DISTINCT FROM target  -- the partition itself first
+  LOOP
+    CONTINUE WHEN candidate.is_default OR moved @> pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+      'partition_schema', candidate.nspname, 'partition', candidate.relname));
+    EXECUTE pg_catalog.format('SELECT coalesce((%s), false) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        coalesce(pg_catalog.pg_get_partition_constraintdef(candidate.relid), 'true'), relation)
+      INTO inside USING image;
+    IF candidate.relid = target THEN
+      RETURN inside;
+    ELSIF inside THEN
+      RETURN false; -- in another partition
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+-- Where the table is: what partition events (row_history's "partition_events", newest first)
+-- did to a row, given its change before them ("prior"): 'gone' (it was in a partition
+-- truncated or detached, or was not there and none came in), 'kept' (it was there and in none
+-- of them), NULL when that cannot be told (row_from then asks what came after).
+CREATE FUNCTION bemi.partition_verdict(relation regclass, primary_key text, event jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  prior jsonb := nullif(event -> 'prior', 'null');
+  moved jsonb;
+  present boolean := prior IS NOT NULL AND prior ->> 'operation' IN ('CREATE', 'UPDATE')
+    AND bemi.same_key(relation, prior ->> 'primary_key', primary_key);
+  inside boolean;
+BEGIN
+  FOR moved IN SELECT m.value FROM pg_catalog.jsonb_array_elements(event -> 'partition_events') WITH ORDINALITY AS m(value, n)
+               ORDER BY m.n DESC LOOP
+    IF moved -> 'before' ->> 'event' = 'attach' THEN
+      IF NOT present THEN
+        RETURN NULL; -- it may have come in with the partition
+      END IF;
+    ELSIF present THEN
+      inside := bemi.in_partition(relation, moved -> 'before', prior -> 'after', moved -> 'moved_since');
+      IF inside IS NULL THEN
+        RETURN NULL;
+      END IF;
+      present := NOT inside;
+    END IF;
+  END LOOP;
+  RETURN CASE WHEN present THEN 'kept' ELSE 'gone' END;
 END
 $$;
 
@@ -2378,15 +2810,26 @@ DECLARE
   keys text[] := bemi.key_columns(relation);
   result jsonb;
 BEGIN
-  IF primary_key IS NULL THEN
-    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-  ELSIF keys IS NULL THEN
-    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
-      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  primary_key := bemi.trail_key(relation, primary_key);
+  IF event ? 'partition_events' THEN
+    CASE bemi.partition_verdict(relation, primary_key, event)
+      WHEN 'gone' THEN
+        RETURN NULL;
+      WHEN 'kept' THEN
+        PERFORM bemi.refuse_incomplete(CASE WHEN (event -> 'prior' ->> 'incomplete')::boolean THEN ARRAY[(event -> 'prior' ->> 'id')::bigint] END);
+        RETURN event -> 'prior' -> 'after';
+      ELSE
+        event := event - 'partition_events' - 'prior';
+    END CASE;
+  END IF;
+  IF event ? 'alike' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % cannot be told from another alike in every value that shared its key inside one transaction (change %)',
+        primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'bemi.table_at tells the rows by their number: use it for this moment.';
   END IF;
   IF event ? 'id' AND NOT event ? 'later' THEN
     -- The row as the latest change at or before the moment left it.
-    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR NOT bemi.same_key(relation, event ->> 'primary_key', primary_key) THEN
       RETURN NULL;
     END IF;
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
@@ -2397,7 +2840,7 @@ BEGIN
       USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
   ELSIF event ? 'id' THEN
     -- Unchanged since tracking began, up to the moment: as the first change after it found it.
-    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
+    IF event ->> 'operation' = 'CREATE' OR NOT bemi.same_key(relation, bemi.image_key(event -> 'before', keys), primary_key) THEN
       RETURN NULL;
     END IF;
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
@@ -2406,7 +2849,7 @@ BEGIN
   -- Unchanged to this day (unless a write not yet ingested changed it).
   PERFORM bemi.check_pending(relation);
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-      relation, relation, bemi.key_match(keys, 't', 'k'))
+      bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
     INTO result
     USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
       ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
@@ -2417,10 +2860,28 @@ $$;
 
 CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-RETURN bemi.row_from(relation, primary_key, at, bemi.row_history(bemi.history_of(relation, at), primary_key, at));
+RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
 
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
+
+-- After an error converting a value of the trail into a table's row type: unless it is one of
+-- bemi's own, the error bemi gives for it (a column was retyped since, or holds values the
+-- trail does not: 22000 with the conversion's message). Returns when the error is bemi's.
+CREATE FUNCTION bemi.unfit_value(message text, relation regclass) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF message LIKE 'bemi:%' THEN
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'bemi: a value in the trail does not fit %: %', coalesce(relation::text, 'the table as it is now'), message
+    USING ERRCODE = 'data_exception',
+          HINT = 'A column was retyped since the change: bemi.row_at and bemi.changes give the values as they were stored.';
+END
+$$;
 
 -- A count of copies of a row, checked: below zero the trail and the table disagree.
 CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
@@ -2433,6 +2894,22 @@ BEGIN
       USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
   END IF;
   RETURN n > 0;
+END
+$$;
+
+-- Whether a row had a key at a moment, from how many rows have it now less what the changes
+-- since did (1 or 0), checked: anything else, or a row without the change that took the key
+-- from it, and the trail and the table disagree.
+CREATE FUNCTION bemi.check_presence(n integer, known boolean) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n NOT IN (0, 1) OR (n = 1 AND NOT known) THEN
+    RAISE EXCEPTION 'bemi: the table and its trail disagree on a key: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n = 1;
 END
 $$;
 
@@ -2454,21 +2931,22 @@ $$;
 
 -- Where the trail is: the changes of a history_of's table after a moment, for table_from
 -- where the table is (bemi_pg copies them into a temporary table there).
-CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz) RETURNS SETOF bemi.changes
+CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz, through bigint DEFAULT NULL) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM bemi.check_trail(history, at);
   RETURN QUERY SELECT c.* FROM bemi.changes AS c
-    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.committed_at > at
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+      AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
       AND (NOT history ? 'database' OR c.database = history ->> 'database');
 END
 $$;
 
 -- Where the table is: the table as of a moment, from the table now and the changes after the
 -- moment, read from changes (bemi.changes, or a copy of table_history's rows).
-CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -2478,67 +2956,89 @@ DECLARE
   table_name text;
   keys text[] := bemi.key_columns(table_oid);
   truncated bigint[];
+  failure text;
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
   PERFORM bemi.check_pending(table_oid);  -- the table now is where the answer starts
 
   EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
-      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
-    INTO truncated USING schema_name, table_name, at;
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)', changes)
+    INTO truncated USING schema_name, table_name, at, through;
   IF truncated IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
-      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
+  BEGIN
   IF keys IS NULL THEN
     -- No key: the rows as a multiset, the table now, minus what later changes added, plus
-    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    -- what they removed (compared as JSON of the typed row, leaving out generated columns and
+    -- the columns the trail does not hold exactly: masked and ignored ones). A row that is in
+    -- the table now is given as it is now; one that comes from the trail has NULL there.
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
         SELECT c.before, c.after FROM %3$s AS c
-        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
-      ), generated AS (
-        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
-        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
+      ), excluded AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') || bemi.masked_columns(%2$s) || bemi.ignored_columns(%2$s) AS names
+        FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), live AS (
+        SELECT t AS whole, v.image, pg_catalog.row_number() OVER (PARTITION BY v.image) AS copy FROM %4$s AS t,
+          LATERAL (SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE excluded) AS image) AS v
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          SELECT w.image, 1 AS n FROM live AS w
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.after)) AS r WHERE l.after <> '{}'
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.before)) AS r WHERE l.before <> '{}'
         ) AS v GROUP BY v.image
       )
-      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
-      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
-      USING schema_name, table_name, at;
+      SELECT (x.rec).* FROM counted AS c CROSS JOIN pg_catalog.generate_series(1, c.n::bigint) AS g(copy)
+        LEFT JOIN live AS w ON w.image = c.image AND w.copy = g.copy,
+        LATERAL (SELECT CASE WHEN w.copy IS NULL THEN pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) ELSE w.whole END AS rec
+                 OFFSET 0) AS x
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
+      USING schema_name, table_name, at, through;
     RETURN;
   END IF;
 
-  -- With a key: each row a later change touched as the first such change found it (its before
-  -- image; none when that change created the key), every other row as it is now. One query,
-  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  -- With a key: per key a later change touched, whether a row had it at the moment (it has one
+  -- now, less the changes since that gave it, plus those that took it away: two rows can share
+  -- a key for a moment, as in a swap under a DEFERRABLE key), and that row as the first change
+  -- since that took the key from a row that had it then (its before image: a row that got the
+  -- key after the moment has an earlier change that gave it that image); every other row as
+  -- it is now. One query, planned per call (the row type is the caller's); keys are pulled out
+  -- of the images once.
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
-      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
-      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), touched AS (
+      SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
-      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+      -- A change that takes the key from a row that got it after the moment is not the one
+      -- (unless the two rows are alike in every value: then either is).
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
+      WHERE s.delta = -1
+      ORDER BY %3$s, EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
+                             AND (a.committed_at, a.id) < (s.committed_at, s.id)), s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
-      FROM firsts AS f WHERE f.image IS NOT NULL
+      FROM touched AS s LEFT JOIN firsts AS f ON %8$s
+      WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -2549,8 +3049,17 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes)
-    USING schema_name, table_name, at;
+    changes, bemi.scan_of(table_oid),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('a.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
+    USING schema_name, table_name, at, through;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(failure, table_oid);
+    RAISE;
+  END;
 END
 $$;
 
@@ -2566,6 +3075,118 @@ $$;
 
 COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
   'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+-- The moment right after a transaction committed, as the pair the time-travel functions take:
+-- its commit time, and its last change, so that of the transactions committed at the same
+-- time (it happens) only those committed up to it count. Errors as bemi.transaction_changes.
+CREATE FUNCTION bemi.transaction_moment(transaction_id bigint, database_name text DEFAULT NULL,
+                                        OUT at timestamptz, OUT through bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  SELECT pg_catalog.max(x.committed_at), pg_catalog.max(x.id) INTO at, through
+  FROM bemi.changes AS x WHERE x.id = ANY (bemi.transaction_changes(transaction_moment.transaction_id, database_name));
+END
+$$;
+
+CREATE FUNCTION bemi.row_at_transaction(relation regclass, primary_key text, transaction_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_from(relation, k.key, m.at,
+          bemi.row_history(bemi.history_of(relation, m.at) || bemi.key_form(relation), k.key, m.at, m.through))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k, bemi.transaction_moment(transaction_id) AS m);
+
+COMMENT ON FUNCTION bemi.row_at_transaction(regclass, text, bigint) IS
+  'A row (as JSON) as it was right after a transaction (bemi.changes.transaction_id) committed: exact where commit times are equal.';
+
+CREATE FUNCTION bemi.table_at_transaction(relation anyelement, transaction_id bigint) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  moment record := bemi.transaction_moment(transaction_id);
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), moment.at), moment.at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, moment.at, 'bemi.changes', moment.through);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
+  'A whole table as typed rows, as it was right after a transaction committed: SELECT * FROM bemi.table_at_transaction(NULL::todo, 1234).';
+
+-- Every version of the row with a primary key, oldest first, following its key moves both
+-- ways: each with the commit time it began (NULL: before its first change the trail holds,
+-- when tracking began), the commit time it ended (by a later version, a DELETE, a TRUNCATE;
+-- NULL: it still is, as far as the trail is ingested), the change that made it and the row
+-- (as bemi.changes.after). Walks one index entry per version. An earlier row that had the key
+-- and was deleted before this one was created is another row: not listed.
+CREATE FUNCTION bemi.row_versions(relation regclass, row_key text)
+RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, change_id bigint, transaction_id bigint, primary_key text, image jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  history jsonb := bemi.history_of(relation, 'infinity');
+  key text := bemi.trail_key(relation, row_key);
+  e record;
+  moved record;
+  at timestamptz := 'infinity';
+  through bigint;
+  started boolean := false;
+  events bigint[] := '{}';
+BEGIN
+  -- Back from the latest change of the key, through the keys the row had before.
+  LOOP
+    SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS r;
+    EXIT WHEN NOT FOUND;
+    IF e.operation IN ('DELETE', 'TRUNCATE') OR e.primary_key IS DISTINCT FROM key THEN
+      EXIT WHEN started; -- an earlier row under this key ended here
+      IF e.operation NOT IN ('DELETE', 'TRUNCATE') AND moved IS NULL THEN
+        moved := e; -- the row moved to another key: followed forward below
+      END IF;
+    ELSE
+      started := true;
+      key := coalesce(e.previous_key, key);
+    END IF;
+    events := events || e.id;
+    EXIT WHEN e.operation = 'CREATE';
+    at := e.committed_at;
+    through := e.id - 1;
+  END LOOP;
+  -- Forward from a move away, through the keys the row had after.
+  IF moved IS NOT NULL THEN
+    key := moved.primary_key;
+    at := moved.committed_at;
+    through := moved.id;
+    LOOP
+      SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS r;
+      EXIT WHEN NOT FOUND;
+      events := events || e.id;
+      EXIT WHEN e.operation IN ('DELETE', 'TRUNCATE');
+      key := e.primary_key;
+      at := e.committed_at;
+      through := e.id;
+    END LOOP;
+  END IF;
+  RETURN QUERY
+    WITH chain AS (
+      SELECT c.id, c.committed_at, c.transaction_id, c.operation, c.primary_key, c.before, c.after,
+        pg_catalog.lead(c.committed_at) OVER (ORDER BY c.committed_at, c.id) AS next_at,
+        pg_catalog.row_number() OVER (ORDER BY c.committed_at, c.id) AS n
+      FROM bemi.changes AS c WHERE c.id = ANY (events)
+    )
+    SELECT NULL::timestamptz, c.committed_at, NULL::bigint, NULL::bigint, bemi.image_key(c.before, bemi.key_columns(relation)), c.before
+    FROM chain AS c WHERE c.n = 1 AND c.operation IN ('UPDATE', 'DELETE')
+    UNION ALL
+    SELECT c.committed_at, c.next_at, c.id, c.transaction_id, c.primary_key, c.after
+    FROM chain AS c WHERE c.operation IN ('CREATE', 'UPDATE')
+    ORDER BY 1 NULLS FIRST, 3;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.row_versions(regclass, text) IS
+  'Every version of a row, oldest first, following its key moves: valid_from, valid_to, the change and transaction that made it, its key and the row.';
 
 CREATE FUNCTION bemi.diff(before jsonb, after jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
@@ -2586,11 +3207,11 @@ GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_tra
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
 --    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
---    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
+--    ignored_columns, masked_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
 --    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
---    and its two ways, revert_row, revert_plan); the writing (revert_context_begin, revert_from,
---    revert); what to revert (transaction_changes, context_changes, revert_transaction,
---    revert_context).
+--    and its two ways, revert_row, revert_replay, revert_plan); the writing (revert_context_begin, revert_from,
+--    revert_write, revert); what to revert (transaction_changes, context_changes, revert_transaction,
+--    revert_context, transactions_changes, revert_transactions, revert_preview; changed_relation).
 ------------------------------------------------------------------------------------------
 
 -- A revert runs as its caller (no SECURITY DEFINER, no SET search_path: user triggers fire
@@ -2629,7 +3250,7 @@ DECLARE
   typed jsonb;
 BEGIN
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
-    INTO typed USING image;
+    INTO typed USING bemi.known_values(image); -- "[masked]" is no value of an integer column
   RETURN typed;
 END
 $$;
@@ -2650,6 +3271,15 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- The columns of a table never stored (bemi.track's mask_columns). SECURITY DEFINER: it reads
+-- bemi.tracking.
+CREATE FUNCTION bemi.masked_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.mask_columns FROM bemi.tracking AS t WHERE t.relation = masked_columns.relation), '{}');
 END;
 
 -- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
@@ -2674,20 +3304,21 @@ AS $$
 BEGIN
   IF key_columns IS NOT NULL THEN
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
-        relation, relation, bemi.key_match(key_columns, 't', 'k'))
+        bemi.scan_of(relation), relation, bemi.key_match(key_columns, 't', 'k'))
       INTO image_now, row_id USING image;
   ELSE
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
-        relation)
+        bemi.scan_of(relation))
       INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
   END IF;
 END
 $$;
 
 -- The statement of one planned step of a revert: {"kind": insert | update | delete,
--- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
--- row (a table without a key), $3 an image with the key of the row to write over. Every name
--- in it is qualified: bemi.revert runs it with its caller's search_path.
+-- "relation", "keys", "columns", "match"}. Its parameters: $1 the image to write, $2 the ctid
+-- of the row (a table without a key; with one, NULL: any row with the key), $3 an image with
+-- the key of the row to write over, $4 NULL or the image the row must match (in the columns
+-- "match"). Every name in it is qualified: bemi.revert runs it with its caller's search_path.
 CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2696,8 +3327,12 @@ DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
   keys text[] := bemi.text_array(step -> 'keys');
   columns text[] := bemi.text_array(step -> 'columns');
+  -- A row of a table with a key: by its key, and (two rows can share a key for a moment) the
+  -- row the plan locked ($2) or the row whose values are $4 (a step of a replay).
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
-    ELSE bemi.key_match(keys, 't', 'k') END;
+    ELSE bemi.key_match(keys, 't', 'k') || pg_catalog.format(' AND ($2::pg_catalog.tid IS NULL OR t.ctid = $2::pg_catalog.tid)'
+      ' AND ($4::pg_catalog.jsonb IS NULL OR pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*),'
+      ' bemi.typed_image(%s, $4), %L::pg_catalog.text[])) = 0)', relation::oid, bemi.text_array(step -> 'match')) END;
 BEGIN
   IF step ->> 'kind' = 'insert' THEN
     RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
@@ -2707,32 +3342,61 @@ BEGIN
         relation);
   ELSIF step ->> 'kind' = 'update' THEN
     RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
-        relation,
+        bemi.scan_of(relation),
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         relation,
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
         located);
   ELSE
-    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', bemi.scan_of(relation),
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
         located);
   END IF;
 END
 $$;
 
--- What a revert needs to know of the table a change was made in (by the name in the trail):
--- relation, keys, writable and ignored columns, foreign key depth, name.
-CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint) RETURNS jsonb
+-- The table a change was made in, by identity: of the tables tracked under that name (when
+-- tracking began, or now), the one whose tracking began last at or before the change, so a
+-- renamed table is followed and a table created later under the same name is never taken for
+-- it; NULL when that table was dropped. Without such a record (tracked again since), the
+-- table of that name now. SECURITY DEFINER: it reads bemi.tracking, and tells only an OID.
+CREATE FUNCTION bemi.changed_relation(schema_name text, table_name text, committed_at timestamptz) RETURNS oid
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named oid := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+  tracked record;
+BEGIN
+  SELECT t.relation::oid AS relation, c.oid IS NOT NULL AS alive INTO tracked
+  FROM bemi.tracking AS t LEFT JOIN pg_catalog.pg_class AS c ON c.oid = t.relation
+  WHERE ((t.schema, t."table") = (schema_name, table_name) OR t.relation::oid = named)
+    AND t.tracked_at <= changed_relation.committed_at
+  ORDER BY t.tracked_at DESC LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN named;
+  ELSIF NOT tracked.alive THEN
+    RETURN NULL;
+  END IF;
+  RETURN tracked.relation;
+END
+$$;
+
+-- What a revert needs to know of the table a change was made in (bemi.changed_relation):
+-- relation, keys, writable and ignored columns, foreign key depth, name in the trail.
+CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint, committed_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  relation regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+  relation regclass := bemi.changed_relation(schema_name, table_name, committed_at);
 BEGIN
   IF relation IS NULL THEN
     RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', change_id, schema_name, table_name
-      USING ERRCODE = 'invalid_parameter_value';
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = CASE WHEN pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name)) IS NOT NULL
+              THEN 'The table of that name now is another one, created after the change: a revert never writes into it.' END;
   END IF;
   RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
     'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
@@ -2806,12 +3470,13 @@ DECLARE
   tables jsonb := '{}';
 BEGIN
   FOR t IN EXECUTE pg_catalog.format($q$
-    SELECT f.schema, f."table", f.id
+    SELECT f.schema, f."table", f.id, f.committed_at
     FROM (SELECT DISTINCT ON (x.schema, x."table") x.schema, x."table", x.id, x.committed_at
           FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.schema, x."table", x.committed_at, x.id) AS f
     ORDER BY f.committed_at, f.id$q$, changes) USING ids
   LOOP
-    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table", bemi.revert_table(t.schema, t."table", t.id));
+    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table",
+      bemi.revert_table(t.schema, t."table", t.id, t.committed_at));
   END LOOP;
   RETURN tables;
 END
@@ -2824,7 +3489,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  -- Rows are told apart by their key under the table's key now (a key redefined since left
+  -- the trail's primary_key of older changes under the old one).
   RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH x AS (
+      SELECT x.id, x.schema, x."table", x.operation, x.before, x.after, x.committed_at,
+        coalesce(bemi.image_key(CASE WHEN x.after <> '{}' THEN x.after ELSE x.before END,
+                                bemi.text_array($2 -> (x.schema || '.' || x."table") -> 'keys')), x.primary_key) AS primary_key
+      FROM %1$s AS x WHERE x.id = ANY ($1)
+    )
     SELECT ($2 -> (f.schema || '.' || f."table") ->> 'relation')::pg_catalog.oid, f.schema || '.' || f."table",
       f.primary_key, f.first, CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END, l.operation = 'DELETE',
       f.ids, f.first_id, l.id
@@ -2832,10 +3505,10 @@ BEGIN
             x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
             pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
               ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
     JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
       ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
     ORDER BY f.committed_at, f.first_id$q$, changes) USING ids, tables;
@@ -2860,17 +3533,23 @@ DECLARE
   found_key text;
   candidate integer;
   n integer;
+  ignored text[];
 BEGIN
   FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
                                      'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
     relation := (tables -> (c.schema || '.' || c."table") ->> 'relation')::oid;
     keys := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'keys');
+    ignored := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'ignored');
     old_key := relation || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
     new_key := relation || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
     found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
     n := NULL;
+    -- Two rows can have one key for a moment (a swap under a DEFERRABLE key): an UPDATE or DELETE
+    -- continues the chain whose row it found (its before is that row's last image, but for
+    -- ignored columns, whose updates alone are not stored).
     FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-      IF (chains[candidate]).gone = (c.operation = 'CREATE') THEN
+      IF (chains[candidate]).gone = (c.operation = 'CREATE') AND (c.operation = 'CREATE' OR keys IS NULL
+          OR (chains[candidate]).last - ignored = c.before - ignored) THEN
         n := candidate;
         EXIT;
       END IF;
@@ -2916,7 +3595,7 @@ $$;
 -- (on_conflict => 'error'), skipped, deleted, inserted or updated; step: what to write, if
 -- anything; conflict: the row named for the error; taken: a row of a table without a key this
 -- row claims (no other row may take it).
-CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[],
+CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[], moving tid[],
                                 OUT verdict text, OUT step jsonb, OUT conflict text, OUT claimed tid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2953,7 +3632,8 @@ BEGIN
       AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
     WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
         found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
-    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+    -- The key it goes back to is another row's, unless the revert moves that row away.
+    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id AND target_id <> ALL (moving) THEN 'conflict'
     ELSE 'revert' END;
   IF verdict = 'conflict' AND on_conflict = 'error' THEN
     conflict := pg_catalog.format('%I.%I %s (changes %s)', info ->> 'schema', info ->> 'table',
@@ -2972,7 +3652,7 @@ BEGIN
   END IF;
   step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
     'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain.first_id,
-    'last_id', chain.last_id, 'depth', info -> 'depth');
+    'last_id', chain.last_id, 'depth', info -> 'depth', 'ids', chain.ids);
   IF target IS NULL AND found_expected IS NULL THEN
     verdict := 'unchanged';
     step := NULL;
@@ -2984,8 +3664,9 @@ BEGIN
     step := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1, 'columns', bemi.known_columns(target, writable));
   ELSE
     verdict := 'updated';
+    -- Ignored columns are left as they are: their later values were never stored.
     step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
-      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
+      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable, ignored)));
     IF step -> 'columns' = '[]' THEN
       verdict := 'unchanged';
       step := NULL;
@@ -2994,6 +3675,38 @@ BEGIN
       step := step || pg_catalog.jsonb_build_object('at', found_expected);
     END IF;
   END IF;
+END
+$$;
+
+-- A row's changes undone one by one, newest first, as steps like revert_row's (with their
+-- statements): for a revert whose net writes cannot be put in an order the constraints
+-- accept (keys swapped under a key that is not DEFERRABLE, cycles of foreign keys), written
+-- by revert_from in reverse commit order, each the inverse of a write the table once took.
+-- Empty for a table without a key (its rows are found by value, not by key).
+CREATE FUNCTION bemi.revert_replay(changes regclass, ids text, info jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writable text[] := bemi.text_array(info -> 'writable');
+  ignored text[] := bemi.text_array(info -> 'ignored');
+  undone jsonb;
+BEGIN
+  IF info -> 'keys' = 'null' THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE pg_catalog.format($q$
+    SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))), '[]') FROM (
+      SELECT pg_catalog.jsonb_build_object('relation', $2 -> 'relation', 'keys', $2 -> 'keys', 'id', x.id,
+          'committed_at', x.committed_at, 'last_id', x.id, 'target', x.before, 'at', x.after, 'image', x.after,
+          'match', bemi.known_columns(x.after, $3, $4))
+        || CASE x.operation
+          WHEN 'CREATE' THEN '{"kind": "delete"}'
+          WHEN 'DELETE' THEN pg_catalog.jsonb_build_object('kind', 'insert', 'columns', bemi.known_columns(x.before, $3))
+          ELSE pg_catalog.jsonb_build_object('kind', 'update', 'columns', bemi.known_columns(x.before, $3, $4)) END AS s
+      FROM %s AS x WHERE x.id = ANY (pg_catalog.string_to_array($1, ',')::bigint[])) AS u$q$, changes)
+    INTO undone USING ids, info, writable, ignored;
+  RETURN undone;
 END
 $$;
 
@@ -3008,7 +3721,10 @@ AS $$
 DECLARE
   by_change boolean;
   tables jsonb;
+  chains bemi.revert_chain[];
   chain bemi.revert_chain;
+  keys text[];
+  moving tid[] := '{}';   -- rows a step takes off their keys
   checked record;
   taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
   conflicts text[] := '{}';
@@ -3018,8 +3734,19 @@ BEGIN
   SELECT r.ids, r.by_change INTO ids, by_change FROM bemi.revert_ids(changes, change_ids, on_conflict) AS r;
   tables := bemi.revert_tables(changes, ids);
   -- Each row's changes, chained: its net effect is its first before and its last after.
-  FOR chain IN SELECT * FROM bemi.revert_chains(changes, ids, tables, by_change) LOOP
-    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken);
+  chains := ARRAY(SELECT c FROM bemi.revert_chains(changes, ids, tables, by_change) AS c);
+  -- The rows the revert takes off their keys (moved back, or deleted): their keys are free for
+  -- other rows of the revert (a swap of keys is no conflict).
+  FOREACH chain IN ARRAY chains LOOP
+    keys := bemi.text_array(tables -> chain.table_name -> 'keys');
+    IF keys IS NOT NULL AND chain.last IS NOT NULL
+       AND (chain.first IS NULL OR bemi.image_key(chain.first, keys) IS DISTINCT FROM bemi.image_key(chain.last, keys)) THEN
+      moving := moving || ARRAY(SELECT l.row_id FROM bemi.locked_row(chain.relation, keys, chain.last, '{}') AS l
+                                WHERE l.row_id IS NOT NULL);
+    END IF;
+  END LOOP;
+  FOREACH chain IN ARRAY chains LOOP
+    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken, moving);
     IF checked.claimed IS NOT NULL THEN
       taken[pg_catalog.cardinality(taken) + 1] := checked.claimed;
     END IF;
@@ -3027,7 +3754,8 @@ BEGIN
       conflicts[pg_catalog.cardinality(conflicts) + 1] := checked.conflict;
     END IF;
     IF checked.step IS NOT NULL THEN
-      planned[pg_catalog.cardinality(planned) + 1] := checked.step;
+      planned[pg_catalog.cardinality(planned) + 1] := checked.step
+        || pg_catalog.jsonb_build_object('replay', bemi.revert_replay(changes, checked.step ->> 'ids', tables -> chain.table_name));
     END IF;
     result_rows[pg_catalog.cardinality(result_rows) + 1] := pg_catalog.jsonb_build_array(chain.last_id,
       tables -> chain.table_name ->> 'schema', tables -> chain.table_name ->> 'table',
@@ -3069,6 +3797,38 @@ BEGIN
 END
 $$;
 
+-- Writes one step (revert_sql's statement): on the row the plan locked, or for a step of a
+-- replay the row with its key and values; where that row is not found (an earlier step's
+-- cascade rewrote it), the one row with its key. Runs as its caller, like revert_from.
+CREATE FUNCTION bemi.revert_write(step jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  written pg_catalog.int8;
+  relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
+  keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
+BEGIN
+  -- Values the trail does not know ("[masked]", "[erased]") are never written, nor read as
+  -- values of their columns' types.
+  EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+    USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), step OPERATOR(pg_catalog.->>) 'row_id',
+      bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), step OPERATOR(pg_catalog.->) 'image';
+  GET DIAGNOSTICS written = ROW_COUNT;
+  IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
+      INTO written USING bemi.known_values(step OPERATOR(pg_catalog.->) 'at');
+    IF written OPERATOR(pg_catalog.<>) 1 THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
+        USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
+    END IF;
+    EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+      USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), NULL::pg_catalog.text,
+        bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), NULL::pg_catalog.jsonb;
+  END IF;
+END
+$$;
+
 -- Writes as its caller, with the caller's search_path (so the caller's triggers and row
 -- security run as they always do); everything it runs is schema-qualified. Where the tables
 -- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
@@ -3087,7 +3847,13 @@ DECLARE
   error_message text;
   error_detail text;
 BEGIN
-  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  BEGIN
+    SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  EXCEPTION WHEN data_exception THEN -- a value of the trail the table cannot take (retyped since)
+    GET STACKED DIAGNOSTICS error_message = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(error_message, NULL);
+    RAISE;
+  END;
   -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
   caller_context := bemi.revert_context_begin(plan.ids);
   -- In order (parents inserted before children, children deleted before parents); rows of one
@@ -3096,32 +3862,48 @@ BEGIN
   pending := plan.steps;
   BEGIN
     FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
-      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+      PERFORM bemi.revert_write(step);
     END LOOP;
     pending := '[]';
   EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
     NULL; -- undone: written one by one below
   END;
-  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
-    failed := '[]';
-    progress := false;
-    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
-      BEGIN
-        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
-        progress := true;
-      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
-        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
-      END;
+  BEGIN
+    WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+      failed := '[]';
+      progress := false;
+      FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+        BEGIN
+          PERFORM bemi.revert_write(step);
+          progress := true;
+        EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+          failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+          GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+        END;
+      END LOOP;
+      IF NOT progress THEN
+        RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+          USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+      END IF;
+      pending := failed;
     END LOOP;
-    IF NOT progress THEN
-      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
-        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
-    END IF;
-    pending := failed;
-  END LOOP;
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    -- No order of the net writes is accepted (the writes above are undone): the changes undone
+    -- one by one, newest first, with DEFERRABLE constraints checked once at the end.
+    GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+    BEGIN
+      SET CONSTRAINTS ALL DEFERRED;
+      FOR step IN SELECT u.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s,
+                    pg_catalog.jsonb_array_elements(s.value OPERATOR(pg_catalog.->) 'replay') AS u
+                  ORDER BY (u.value OPERATOR(pg_catalog.->>) 'committed_at')::pg_catalog.timestamptz DESC,
+                    (u.value OPERATOR(pg_catalog.->>) 'id')::pg_catalog.int8 DESC LOOP
+        PERFORM bemi.revert_write(step);
+      END LOOP;
+      SET CONSTRAINTS ALL IMMEDIATE;
+    EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+      RAISE EXCEPTION '%', error_message USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END;
+  END;
   PERFORM bemi.set_context(caller_context);
   RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
       r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
@@ -3164,8 +3946,10 @@ BEGIN
 END
 $$;
 
--- since: committed at or after (NULL: ever).
-CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL) RETURNS bigint[]
+-- since: committed at or after (NULL: ever). The empty context matches every change: refused
+-- unless match_all.
+CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL, match_all boolean DEFAULT false)
+RETURNS bigint[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -3175,6 +3959,10 @@ BEGIN
   IF pg_catalog.jsonb_typeof(context_changes.context) IS DISTINCT FROM 'object' THEN
     RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(context_changes.context), 'NULL')
       USING ERRCODE = 'invalid_parameter_value';
+  ELSIF context_changes.context = '{}' AND match_all IS NOT TRUE THEN
+    RAISE EXCEPTION 'bemi: the empty context matches every change in the trail%', CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the context to revert, e.g. ''{"request_id": "..."}''; to revert every change, pass match_all => true.';
   END IF;
   SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
   WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since)
@@ -3198,19 +3986,86 @@ END;
 
 COMMENT ON FUNCTION bemi.revert_transaction(bigint, text) IS 'bemi.revert of every change of one transaction.';
 
-CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error')
+CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error',
+                                    match_all boolean DEFAULT false)
 RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
 LANGUAGE sql
 BEGIN ATOMIC
   SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
-  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since), revert_context.on_conflict) AS r;
+  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since, NULL, revert_context.match_all),
+                   revert_context.on_conflict) AS r;
 END;
 
-COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
-  'bemi.revert of every change whose context contains the given one, committed at or after since.';
+COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text, boolean) IS
+  'bemi.revert of every change whose context contains the given one, committed at or after since (the empty context only with match_all => true).';
 
-REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass) TO PUBLIC;
+-- Where the trail is: the changes of a range of transactions, in commit order from the first
+-- change of one through the last change of another (and every transaction committed between).
+CREATE FUNCTION bemi.transactions_changes(first_transaction bigint, last_transaction bigint, database_name text DEFAULT NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  first_change bigint := (SELECT pg_catalog.min(i) FROM pg_catalog.unnest(bemi.transaction_changes(first_transaction, database_name)) AS i);
+  last_change bigint := (SELECT pg_catalog.max(i) FROM pg_catalog.unnest(bemi.transaction_changes(last_transaction, database_name)) AS i);
+  bounds record;
+BEGIN
+  SELECT (SELECT x.committed_at FROM bemi.changes AS x WHERE x.id = first_change) AS low,
+         (SELECT x.committed_at FROM bemi.changes AS x WHERE x.id = last_change) AS high INTO bounds;
+  IF (bounds.low, first_change) > (bounds.high, last_change) THEN
+    RAISE EXCEPTION 'bemi: transaction % committed after transaction %', first_transaction, last_transaction
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the earlier transaction first.';
+  END IF;
+  RETURN (SELECT pg_catalog.array_agg(x.id ORDER BY x.committed_at, x.id) FROM bemi.changes AS x
+          WHERE x.committed_at BETWEEN bounds.low AND bounds.high
+            AND (x.committed_at, x.id) >= (bounds.low, first_change) AND (x.committed_at, x.id) <= (bounds.high, last_change)
+            AND (database_name IS NULL OR x.database = database_name));
+END
+$$;
+
+CREATE FUNCTION bemi.revert_transactions(first_transaction bigint, last_transaction bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.transactions_changes(revert_transactions.first_transaction, revert_transactions.last_transaction),
+                   revert_transactions.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert_transactions(bigint, bigint, text) IS
+  'bemi.revert of every change of the transactions committed from one through another, in one call.';
+
+-- What bemi.revert would do, without writing: per row, the action and the values the row
+-- would get (the columns written: all it would insert, those it would update; NULL for a
+-- delete or no write). Rows are locked as by a revert, until the caller's transaction ends.
+CREATE FUNCTION bemi.revert_preview(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text, new_values jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  plan record;
+  failure text;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan('bemi.changes', change_ids, on_conflict);
+  RETURN QUERY SELECT (r.value ->> 0)::bigint, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
+      (SELECT pg_catalog.jsonb_object_agg(c.name, s.value -> 'target' -> c.name)
+       FROM pg_catalog.jsonb_array_elements(plan.steps) AS s, pg_catalog.jsonb_array_elements_text(s.value -> 'columns') AS c(name)
+       WHERE (s.value -> 'last_id') = (r.value -> 0))
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+EXCEPTION WHEN data_exception THEN
+  GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+  PERFORM bemi.unfit_value(failure, NULL);
+  RAISE;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
+  'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
+
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 10. Retention and erasure: old history goes as whole partitions, and one row's personal

@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bemi_pg.context import context, current_context
-from bemi_pg.revert import Reverted, revert, revert_async
-from bemi_pg.timetravel import row_at, row_at_async, table_at, table_at_async
+from bemi_pg.revert import Previewed, Reverted, revert, revert_async, revert_preview
+from bemi_pg.timetravel import (row_at, row_at_async, row_at_transaction, row_versions, table_at, table_at_async,
+                                table_at_transaction)
 from bemi_pg.transaction import set_context, set_context_async, with_context
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "context", "current_context", "seed_example", "set_context", "set_context_async", "with_context",
-    "Reverted", "revert", "revert_async", "row_at", "row_at_async", "table_at", "table_at_async",
+    "Previewed", "Reverted", "revert", "revert_async", "revert_preview", "row_at", "row_at_async",
+    "row_at_transaction", "row_versions", "table_at", "table_at_async", "table_at_transaction",
 ]
 __version__ = "1.0.0"
 

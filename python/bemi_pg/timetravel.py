@@ -2,6 +2,9 @@
 
     bemi_pg.row_at(conn, "todo", 26, at)          # {"id": 26, "task": "Sleep", ...} or None
     bemi_pg.table_at(conn, "todo", at)            # [{"id": 26, ...}, ...], typed values
+    bemi_pg.row_at_transaction(conn, "todo", 26, 1234)   # right after transaction 1234 committed
+    bemi_pg.table_at_transaction(conn, "todo", 1234)
+    bemi_pg.row_versions(conn, "todo", 26)        # [{"valid_from", "valid_to", "image", ...}, ...]
 
 Thin wrappers over ``bemi.row_at`` and ``bemi.table_at`` (docs/time-travel.md): a moment
 before tracking began, or past what has been ingested, raises ``psycopg.errors.InvalidParameterValue``.
@@ -12,14 +15,14 @@ Each is written once, as steps (bemi_pg.steps), for sync and async connections a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.rows import dict_row, tuple_row
 
 from bemi_pg import trail_database
 from bemi_pg.steps import Query, Steps, run, run_async
@@ -27,8 +30,10 @@ from bemi_pg.steps import Query, Steps, run, run_async
 Table = str | tuple[str, str]
 """A table: a name as SQL reads it ("todo", "public.todo", '"User"'), or (schema, table)."""
 
-Key = str | int | Sequence[Any]
-"""A primary key: its value (text as in bemi.changes.primary_key), or the values of a composite key."""
+Key = Any
+"""A primary key: its value (str, int, Decimal, UUID, date, datetime, ...), or a sequence (tuple)
+of the values of a composite key in key order. The server reads it with the key columns' types
+(bemi.trail_key), so any spelling its types accept names the same row."""
 
 Moment = datetime | str
 
@@ -39,11 +44,27 @@ def relation(table: Table) -> sql.Composable:
     return sql.SQL("{}::regclass").format(sql.Literal(name))
 
 
+def key_value(value: Any) -> Any:
+    """One key value as JSON can carry it: numbers and strings as they are, anything else
+    (Decimal, UUID, dates, times) as its text, which the column's type reads back exactly."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def key_text(primary_key: Key) -> str:
+    """The key as bemi.row_at takes it: one value as text, a composite key as a JSON array."""
+    if isinstance(primary_key, Sequence) and not isinstance(primary_key, (str, bytes)):
+        return json.dumps([key_value(v) for v in primary_key])
+    value = key_value(primary_key)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def key_sql(primary_key: Key) -> tuple[sql.Composable, Any]:
-    """The key in the text form of bemi.changes.primary_key: composite keys as the server's JSON text."""
-    if isinstance(primary_key, (str, int)):
-        return sql.SQL("%s::text"), str(primary_key)
-    return sql.SQL("(%s::jsonb)::text"), Jsonb(list(primary_key))
+    """The key as a text parameter of bemi.row_at (bemi.trail_key reads it with the key's types)."""
+    return sql.SQL("%s::text"), key_text(primary_key)
 
 
 def row_steps(table: Table, primary_key: Key, at: Moment, trail: bool) -> Steps[dict[str, Any] | None]:
@@ -94,3 +115,29 @@ async def table_at_async(conn: psycopg.AsyncConnection[Any], table: Table, at: M
                          trail: psycopg.AsyncConnection[Any] | None = None) -> list[dict[str, Any]]:
     """``table_at`` for an ``AsyncConnection``."""
     return await run_async(table_steps(table, at, trail is not None), conn, trail)
+
+
+def row_at_transaction(conn: psycopg.Connection[Any], table: Table, primary_key: Key, transaction_id: int) -> dict[str, Any] | None:
+    """The row as it was right after a transaction (bemi.changes.transaction_id) committed:
+    exact where several transactions share a commit time (bemi.row_at_transaction)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        (row,), = cur.execute(sql.SQL("SELECT bemi.row_at_transaction({}, %s::text, %s)").format(relation(table)),
+                              [key_text(primary_key), transaction_id]).fetchall()
+    return row  # type: ignore[no-any-return]
+
+
+def table_at_transaction(conn: psycopg.Connection[Any], table: Table, transaction_id: int) -> list[dict[str, Any]]:
+    """Every row of the table as it was right after a transaction committed, as dicts of typed values."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        (name,), = cur.execute(sql.SQL(ROW_TYPE).format(relation(table))).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql.SQL("SELECT * FROM bemi.table_at_transaction(NULL::{}, %s)").format(sql.SQL(name)),
+                           [transaction_id]).fetchall()
+
+
+def row_versions(conn: psycopg.Connection[Any], table: Table, primary_key: Key) -> list[dict[str, Any]]:
+    """Every version of the row, oldest first, following its key moves (bemi.row_versions):
+    dicts with valid_from, valid_to, change_id, transaction_id, primary_key and image."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql.SQL("SELECT * FROM bemi.row_versions({}, %s::text)").format(relation(table)),
+                           [key_text(primary_key)]).fetchall()

@@ -49,12 +49,15 @@ def history(relation: sql.Composable, at: datetime | str) -> Steps[tuple[str, da
 
 
 def row_steps(relation: sql.Composable, key: sql.Composable, value: Any, at: datetime | str) -> Steps[Any]:
-    """bemi.row_at: row_history on the trail, row_from on the source."""
+    """bemi.row_at: the key read with the table's types and row_from on the source,
+    row_history on the trail."""
     found, moment, _ = yield from history(relation, at)
-    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s::jsonb, {}, %s)::text").format(key),
-                            [found, value, moment], on_trail=True)
-    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, {}, %s, %s::jsonb)::text").format(relation, key),
-                          [value, moment, event])
+    (canonical, form), = yield Query(sql.SQL("SELECT bemi.trail_key({0}, {1}), bemi.key_form({0})::text").format(relation, key),
+                                     [value])
+    (event,), = yield Query(sql.SQL("SELECT bemi.row_history(%s::jsonb || %s::jsonb, %s, %s)::text"),
+                            [found, form, canonical, moment], on_trail=True)
+    (row,), = yield Query(sql.SQL("SELECT bemi.row_from({}, %s, %s, %s::jsonb)::text").format(relation),
+                          [canonical, moment, event])
     return None if row is None else json.loads(row)
 
 
@@ -81,17 +84,22 @@ def table_steps(relation: sql.Composable, at: datetime | str, rows: RowFactory[A
     return table
 
 
-def revert_steps(change_ids: list[int] | None, transaction_id: int | None, context: dict[str, Any] | None,
-                 since: datetime | str | None, on_conflict: str, rows: RowFactory[Any]) -> Steps[list[Any]]:
-    """bemi.revert (and revert_transaction, revert_context): the changes chosen on the trail (of
-    the source database only), copied to the source, reverted there by revert_from."""
-    (database, since), = yield Query(sql.SQL("SELECT current_database(), %s::timestamptz"), [since])
+def revert_steps(chosen: Any, on_conflict: str, rows: RowFactory[Any]) -> Steps[list[Any]]:
+    """bemi.revert (and revert_transaction(s), revert_context): the changes chosen (a
+    bemi_pg.revert.Choice) on the trail, of the source database only, copied to the source,
+    reverted there by revert_from."""
+    (database, since), = yield Query(sql.SQL("SELECT current_database(), %s::timestamptz"), [chosen.since])
+    change_ids = chosen.change_ids
     if change_ids is None:
-        chosen = (Query(sql.SQL("SELECT bemi.transaction_changes(%s, %s)"), [transaction_id, database], on_trail=True)
-                  if transaction_id is not None else
-                  Query(sql.SQL("SELECT bemi.context_changes(%s::jsonb, %s, %s)"), [json.dumps(context), since, database],
-                        on_trail=True))
-        (change_ids,), = yield chosen
+        if chosen.transaction_id is not None:
+            query = Query(sql.SQL("SELECT bemi.transaction_changes(%s, %s)"), [chosen.transaction_id, database], on_trail=True)
+        elif chosen.transaction_range is not None:
+            query = Query(sql.SQL("SELECT bemi.transactions_changes(%s, %s, %s)"), [*chosen.transaction_range, database],
+                          on_trail=True)
+        else:
+            query = Query(sql.SQL("SELECT bemi.context_changes(%s::jsonb, %s, %s, %s)"),
+                          [json.dumps(chosen.context), since, database, chosen.match_all], on_trail=True)
+        (change_ids,), = yield query
     # None of a transaction the trail holds only in part (bemi.check_stored raises ZB002).
     yield Query(sql.SQL("SELECT bemi.check_stored('bemi.changes', %s::bigint[])"), [change_ids], on_trail=True)
     yield Query(CREATE_ROWS, [])

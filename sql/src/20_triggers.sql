@@ -1,7 +1,8 @@
 ------------------------------------------------------------------------------------------
 -- 2. The context trigger: before each statement on a tracked table, put the context into
 --    the WAL, once, and only when it differs from the last one this transaction emitted.
---    Holds: bemi.comment_context(text, text), bemi.statement_text(text), bemi.context_trigger().
+--    Holds: bemi.comment_context(text, text), bemi.statement_text(text), bemi.partition_event(oid, text, oid),
+--    bemi.context_trigger().
 ------------------------------------------------------------------------------------------
 
 -- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, as written; '' when there
@@ -99,6 +100,39 @@ BEGIN
 END
 $$;
 
+-- Rows of a partition that leave or join its root without a change of their own: TRUNCATE of
+-- the partition alone (pgoutput, publishing through the root, sends no TRUNCATE for it),
+-- DETACH and ATTACH. Written to the WAL as a transactional message with the prefix
+-- 'bemi.truncate', which both ingest paths store as a TRUNCATE of the root whose before names
+-- the partition: {"partition_schema", "partition", "event": truncate | detach | attach}
+-- (docs/time-travel.md, "Partitions"). root: the root it left (DETACH), else the root it is
+-- under now (NULL: nothing, for a table that is not a partition).
+CREATE FUNCTION bemi.partition_event(relation oid, event text, root oid DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  root := coalesce(root, (
+    WITH RECURSIVE up(member, depth) AS (
+      SELECT relation, 0
+      UNION ALL
+      SELECT i.inhparent, u.depth + 1 FROM up AS u
+      JOIN pg_catalog.pg_class AS c ON c.oid = u.member AND c.relispartition
+      JOIN pg_catalog.pg_inherits AS i ON i.inhrelid = u.member
+    )
+    SELECT u.member FROM up AS u WHERE u.depth > 0 ORDER BY u.depth DESC LIMIT 1));
+  IF root IS NULL THEN
+    RETURN;
+  END IF;
+  PERFORM pg_catalog.pg_logical_emit_message(true, 'bemi.truncate', pg_catalog.jsonb_build_object(
+    'relid', r.oid::bigint, 'schema', rn.nspname, 'table', r.relname, 'partition_schema', pn.nspname, 'partition', p.relname,
+    'event', event)::text)
+  FROM pg_catalog.pg_class AS p JOIN pg_catalog.pg_namespace AS pn ON pn.oid = p.relnamespace,
+    pg_catalog.pg_class AS r JOIN pg_catalog.pg_namespace AS rn ON rn.oid = r.relnamespace
+  WHERE p.oid = relation AND r.oid = root;
+END
+$$;
+
 -- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
 -- the context: one current_query() read and one strpos per statement, never per row.
 -- bemi.context and bemi.emitted count only when they hold this transaction's mark
@@ -128,6 +162,9 @@ BEGIN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi',
       CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
     query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+  END IF;
+  IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+    PERFORM bemi.partition_event(TG_RELID, 'truncate');
   END IF;
   RETURN NULL;
 END

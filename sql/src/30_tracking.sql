@@ -257,6 +257,7 @@ DECLARE
   persistence "char";
   is_partition boolean;
   unknown text;
+  previous_setting text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO unknown
   FROM pg_catalog.unnest(coalesce(ignore_columns, '{}') || coalesce(mask_columns, '{}')) AS c
@@ -280,6 +281,9 @@ BEGIN
       USING ERRCODE = 'wrong_object_type', HINT = 'Track its partitioned parent, which covers every partition.';
   END IF;
   PERFORM bemi.create_publication();
+  -- The ALTER TABLEs below are bemi's own: the event trigger (bemi.track_new_tables) leaves them.
+  previous_setting := pg_catalog.current_setting('bemi.tracking_new', true);
+  PERFORM pg_catalog.set_config('bemi.tracking_new', 'on', true);
   FOR member IN SELECT bemi.members(relation) LOOP
     SELECT c.relpersistence INTO persistence FROM pg_catalog.pg_class c WHERE c.oid = member;
     IF persistence = 't' THEN
@@ -334,6 +338,7 @@ BEGIN
       EXECUTE pg_catalog.format('ALTER PUBLICATION bemi ADD TABLE ONLY %s', member);
     END IF;
   END LOOP;
+  PERFORM pg_catalog.set_config('bemi.tracking_new', coalesce(previous_setting, ''), true);
 END
 $$;
 

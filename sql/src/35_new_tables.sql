@@ -1,6 +1,6 @@
 ------------------------------------------------------------------------------------------
 -- 4. Tracking new tables: an event trigger tracks tables and partitions created later.
---    Holds: bemi.auto_tracked, bemi.track_new_tables() and its event trigger
+--    Holds: bemi.auto_tracked, bemi.partitions_moved(), bemi.track_new_tables() and its event trigger
 --    bemi_track_new_tables, bemi.track_all(name, boolean).
 ------------------------------------------------------------------------------------------
 
@@ -15,6 +15,47 @@ COMMENT ON TABLE bemi.auto_tracked IS
   'Schemas whose new tables are tracked when they are created (bemi.track_all(schema, auto => true)).';
 
 SELECT pg_catalog.pg_extension_config_dump('bemi.auto_tracked', '');
+
+-- After an ALTER TABLE of a tracked root: a partition detached takes its rows out of the root
+-- without a change of their own, and one attached brings its rows in; each (when it has rows)
+-- is written to the WAL as a partition event (bemi.partition_event), which the trail stores as
+-- a TRUNCATE of the root naming the partition. A detached partition is no longer tracked
+-- (bemi.untrack: it leaves bemi.tracked and status); an attached one is tracked by the caller.
+-- Inheritance children (published by themselves) are left as they are.
+CREATE FUNCTION bemi.partitions_moved(top regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+  has_rows boolean;
+BEGIN
+  FOR member IN
+    SELECT t.relation FROM bemi.tracking AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relation
+    WHERE t.root = top AND t.relation <> top AND NOT c.relispartition
+      AND t.relation NOT IN (SELECT bemi.members(top))
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r JOIN pg_catalog.pg_publication AS p ON p.oid = r.prpubid
+                      WHERE p.pubname = 'bemi' AND r.prrelid = t.relation)
+  LOOP
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', member) INTO has_rows;
+    IF has_rows THEN
+      PERFORM bemi.partition_event(member, 'detach', top);
+    END IF;
+    PERFORM bemi.untrack(member);
+  END LOOP;
+  FOR member IN
+    SELECT m.member FROM bemi.members(top) AS m(member) JOIN pg_catalog.pg_class AS c ON c.oid = m.member
+    WHERE c.relispartition AND NOT EXISTS (SELECT FROM bemi.tracking AS t WHERE t.relation = m.member)
+      AND EXISTS (SELECT FROM pg_catalog.pg_inherits AS i JOIN bemi.tracking AS t ON t.relation = i.inhparent
+                  WHERE i.inhrelid = m.member) -- the partition attached, not those under it
+  LOOP
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', member) INTO has_rows;
+    IF has_rows THEN
+      PERFORM bemi.partition_event(member, 'attach');
+    END IF;
+  END LOOP;
+END
+$$;
 
 -- At the end of CREATE TABLE (AS), SELECT INTO and ALTER TABLE: tracks a new table of an
 -- auto-tracked schema, and a tracked table again when it gained a partition or child (CREATE
@@ -48,6 +89,9 @@ BEGIN
       SELECT i.inhparent, u.depth + 1 FROM up u JOIN pg_catalog.pg_inherits i ON i.inhrelid = u.relation
     )
     SELECT u.relation::pg_catalog.regclass INTO top FROM up u ORDER BY u.depth DESC LIMIT 1;
+    IF created.command_tag = 'ALTER TABLE' AND EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
+      PERFORM bemi.partitions_moved(top);
+    END IF;
     IF EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = top AND t.root = top) THEN
       IF NOT EXISTS (SELECT FROM bemi.members(top) AS m(member)
                      WHERE NOT EXISTS (SELECT FROM bemi.tracking t WHERE t.relation = m.member)) THEN
@@ -141,5 +185,5 @@ $$;
 COMMENT ON FUNCTION bemi.track_all(name, boolean) IS
   'Tracks every ordinary and partitioned table of a schema (an unlogged one is left out, with a NOTICE); auto => true also tracks tables created there later (false stops that).';
 
-REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables() FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.track_all(name, boolean), bemi.track_new_tables(), bemi.partitions_moved(regclass) FROM PUBLIC;
 REVOKE ALL ON bemi.auto_tracked FROM PUBLIC;

@@ -1,7 +1,8 @@
 ------------------------------------------------------------------------------------------
 -- 6. Decoding: pgoutput's binary messages, read by the SQL path (bemi.ingest, bemi.wal).
 --    The streaming worker reads the same messages in Python (python/bemi_pg/pgoutput.py).
---    Holds: bemi.int_at(), bemi.time_at(), bemi.message_text(), bemi.stage_from_slot().
+--    Holds: bemi.int_at(), bemi.time_at(), bemi.message_text(), bemi.partition_message(),
+--    bemi.stage_from_slot().
 ------------------------------------------------------------------------------------------
 
 -- A big-endian integer of width bytes at a zero-based offset of a pgoutput message.
@@ -30,6 +31,32 @@ BEGIN
   RETURN pg_catalog.convert_from(content, pg_catalog.getdatabaseencoding());
 EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
   RETURN content::text;
+END
+$$;
+
+-- A 'bemi.truncate' message (bemi.partition_event) read, or NULL when it is not one bemi
+-- wrote: {"relid", "schema", "table"} of the root, and the values of the TRUNCATE's before
+-- (partition_schema, partition, event). Staged as a TRUNCATE of the root, the relation
+-- described by these three text columns; both ingest paths do the same (the worker in
+-- python/bemi_pg/ingest/staging.py).
+CREATE FUNCTION bemi.partition_message(content text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  parsed jsonb;
+BEGIN
+  parsed := content::jsonb;
+  IF pg_catalog.jsonb_typeof(parsed) = 'object' AND pg_catalog.jsonb_typeof(parsed -> 'relid') = 'number'
+     AND (parsed ->> 'relid') ~ '^[0-9]{1,10}$' AND (parsed ->> 'relid')::bigint BETWEEN 1 AND 4294967295
+     AND parsed ->> 'event' IN ('truncate', 'detach', 'attach')
+     AND (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_each(parsed) AS e
+          WHERE e.key IN ('schema', 'table', 'partition_schema', 'partition') AND pg_catalog.jsonb_typeof(e.value) = 'string') = 4 THEN
+    RETURN parsed;
+  END IF;
+  RETURN NULL;
+EXCEPTION WHEN data_exception THEN
+  RETURN NULL;
 END
 $$;
 
@@ -79,6 +106,7 @@ DECLARE
   ordinal integer := 0;
   i integer;
   relids integer;
+  event jsonb;
 BEGIN
   -- Sent as UTF8, an SQL_ASCII database's bytes would first be checked as UTF8, and the first
   -- value that is not would stop ingest. (The SET clause restores client_encoding on return.)
@@ -112,6 +140,20 @@ BEGIN
         lsn := message.lsn; xid := message.xid;
         data := pg_catalog.jsonb_build_object('action', 'M', 'transactional', true, 'prefix', 'bemi', 'content', context);
         RETURN NEXT;
+      ELSIF pg_catalog.get_byte(m, 1) = 1 AND pg_catalog.substr(m, 11, ends - 11) = '\x62656d692e7472756e63617465'::bytea THEN
+        -- 'bemi.truncate': rows of a partition that left or joined the root (bemi.partition_event).
+        event := bemi.partition_message(bemi.message_text(pg_catalog.substr(m, ends + 5, bemi.int_at(m, ends, 4)::integer)));
+        IF event IS NOT NULL THEN
+          shapes := shapes + 1;
+          INSERT INTO bemi.staged_relations (relation, relid, schema, "table", columns, types, typmods, identity)
+          VALUES (shapes, (event ->> 'relid')::bigint::oid, event ->> 'schema', event ->> 'table',
+                  '{partition_schema,partition,event}', '{25,25,25}', '{-1,-1,-1}', '{f,f,f}');
+          IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
+          ordinal := ordinal + 1;
+          INSERT INTO bemi.staged (seq, relation, operation, position, ordinal, transaction_id, committed_at, context, old_values)
+          VALUES (seq, shapes, 'T', message.lsn, ordinal, xact_id, commit_time, context,
+                  ARRAY[event ->> 'partition_schema', event ->> 'partition', event ->> 'event']);
+        END IF;
       END IF;
     ELSIF kind = 'R' THEN
       -- relid, namespace, name, replica identity, then per column: flags, name, type, typmod.
@@ -187,6 +229,11 @@ BEGIN
     ELSIF kind = 'T' THEN
       -- number of relations, options, then their OIDs.
       relids := bemi.int_at(m, 1, 4)::integer;
+      -- A TRUNCATE of a root covers the partition TRUNCATEs of its statement (and any before it
+      -- in its transaction): those are not stored.
+      DELETE FROM bemi.staged AS s USING bemi.staged_relations AS r
+      WHERE r.relation = s.relation AND s.operation = 'T' AND s.old_values IS NOT NULL AND s.transaction_id = xact_id
+        AND r.relid IN (SELECT bemi.int_at(m, 6 + 4 * g.n, 4)::oid FROM pg_catalog.generate_series(0, relids - 1) AS g(n));
       IF message.lsn IS DISTINCT FROM last_position THEN ordinal := 0; last_position := message.lsn; END IF;
       FOR i IN 0..relids - 1 LOOP
         ordinal := ordinal + 1;

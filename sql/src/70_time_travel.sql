@@ -2,9 +2,12 @@
 -- 8. Time travel: a row or a whole table as it was at a commit time, from the trail.
 --    Holds: bemi.image_key(), bemi.message_relids(), bemi.pending_writes(), bemi.covered_from(),
 --    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
---    bemi.known_values(), bemi.key_match(), bemi.row_event(), bemi.row_history(),
---    bemi.row_from(), bemi.row_at(), bemi.check_count(), bemi.table_of(), bemi.table_history(),
---    bemi.table_from(), bemi.table_at(), bemi.diff().
+--    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
+--    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
+--    bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
+--    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(),
+--    bemi.table_history(), bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
+--    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
 
 -- Time is commit time (committed_at, ties broken by id). A row's history, an UPDATE that
@@ -287,11 +290,22 @@ END
 $$;
 
 -- An image without the values the trail does not know: "[masked]" by a column rule of
--- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there.
+-- bemi.track, "[erased]" by bemi.erase. Typed rows get NULL there. Anything but an object
+-- (JSON null: no image) is given back as it is.
 CREATE FUNCTION bemi.known_values(image jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
-RETURN (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
-        WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb));
+RETURN CASE WHEN pg_catalog.jsonb_typeof(image) = 'object' THEN
+  (SELECT coalesce(pg_catalog.jsonb_object_agg(e.key, e.value), '{}') FROM pg_catalog.jsonb_each(image) AS e
+   WHERE e.value NOT IN ('"[masked]"'::jsonb, '"[erased]"'::jsonb)) ELSE image END;
+
+-- A table's own rows, as FROM reads them: an inheritance parent ONLY (its children are
+-- tracked and stored under their own names), a partitioned table with its partitions.
+CREATE FUNCTION bemi.scan_of(relation regclass) RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN c.relkind = 'p' THEN relation::text ELSE 'ONLY ' || relation::text END
+  FROM pg_catalog.pg_class AS c WHERE c.oid = relation;
+END;
 
 -- The WHERE condition matching a table's row t by its primary key to the key of the record r.
 CREATE FUNCTION bemi.key_match(key_columns text[], t text, r text) RETURNS text
@@ -299,48 +313,143 @@ LANGUAGE sql IMMUTABLE
 RETURN (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I = %I.%I', t, k, r, k), ' AND ')
         FROM pg_catalog.unnest(key_columns) AS k);
 
+-- A primary key as the caller wrote it, read with the types of the table's key columns:
+-- {"column": value, ...} as the trail's images hold them (to_jsonb under the settings
+-- bemi.store pins), so '007', '7.0', an upper-case UUID or any spelling of a timestamp name
+-- the row they mean. One key column: the value as text; several: a JSON array of as many
+-- values, in key order. Anything else is an error (22023), never a silent miss.
+CREATE FUNCTION bemi.key_values(relation regclass, primary_key text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET timezone = 'UTC'
+AS $$
+DECLARE
+  keys text[] := bemi.key_columns(relation);
+  parts jsonb;
+  given jsonb;
+  typed jsonb;
+BEGIN
+  IF primary_key IS NULL THEN
+    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  END IF;
+  IF pg_catalog.cardinality(keys) = 1 THEN
+    given := pg_catalog.jsonb_build_object(keys[1], primary_key);
+  ELSE
+    BEGIN
+      parts := primary_key::jsonb;
+    EXCEPTION WHEN data_exception THEN
+      parts := NULL;
+    END;
+    IF pg_catalog.jsonb_typeof(parts) IS DISTINCT FROM 'array' OR pg_catalog.jsonb_array_length(parts) <> pg_catalog.cardinality(keys) THEN
+      RAISE EXCEPTION 'bemi: the primary key of % has % columns (%): a key is a JSON array of % values, not %', relation,
+          pg_catalog.cardinality(keys), pg_catalog.array_to_string(keys, ', '), pg_catalog.cardinality(keys), pg_catalog.quote_literal(primary_key)
+        USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the values in key order, e.g. ''["acme", 7]''.';
+    END IF;
+    given := (SELECT pg_catalog.jsonb_object_agg(k.name, parts -> (k.ord::integer - 1))
+              FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord));
+  END IF;
+  BEGIN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(k.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k', relation)
+      INTO typed USING given;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: %', pg_catalog.quote_literal(primary_key), relation, SQLERRM
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Write each key value as its column''s type reads it.';
+  END;
+  typed := (SELECT pg_catalog.jsonb_object_agg(k.name, typed -> k.name) FROM pg_catalog.unnest(keys) AS k(name));
+  IF EXISTS (SELECT FROM pg_catalog.jsonb_each(typed) AS e WHERE e.value = 'null') THEN
+    RAISE EXCEPTION 'bemi: % is not a primary key of %: a key has no NULL values', pg_catalog.quote_literal(primary_key), relation
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN typed;
+END
+$$;
+
+-- A primary key as the caller wrote it, in the text form the trail writes (bemi.changes.primary_key).
+CREATE FUNCTION bemi.trail_key(relation regclass, primary_key text) RETURNS text
+LANGUAGE sql STABLE
+RETURN bemi.image_key(bemi.key_values(relation, primary_key), bemi.key_columns(relation));
+
+-- What the trail needs to know to find a key by value where its text is not unique: a key with
+-- a numeric column ('1' and '1.0' are one key) is compared as a number (one column) or as
+-- JSON (several). Merged into a history_of for row_history.
+CREATE FUNCTION bemi.key_form(relation regclass) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT CASE WHEN NOT pg_catalog.bool_or(coalesce(nullif(t.typbasetype, 0), t.oid) = 'pg_catalog.numeric'::pg_catalog.regtype) THEN '{}'::jsonb
+    WHEN pg_catalog.count(*) = 1 THEN '{"key_by_value": "number"}' ELSE '{"key_by_value": "array"}' END
+  FROM pg_catalog.unnest(bemi.key_columns(relation)) AS k(name)
+  JOIN pg_catalog.pg_attribute AS a ON a.attrelid = relation AND a.attname = k.name
+  JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid;
+END;
+
+-- Whether two keys in the trail's text form name the same row of a table: equal texts, or
+-- equal values where the text is not unique (numeric columns).
+CREATE FUNCTION bemi.same_key(relation regclass, a text, b text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF a IS NULL OR b IS NULL THEN
+    RETURN false;
+  ELSIF a = b OR bemi.key_form(relation) = '{}' THEN
+    RETURN a = b;
+  END IF;
+  RETURN bemi.key_values(relation, a) = bemi.key_values(relation, b);
+EXCEPTION WHEN invalid_parameter_value THEN
+  RETURN false; -- a key written under another key definition
+END
+$$;
+
 -- The latest (latest = true: at or before at) or the first (after at) change of the row with a
 -- primary key: one made under that key, one that moved the key away, or a TRUNCATE. Each
 -- branch reads one entry of its index; the other direction's branches are not run.
--- database_name: only changes from this database (NULL: any).
-CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean)
-RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean)
+-- database_name: only changes from this database (NULL: any). through: the moment is the
+-- commit of the change with this id (bemi.transaction_moment): of the changes committed at
+-- at, only those up to it count as at or before (NULL: all of them).
+CREATE FUNCTION bemi.row_event(database_name text, schema_name text, table_name text, primary_key text, at timestamptz, latest boolean,
+                               through bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, operation text, primary_key text, before jsonb, after jsonb, incomplete boolean,
+               committed_at timestamptz, previous_key text)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete FROM (
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
+  SELECT e.id, e.operation, e.primary_key, e.before, e.after, e.incomplete, e.committed_at, e.previous_key FROM (
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.primary_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.previous_key = row_event.primary_key AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND latest AND c.committed_at <= at AND (through IS NULL OR c.committed_at < at OR c.id <= through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at DESC, c.id DESC LIMIT 1)
     UNION ALL
-    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial
+    (SELECT c.id, c.committed_at, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete, c.previous_key
      FROM bemi.changes AS c
-     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at > at
+     WHERE c.schema = schema_name AND c."table" = table_name AND c.operation = 'TRUNCATE' AND NOT latest AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
        AND (database_name IS NULL OR c.database = database_name)
      ORDER BY c.committed_at, c.id LIMIT 1)
   ) AS e
@@ -349,26 +458,216 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
--- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
--- of the row at or before the moment, else the first after it ("later": true), else {}.
--- Generic plans: planning the six index lookups for every partition of the trail on each
--- call would cost more than running them (partitions are pruned when the plan starts).
-CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz) RETURNS jsonb
+-- Where the trail is: the texts under which the trail holds a key given in its text form
+-- (bemi.trail_key): that text, and where the history says the key is compared by value
+-- (bemi.key_form), every text of the table's changes equal to it as a number ('1', '1.0') or as
+-- JSON (several columns). Those cost a scan of the table's changes.
+CREATE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT ARRAY[trail_keys.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> trail_keys.primary_key), '{}')
+  FROM bemi.changes AS c, LATERAL (VALUES (c.primary_key), (c.previous_key)) AS k(key)
+  WHERE history ->> 'key_by_value' IS NOT NULL AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+    AND (NOT history ? 'database' OR c.database = history ->> 'database')
+    AND CASE
+      WHEN history ->> 'key_by_value' = 'number' THEN CASE
+        WHEN k.key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+          AND trail_keys.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+        THEN k.key::numeric = trail_keys.primary_key::numeric ELSE false END
+      WHEN k.key LIKE '[%' AND trail_keys.primary_key LIKE '[%' THEN k.key::jsonb = trail_keys.primary_key::jsonb
+      ELSE false END;
+END;
+
+-- Where the trail is: the latest (or first, latest = false) change of a row under any of the
+-- texts its key has in the trail (bemi.trail_keys), as JSON (bemi.row_event's columns); NULL.
+CREATE FUNCTION bemi.key_event(history jsonb, keys text[], at timestamptz, latest boolean, through bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   event jsonb;
+  found jsonb;
+  key text;
+BEGIN
+  FOREACH key IN ARRAY keys LOOP
+    SELECT pg_catalog.to_jsonb(e.*) INTO found
+    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, latest, through) AS e;
+    IF event IS NULL OR (latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                                   > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint))
+       OR (NOT latest AND ((found ->> 'committed_at')::timestamptz, (found ->> 'id')::bigint)
+                        < ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)) THEN
+      event := coalesce(found, event);
+    END IF;
+  END LOOP;
+  RETURN event;
+END
+$$;
+
+-- Where the trail is: two rows can have one key for a moment inside a transaction (a swap
+-- under a DEFERRABLE key). When the latest change of a key up to a moment took it from a row
+-- (a DELETE, a move away), another row of the same transaction that took the key (and did not
+-- give it up) has it after that transaction; when the first change after a moment gave the key
+-- to a row, a row of the same transaction that gave the key up had it before. That change, or
+-- NULL when there is none; "alike": true when the rows are alike in every value, so the trail
+-- cannot tell whether one row took the key and gave it up or two rows shared it.
+CREATE FUNCTION bemi.shared_key_event(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT pg_catalog.to_jsonb(e.*) - 'alike' || CASE WHEN event ? 'later' THEN '{"later": true}'::jsonb ELSE '{}' END
+    || CASE WHEN e.alike THEN pg_catalog.jsonb_build_object('alike', true, 'transaction_first', e.first_id) ELSE '{}' END
+  FROM (SELECT c.id, c.operation, c.primary_key, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete,
+          c.committed_at, c.previous_key, CASE WHEN event ? 'later' THEN c.before = m.after ELSE c.after = m.before END AS alike,
+          (SELECT pg_catalog.min(f.id) FROM bemi.changes AS f WHERE f.committed_at = m.committed_at AND f.transaction_id = m.transaction_id) AS first_id
+        FROM bemi.changes AS c, bemi.changes AS m
+        WHERE m.id = (event ->> 'id')::bigint AND m.committed_at = (event ->> 'committed_at')::timestamptz
+          AND c.committed_at = m.committed_at AND c.transaction_id = m.transaction_id AND c.id <> m.id
+          AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND CASE WHEN NOT event ? 'later'
+            -- the latest gave the key up: a row that took it, after the latest or before it
+            THEN (event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)))
+              AND c.primary_key = ANY (keys) AND c.operation IN ('CREATE', 'UPDATE')
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id > c.id AND g.id <> m.id AND g.before = c.after AND g.schema = c.schema AND g."table" = c."table")
+            -- the first took the key: a row of the transaction that gave it up (its before)
+            ELSE (event ->> 'operation' = 'CREATE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL
+                                                         AND event ->> 'primary_key' = ANY (keys)))
+              AND (c.previous_key = ANY (keys) OR (c.operation = 'DELETE' AND c.primary_key = ANY (keys)))
+              AND NOT EXISTS (SELECT FROM bemi.changes AS g WHERE g.committed_at = c.committed_at AND g.transaction_id = c.transaction_id
+                              AND g.id < c.id AND g.id <> m.id AND g.after = c.before AND g.schema = c.schema AND g."table" = c."table") END
+        ORDER BY 9, CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
+END;
+
+-- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
+-- of the row at or before the moment, else the first after it ("later": true), else {}.
+-- Where the latest are partitions truncated, detached or attached (bemi.partition_event),
+-- also those ("partition_events", newest first, each with "moved_since": the partitions
+-- detached or attached after it) and the change of the row before them ("prior"), for
+-- row_from to tell whether the row was in them.
+-- Generic plans: planning the six index lookups for every partition of the trail on each
+-- call would cost more than running them (partitions are pruned when the plan starts).
+CREATE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[];
+  event jsonb;
+  shared jsonb;
+  before_it jsonb;
+  moved jsonb := '[]';
 BEGIN
   PERFORM bemi.check_trail(history, at);
-  SELECT pg_catalog.to_jsonb(e.*) INTO event
-  FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, true) AS e;
-  IF event IS NULL THEN
-    SELECT pg_catalog.to_jsonb(e.*) || '{"later": true}' INTO event
-    FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', primary_key, at, false) AS e;
+  keys := bemi.trail_keys(history, primary_key);
+  event := bemi.key_event(history, keys, at, true, through);
+  WHILE event ->> 'operation' = 'TRUNCATE' AND event -> 'before' ? 'partition' LOOP
+    moved := moved || pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('id', event -> 'id', 'before', event -> 'before',
+      'moved_since', (SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT c.before - 'event'), '[]') FROM bemi.changes AS c
+        WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.operation = 'TRUNCATE'
+          AND (NOT history ? 'database' OR c.database = history ->> 'database')
+          AND (c.committed_at, c.id) > ((event ->> 'committed_at')::timestamptz, (event ->> 'id')::bigint)
+          AND c.before ->> 'event' IN ('detach', 'attach'))));
+    event := bemi.key_event(history, keys, (event ->> 'committed_at')::timestamptz, true, (event ->> 'id')::bigint - 1);
+  END LOOP;
+  IF moved <> '[]' THEN
+    event := coalesce(bemi.key_event(history, keys, at, false, through) || '{"later": true}', '{}')
+      || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
+  ELSIF event IS NULL THEN
+    event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
   END IF;
-  RETURN coalesce(event, '{}');
+  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    shared := bemi.shared_key_event(history, keys, event);
+    IF shared ? 'alike' THEN
+      -- Alike in every value: one row that took the key and gave it up, or two that shared it?
+      -- Whether a row had the key when the transaction began tells.
+      before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
+      IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
+        shared := shared - 'alike' - 'transaction_first';
+      ELSIF before_it IS NOT NULL THEN
+        shared := NULL;
+      END IF;
+    END IF;
+    event := coalesce(shared - 'transaction_first', event);
+  END IF;
+  RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
+END
+$$;
+
+-- Where the table is: whether a row image of a partitioned table was in one of its partitions
+-- (part) at a partition event, told by the partitions' bounds now where they cannot have
+-- changed since: the partition's own, or another's that holds the row (partitions are
+-- disjoint). moved: the partitions detached or attached since, whose bounds may differ now (and
+-- a DEFAULT partition's bounds are what the others leave). NULL when it cannot be told: the
+-- partitions are gone or moved, or bounded by an expression (code of the table's owner, which
+-- time travel does not run).
+CREATE FUNCTION bemi.in_partition(relation regclass, part jsonb, image jsonb, moved jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  target regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', part ->> 'partition_schema', part ->> 'partition'));
+  candidate record;
+  inside boolean;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_partitioned_table AS p ON p.partrelid = t.relid
+             WHERE p.partexprs IS NOT NULL) THEN
+    RETURN NULL;
+  END IF;
+  FOR candidate IN
+    SELECT t.relid, n.nspname, c.relname, pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default
+    FROM pg_catalog.pg_partition_tree(relation) AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE t.isleaf AND t.relid <> relation
+    ORDER BY t.relid IS DISTINCT FROM target  -- the partition itself first
+  LOOP
+    CONTINUE WHEN candidate.is_default OR moved @> pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+      'partition_schema', candidate.nspname, 'partition', candidate.relname));
+    EXECUTE pg_catalog.format('SELECT coalesce((%s), false) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
+        coalesce(pg_catalog.pg_get_partition_constraintdef(candidate.relid), 'true'), relation)
+      INTO inside USING image;
+    IF candidate.relid = target THEN
+      RETURN inside;
+    ELSIF inside THEN
+      RETURN false; -- in another partition
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+-- Where the table is: what partition events (row_history's "partition_events", newest first)
+-- did to a row, given its change before them ("prior"): 'gone' (it was in a partition
+-- truncated or detached, or was not there and none came in), 'kept' (it was there and in none
+-- of them), NULL when that cannot be told (row_from then asks what came after).
+CREATE FUNCTION bemi.partition_verdict(relation regclass, primary_key text, event jsonb) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  prior jsonb := nullif(event -> 'prior', 'null');
+  moved jsonb;
+  present boolean := prior IS NOT NULL AND prior ->> 'operation' IN ('CREATE', 'UPDATE')
+    AND bemi.same_key(relation, prior ->> 'primary_key', primary_key);
+  inside boolean;
+BEGIN
+  FOR moved IN SELECT m.value FROM pg_catalog.jsonb_array_elements(event -> 'partition_events') WITH ORDINALITY AS m(value, n)
+               ORDER BY m.n DESC LOOP
+    IF moved -> 'before' ->> 'event' = 'attach' THEN
+      IF NOT present THEN
+        RETURN NULL; -- it may have come in with the partition
+      END IF;
+    ELSIF present THEN
+      inside := bemi.in_partition(relation, moved -> 'before', prior -> 'after', moved -> 'moved_since');
+      IF inside IS NULL THEN
+        RETURN NULL;
+      END IF;
+      present := NOT inside;
+    END IF;
+  END LOOP;
+  RETURN CASE WHEN present THEN 'kept' ELSE 'gone' END;
 END
 $$;
 
@@ -381,15 +680,26 @@ DECLARE
   keys text[] := bemi.key_columns(relation);
   result jsonb;
 BEGIN
-  IF primary_key IS NULL THEN
-    RAISE EXCEPTION 'bemi: the primary key must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-  ELSIF keys IS NULL THEN
-    RAISE EXCEPTION 'bemi: % has no primary key, so its rows cannot be named', relation
-      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use bemi.table_at(NULL::table, moment).';
+  primary_key := bemi.trail_key(relation, primary_key);
+  IF event ? 'partition_events' THEN
+    CASE bemi.partition_verdict(relation, primary_key, event)
+      WHEN 'gone' THEN
+        RETURN NULL;
+      WHEN 'kept' THEN
+        PERFORM bemi.refuse_incomplete(CASE WHEN (event -> 'prior' ->> 'incomplete')::boolean THEN ARRAY[(event -> 'prior' ->> 'id')::bigint] END);
+        RETURN event -> 'prior' -> 'after';
+      ELSE
+        event := event - 'partition_events' - 'prior';
+    END CASE;
+  END IF;
+  IF event ? 'alike' THEN
+    RAISE EXCEPTION 'bemi: the row % of % at % cannot be told from another alike in every value that shared its key inside one transaction (change %)',
+        primary_key, relation, at, event ->> 'id'
+      USING ERRCODE = 'feature_not_supported', HINT = 'bemi.table_at tells the rows by their number: use it for this moment.';
   END IF;
   IF event ? 'id' AND NOT event ? 'later' THEN
     -- The row as the latest change at or before the moment left it.
-    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR event ->> 'primary_key' IS DISTINCT FROM primary_key THEN
+    IF event ->> 'operation' IN ('DELETE', 'TRUNCATE') OR NOT bemi.same_key(relation, event ->> 'primary_key', primary_key) THEN
       RETURN NULL;
     END IF;
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
@@ -400,7 +710,7 @@ BEGIN
       USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL.';
   ELSIF event ? 'id' THEN
     -- Unchanged since tracking began, up to the moment: as the first change after it found it.
-    IF event ->> 'operation' = 'CREATE' OR bemi.image_key(event -> 'before', keys) IS DISTINCT FROM primary_key THEN
+    IF event ->> 'operation' = 'CREATE' OR NOT bemi.same_key(relation, bemi.image_key(event -> 'before', keys), primary_key) THEN
       RETURN NULL;
     END IF;
     PERFORM bemi.refuse_incomplete(CASE WHEN (event ->> 'incomplete')::boolean THEN ARRAY[(event ->> 'id')::bigint] END);
@@ -409,7 +719,7 @@ BEGIN
   -- Unchanged to this day (unless a write not yet ingested changed it).
   PERFORM bemi.check_pending(relation);
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
-      relation, relation, bemi.key_match(keys, 't', 'k'))
+      bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
     INTO result
     USING CASE WHEN pg_catalog.cardinality(keys) = 1 THEN pg_catalog.jsonb_build_object(keys[1], primary_key)
       ELSE (SELECT pg_catalog.jsonb_object_agg(k.name, primary_key::jsonb -> (k.ord::integer - 1))
@@ -420,10 +730,28 @@ $$;
 
 CREATE FUNCTION bemi.row_at(relation regclass, primary_key text, at timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-RETURN bemi.row_from(relation, primary_key, at, bemi.row_history(bemi.history_of(relation, at), primary_key, at));
+RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
 
 COMMENT ON FUNCTION bemi.row_at(regclass, text, timestamptz) IS
   'A row (as JSON, like bemi.changes.after) as it was after every transaction committed at or before a moment; NULL when it did not exist.';
+
+-- After an error converting a value of the trail into a table's row type: unless it is one of
+-- bemi's own, the error bemi gives for it (a column was retyped since, or holds values the
+-- trail does not: 22000 with the conversion's message). Returns when the error is bemi's.
+CREATE FUNCTION bemi.unfit_value(message text, relation regclass) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF message LIKE 'bemi:%' THEN
+    RETURN;
+  END IF;
+  RAISE EXCEPTION 'bemi: a value in the trail does not fit %: %', coalesce(relation::text, 'the table as it is now'), message
+    USING ERRCODE = 'data_exception',
+          HINT = 'A column was retyped since the change: bemi.row_at and bemi.changes give the values as they were stored.';
+END
+$$;
 
 -- A count of copies of a row, checked: below zero the trail and the table disagree.
 CREATE FUNCTION bemi.check_count(n numeric) RETURNS boolean
@@ -436,6 +764,22 @@ BEGIN
       USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
   END IF;
   RETURN n > 0;
+END
+$$;
+
+-- Whether a row had a key at a moment, from how many rows have it now less what the changes
+-- since did (1 or 0), checked: anything else, or a row without the change that took the key
+-- from it, and the trail and the table disagree.
+CREATE FUNCTION bemi.check_presence(n integer, known boolean) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF n NOT IN (0, 1) OR (n = 1 AND NOT known) THEN
+    RAISE EXCEPTION 'bemi: the table and its trail disagree on a key: changes are not ingested yet'
+      USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+  END IF;
+  RETURN n = 1;
 END
 $$;
 
@@ -457,21 +801,22 @@ $$;
 
 -- Where the trail is: the changes of a history_of's table after a moment, for table_from
 -- where the table is (bemi_pg copies them into a temporary table there).
-CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz) RETURNS SETOF bemi.changes
+CREATE FUNCTION bemi.table_history(history jsonb, at timestamptz, through bigint DEFAULT NULL) RETURNS SETOF bemi.changes
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM bemi.check_trail(history, at);
   RETURN QUERY SELECT c.* FROM bemi.changes AS c
-    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table' AND c.committed_at > at
+    WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+      AND c.committed_at >= at AND (c.committed_at > at OR c.id > through)
       AND (NOT history ? 'database' OR c.database = history ->> 'database');
 END
 $$;
 
 -- Where the table is: the table as of a moment, from the table now and the changes after the
 -- moment, read from changes (bemi.changes, or a copy of table_history's rows).
-CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass) RETURNS SETOF anyelement
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -481,67 +826,89 @@ DECLARE
   table_name text;
   keys text[] := bemi.key_columns(table_oid);
   truncated bigint[];
+  failure text;
 BEGIN
   SELECT n.nspname, c.relname INTO schema_name, table_name
   FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE c.oid = table_oid;
   PERFORM bemi.check_pending(table_oid);  -- the table now is where the answer starts
 
   EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(c.id ORDER BY c.id) FROM %s AS c '
-      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at > $3', changes)
-    INTO truncated USING schema_name, table_name, at;
+      'WHERE c.schema = $1 AND c."table" = $2 AND c.operation = ''TRUNCATE'' AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)', changes)
+    INTO truncated USING schema_name, table_name, at, through;
   IF truncated IS NOT NULL THEN
     RAISE EXCEPTION 'bemi: % was truncated after % (changes %), and the rows it held are not in the trail', table_oid, at, truncated
-      USING ERRCODE = 'feature_not_supported', HINT = 'TRUNCATE does not write its rows to the WAL; ask for a moment after the last TRUNCATE.';
+      USING ERRCODE = 'feature_not_supported',
+            HINT = 'TRUNCATE does not write its rows to the WAL, nor does a partition detached or attached (a TRUNCATE whose before names the partition); ask for a moment after the last of them.';
   END IF;
 
+  BEGIN
   IF keys IS NULL THEN
     -- No key: the rows as a multiset, the table now, minus what later changes added, plus
-    -- what they removed (compared as JSON of the typed row, generated columns left out).
+    -- what they removed (compared as JSON of the typed row, leaving out generated columns and
+    -- the columns the trail does not hold exactly: masked and ignored ones). A row that is in
+    -- the table now is given as it is now; one that comes from the trail has NULL there.
     RETURN QUERY EXECUTE pg_catalog.format($q$
       WITH later AS (
         SELECT c.before, c.after FROM %3$s AS c
-        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
-      ), generated AS (
-        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') AS names FROM pg_catalog.pg_attribute AS a
-        WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+        WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
+      ), excluded AS (
+        SELECT coalesce(pg_catalog.array_agg(a.attname::text), '{}') || bemi.masked_columns(%2$s) || bemi.ignored_columns(%2$s) AS names
+        FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %2$s AND a.attgenerated <> '' AND NOT a.attisdropped
+      ), live AS (
+        SELECT t AS whole, v.image, pg_catalog.row_number() OVER (PARTITION BY v.image) AS copy FROM %4$s AS t,
+          LATERAL (SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE excluded) AS image) AS v
       ), counted AS (
         SELECT v.image, pg_catalog.sum(v.n) AS n FROM (
-          SELECT pg_catalog.to_jsonb(t.*) OPERATOR(pg_catalog.-) (TABLE generated) AS image, 1 AS n FROM %1$s AS t
+          SELECT w.image, 1 AS n FROM live AS w
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), -1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), -1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.after)) AS r WHERE l.after <> '{}'
           UNION ALL
-          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE generated), 1
-          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+          SELECT pg_catalog.to_jsonb(r.*) OPERATOR(pg_catalog.-) (TABLE excluded), 1
+          FROM later AS l, pg_catalog.jsonb_populate_record(NULL::%1$s, bemi.known_values(l.before)) AS r WHERE l.before <> '{}'
         ) AS v GROUP BY v.image
       )
-      SELECT r.* FROM counted AS c, pg_catalog.generate_series(1, c.n::bigint) AS copies,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) AS r
-      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes)
-      USING schema_name, table_name, at;
+      SELECT (x.rec).* FROM counted AS c CROSS JOIN pg_catalog.generate_series(1, c.n::bigint) AS g(copy)
+        LEFT JOIN live AS w ON w.image = c.image AND w.copy = g.copy,
+        LATERAL (SELECT CASE WHEN w.copy IS NULL THEN pg_catalog.jsonb_populate_record(NULL::%1$s, c.image) ELSE w.whole END AS rec
+                 OFFSET 0) AS x
+      WHERE bemi.check_count(c.n)$q$, table_oid, table_oid::oid, changes, bemi.scan_of(table_oid))
+      USING schema_name, table_name, at, through;
     RETURN;
   END IF;
 
-  -- With a key: each row a later change touched as the first such change found it (its before
-  -- image; none when that change created the key), every other row as it is now. One query,
-  -- planned per call (the row type is the caller's); keys are pulled out of the images once.
+  -- With a key: per key a later change touched, whether a row had it at the moment (it has one
+  -- now, less the changes since that gave it, plus those that took it away: two rows can share
+  -- a key for a moment, as in a swap under a DEFERRABLE key), and that row as the first change
+  -- since that took the key from a row that had it then (its before image: a row that got the
+  -- key after the moment has an earlier change that gave it that image); every other row as
+  -- it is now. One query, planned per call (the row type is the caller's); keys are pulled out
+  -- of the images once.
   RETURN QUERY EXECUTE pg_catalog.format($q$
     WITH later AS (
       SELECT c.id, c.committed_at, c.before, c.after, c.problem IS NOT NULL OR c.partial AS incomplete
-      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at > $3
+      FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
-      SELECT l.committed_at, l.id, 0 AS side, bemi.known_values(l.before) AS image, l.incomplete, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
       UNION ALL
-      SELECT l.committed_at, l.id, 1, NULL, false, %2$s FROM later AS l,
+      SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
         pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+    ), touched AS (
+      SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
-      SELECT DISTINCT ON (%3$s) s.id, s.image, s.incomplete FROM sides AS s ORDER BY %3$s, s.committed_at, s.id, s.side
+      -- A change that takes the key from a row that got it after the moment is not the one
+      -- (unless the two rows are alike in every value: then either is).
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
+      WHERE s.delta = -1
+      ORDER BY %3$s, EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
+                             AND (a.committed_at, a.id) < (s.committed_at, s.id)), s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
-      FROM firsts AS f WHERE f.image IS NOT NULL
+      FROM touched AS s LEFT JOIN firsts AS f ON %8$s
+      WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %1$s AS t WHERE NOT EXISTS (SELECT FROM sides AS s WHERE %4$s)
+    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -552,8 +919,17 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
-    changes)
-    USING schema_name, table_name, at;
+    changes, bemi.scan_of(table_oid),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('a.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
+    USING schema_name, table_name, at, through;
+  EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+    GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(failure, table_oid);
+    RAISE;
+  END;
 END
 $$;
 
@@ -569,6 +945,118 @@ $$;
 
 COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
   'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+-- The moment right after a transaction committed, as the pair the time-travel functions take:
+-- its commit time, and its last change, so that of the transactions committed at the same
+-- time (it happens) only those committed up to it count. Errors as bemi.transaction_changes.
+CREATE FUNCTION bemi.transaction_moment(transaction_id bigint, database_name text DEFAULT NULL,
+                                        OUT at timestamptz, OUT through bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  SELECT pg_catalog.max(x.committed_at), pg_catalog.max(x.id) INTO at, through
+  FROM bemi.changes AS x WHERE x.id = ANY (bemi.transaction_changes(transaction_moment.transaction_id, database_name));
+END
+$$;
+
+CREATE FUNCTION bemi.row_at_transaction(relation regclass, primary_key text, transaction_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_from(relation, k.key, m.at,
+          bemi.row_history(bemi.history_of(relation, m.at) || bemi.key_form(relation), k.key, m.at, m.through))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k, bemi.transaction_moment(transaction_id) AS m);
+
+COMMENT ON FUNCTION bemi.row_at_transaction(regclass, text, bigint) IS
+  'A row (as JSON) as it was right after a transaction (bemi.changes.transaction_id) committed: exact where commit times are equal.';
+
+CREATE FUNCTION bemi.table_at_transaction(relation anyelement, transaction_id bigint) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  moment record := bemi.transaction_moment(transaction_id);
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), moment.at), moment.at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, moment.at, 'bemi.changes', moment.through);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
+  'A whole table as typed rows, as it was right after a transaction committed: SELECT * FROM bemi.table_at_transaction(NULL::todo, 1234).';
+
+-- Every version of the row with a primary key, oldest first, following its key moves both
+-- ways: each with the commit time it began (NULL: before its first change the trail holds,
+-- when tracking began), the commit time it ended (by a later version, a DELETE, a TRUNCATE;
+-- NULL: it still is, as far as the trail is ingested), the change that made it and the row
+-- (as bemi.changes.after). Walks one index entry per version. An earlier row that had the key
+-- and was deleted before this one was created is another row: not listed.
+CREATE FUNCTION bemi.row_versions(relation regclass, row_key text)
+RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, change_id bigint, transaction_id bigint, primary_key text, image jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+  history jsonb := bemi.history_of(relation, 'infinity');
+  key text := bemi.trail_key(relation, row_key);
+  e record;
+  moved record;
+  at timestamptz := 'infinity';
+  through bigint;
+  started boolean := false;
+  events bigint[] := '{}';
+BEGIN
+  -- Back from the latest change of the key, through the keys the row had before.
+  LOOP
+    SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, true, through) AS r;
+    EXIT WHEN NOT FOUND;
+    IF e.operation IN ('DELETE', 'TRUNCATE') OR e.primary_key IS DISTINCT FROM key THEN
+      EXIT WHEN started; -- an earlier row under this key ended here
+      IF e.operation NOT IN ('DELETE', 'TRUNCATE') AND moved IS NULL THEN
+        moved := e; -- the row moved to another key: followed forward below
+      END IF;
+    ELSE
+      started := true;
+      key := coalesce(e.previous_key, key);
+    END IF;
+    events := events || e.id;
+    EXIT WHEN e.operation = 'CREATE';
+    at := e.committed_at;
+    through := e.id - 1;
+  END LOOP;
+  -- Forward from a move away, through the keys the row had after.
+  IF moved IS NOT NULL THEN
+    key := moved.primary_key;
+    at := moved.committed_at;
+    through := moved.id;
+    LOOP
+      SELECT * INTO e FROM bemi.row_event(history ->> 'database', history ->> 'schema', history ->> 'table', key, at, false, through) AS r;
+      EXIT WHEN NOT FOUND;
+      events := events || e.id;
+      EXIT WHEN e.operation IN ('DELETE', 'TRUNCATE');
+      key := e.primary_key;
+      at := e.committed_at;
+      through := e.id;
+    END LOOP;
+  END IF;
+  RETURN QUERY
+    WITH chain AS (
+      SELECT c.id, c.committed_at, c.transaction_id, c.operation, c.primary_key, c.before, c.after,
+        pg_catalog.lead(c.committed_at) OVER (ORDER BY c.committed_at, c.id) AS next_at,
+        pg_catalog.row_number() OVER (ORDER BY c.committed_at, c.id) AS n
+      FROM bemi.changes AS c WHERE c.id = ANY (events)
+    )
+    SELECT NULL::timestamptz, c.committed_at, NULL::bigint, NULL::bigint, bemi.image_key(c.before, bemi.key_columns(relation)), c.before
+    FROM chain AS c WHERE c.n = 1 AND c.operation IN ('UPDATE', 'DELETE')
+    UNION ALL
+    SELECT c.committed_at, c.next_at, c.id, c.transaction_id, c.primary_key, c.after
+    FROM chain AS c WHERE c.operation IN ('CREATE', 'UPDATE')
+    ORDER BY 1 NULLS FIRST, 3;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.row_versions(regclass, text) IS
+  'Every version of a row, oldest first, following its key moves: valid_from, valid_to, the change and transaction that made it, its key and the row.';
 
 CREATE FUNCTION bemi.diff(before jsonb, after jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE

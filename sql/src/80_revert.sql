@@ -1,11 +1,11 @@
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.
 --    Holds: the helpers (writable_columns, foreign_key_depth, typed_image, known_columns,
---    ignored_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
+--    ignored_columns, masked_columns, text_array, differing_columns, locked_row, revert_sql, revert_table); the
 --    plan, in steps over the type bemi.revert_chain (revert_ids, revert_tables, revert_chains
---    and its two ways, revert_row, revert_plan); the writing (revert_context_begin, revert_from,
---    revert); what to revert (transaction_changes, context_changes, revert_transaction,
---    revert_context).
+--    and its two ways, revert_row, revert_replay, revert_plan); the writing (revert_context_begin, revert_from,
+--    revert_write, revert); what to revert (transaction_changes, context_changes, revert_transaction,
+--    revert_context, transactions_changes, revert_transactions, revert_preview; changed_relation).
 ------------------------------------------------------------------------------------------
 
 -- A revert runs as its caller (no SECURITY DEFINER, no SET search_path: user triggers fire
@@ -44,7 +44,7 @@ DECLARE
   typed jsonb;
 BEGIN
   EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(r.*) FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r', relation)
-    INTO typed USING image;
+    INTO typed USING bemi.known_values(image); -- "[masked]" is no value of an integer column
   RETURN typed;
 END
 $$;
@@ -65,6 +65,15 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT coalesce((SELECT t.ignore_columns FROM bemi.tracking AS t WHERE t.relation = ignored_columns.relation), '{}');
+END;
+
+-- The columns of a table never stored (bemi.track's mask_columns). SECURITY DEFINER: it reads
+-- bemi.tracking.
+CREATE FUNCTION bemi.masked_columns(relation regclass) RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT coalesce((SELECT t.mask_columns FROM bemi.tracking AS t WHERE t.relation = masked_columns.relation), '{}');
 END;
 
 -- A JSON array of strings as text[] ('{}' for [], NULL for JSON null or SQL NULL).
@@ -89,20 +98,21 @@ AS $$
 BEGIN
   IF key_columns IS NOT NULL THEN
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s FOR UPDATE OF t',
-        relation, relation, bemi.key_match(key_columns, 't', 'k'))
+        bemi.scan_of(relation), relation, bemi.key_match(key_columns, 't', 'k'))
       INTO image_now, row_id USING image;
   ELSE
     EXECUTE pg_catalog.format('SELECT pg_catalog.to_jsonb(t.*), t.ctid FROM %s AS t WHERE t.ctid <> ALL ($3) AND pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*), $1, $2)) = 0 LIMIT 1 FOR UPDATE OF t',
-        relation)
+        bemi.scan_of(relation))
       INTO image_now, row_id USING bemi.typed_image(relation, image), bemi.known_columns(image, bemi.writable_columns(relation)), taken;
   END IF;
 END
 $$;
 
 -- The statement of one planned step of a revert: {"kind": insert | update | delete,
--- "relation", "keys", "columns"}. Its parameters: $1 the image to write, $2 the ctid of the
--- row (a table without a key), $3 an image with the key of the row to write over. Every name
--- in it is qualified: bemi.revert runs it with its caller's search_path.
+-- "relation", "keys", "columns", "match"}. Its parameters: $1 the image to write, $2 the ctid
+-- of the row (a table without a key; with one, NULL: any row with the key), $3 an image with
+-- the key of the row to write over, $4 NULL or the image the row must match (in the columns
+-- "match"). Every name in it is qualified: bemi.revert runs it with its caller's search_path.
 CREATE FUNCTION bemi.revert_sql(step jsonb) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -111,8 +121,12 @@ DECLARE
   relation regclass := (step ->> 'relation')::oid::regclass;
   keys text[] := bemi.text_array(step -> 'keys');
   columns text[] := bemi.text_array(step -> 'columns');
+  -- A row of a table with a key: by its key, and (two rows can share a key for a moment) the
+  -- row the plan locked ($2) or the row whose values are $4 (a step of a replay).
   located text := CASE WHEN keys IS NULL THEN 't.ctid = $2::tid'
-    ELSE bemi.key_match(keys, 't', 'k') END;
+    ELSE bemi.key_match(keys, 't', 'k') || pg_catalog.format(' AND ($2::pg_catalog.tid IS NULL OR t.ctid = $2::pg_catalog.tid)'
+      ' AND ($4::pg_catalog.jsonb IS NULL OR pg_catalog.cardinality(bemi.differing_columns(pg_catalog.to_jsonb(t.*),'
+      ' bemi.typed_image(%s, $4), %L::pg_catalog.text[])) = 0)', relation::oid, bemi.text_array(step -> 'match')) END;
 BEGIN
   IF step ->> 'kind' = 'insert' THEN
     RETURN pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r',
@@ -122,32 +136,61 @@ BEGIN
         relation);
   ELSIF step ->> 'kind' = 'update' THEN
     RETURN pg_catalog.format('UPDATE %s AS t SET (%s) = (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r)%s WHERE %s',
-        relation,
+        bemi.scan_of(relation),
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         (SELECT pg_catalog.string_agg('r.' || pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(columns) AS c),
         relation,
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' FROM pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
         located);
   ELSE
-    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', relation,
+    RETURN pg_catalog.format('DELETE FROM %s AS t%s WHERE %s', bemi.scan_of(relation),
         CASE WHEN keys IS NULL THEN '' ELSE pg_catalog.format(' USING pg_catalog.jsonb_populate_record(NULL::%s, $3) AS k', relation) END,
         located);
   END IF;
 END
 $$;
 
--- What a revert needs to know of the table a change was made in (by the name in the trail):
--- relation, keys, writable and ignored columns, foreign key depth, name.
-CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint) RETURNS jsonb
+-- The table a change was made in, by identity: of the tables tracked under that name (when
+-- tracking began, or now), the one whose tracking began last at or before the change, so a
+-- renamed table is followed and a table created later under the same name is never taken for
+-- it; NULL when that table was dropped. Without such a record (tracked again since), the
+-- table of that name now. SECURITY DEFINER: it reads bemi.tracking, and tells only an OID.
+CREATE FUNCTION bemi.changed_relation(schema_name text, table_name text, committed_at timestamptz) RETURNS oid
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  named oid := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+  tracked record;
+BEGIN
+  SELECT t.relation::oid AS relation, c.oid IS NOT NULL AS alive INTO tracked
+  FROM bemi.tracking AS t LEFT JOIN pg_catalog.pg_class AS c ON c.oid = t.relation
+  WHERE ((t.schema, t."table") = (schema_name, table_name) OR t.relation::oid = named)
+    AND t.tracked_at <= changed_relation.committed_at
+  ORDER BY t.tracked_at DESC LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN named;
+  ELSIF NOT tracked.alive THEN
+    RETURN NULL;
+  END IF;
+  RETURN tracked.relation;
+END
+$$;
+
+-- What a revert needs to know of the table a change was made in (bemi.changed_relation):
+-- relation, keys, writable and ignored columns, foreign key depth, name in the trail.
+CREATE FUNCTION bemi.revert_table(schema_name text, table_name text, change_id bigint, committed_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  relation regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name));
+  relation regclass := bemi.changed_relation(schema_name, table_name, committed_at);
 BEGIN
   IF relation IS NULL THEN
     RAISE EXCEPTION 'bemi: change % is of the table %.%, which does not exist any more', change_id, schema_name, table_name
-      USING ERRCODE = 'invalid_parameter_value';
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = CASE WHEN pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, table_name)) IS NOT NULL
+              THEN 'The table of that name now is another one, created after the change: a revert never writes into it.' END;
   END IF;
   RETURN pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', bemi.key_columns(relation),
     'writable', bemi.writable_columns(relation), 'ignored', bemi.ignored_columns(relation),
@@ -221,12 +264,13 @@ DECLARE
   tables jsonb := '{}';
 BEGIN
   FOR t IN EXECUTE pg_catalog.format($q$
-    SELECT f.schema, f."table", f.id
+    SELECT f.schema, f."table", f.id, f.committed_at
     FROM (SELECT DISTINCT ON (x.schema, x."table") x.schema, x."table", x.id, x.committed_at
           FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.schema, x."table", x.committed_at, x.id) AS f
     ORDER BY f.committed_at, f.id$q$, changes) USING ids
   LOOP
-    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table", bemi.revert_table(t.schema, t."table", t.id));
+    tables := tables || pg_catalog.jsonb_build_object(t.schema || '.' || t."table",
+      bemi.revert_table(t.schema, t."table", t.id, t.committed_at));
   END LOOP;
   RETURN tables;
 END
@@ -239,7 +283,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  -- Rows are told apart by their key under the table's key now (a key redefined since left
+  -- the trail's primary_key of older changes under the old one).
   RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH x AS (
+      SELECT x.id, x.schema, x."table", x.operation, x.before, x.after, x.committed_at,
+        coalesce(bemi.image_key(CASE WHEN x.after <> '{}' THEN x.after ELSE x.before END,
+                                bemi.text_array($2 -> (x.schema || '.' || x."table") -> 'keys')), x.primary_key) AS primary_key
+      FROM %1$s AS x WHERE x.id = ANY ($1)
+    )
     SELECT ($2 -> (f.schema || '.' || f."table") ->> 'relation')::pg_catalog.oid, f.schema || '.' || f."table",
       f.primary_key, f.first, CASE WHEN l.operation = 'DELETE' THEN NULL ELSE l.after END, l.operation = 'DELETE',
       f.ids, f.first_id, l.id
@@ -247,10 +299,10 @@ BEGIN
             x.committed_at, CASE WHEN x.operation = 'CREATE' THEN NULL ELSE x.before END AS first,
             pg_catalog.string_agg(x.id::text, ',') OVER (PARTITION BY x.schema, x."table", x.primary_key
               ORDER BY x.committed_at, x.id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS ids
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at, x.id) AS f
     JOIN (SELECT DISTINCT ON (x.schema, x."table", x.primary_key) x.schema, x."table", x.primary_key, x.id, x.operation, x.after
-          FROM %1$s AS x WHERE x.id = ANY ($1)
+          FROM x
           ORDER BY x.schema, x."table", x.primary_key, x.committed_at DESC, x.id DESC) AS l
       ON (l.schema, l."table", l.primary_key) = (f.schema, f."table", f.primary_key)
     ORDER BY f.committed_at, f.first_id$q$, changes) USING ids, tables;
@@ -275,17 +327,23 @@ DECLARE
   found_key text;
   candidate integer;
   n integer;
+  ignored text[];
 BEGIN
   FOR c IN EXECUTE pg_catalog.format('SELECT x.id, x.schema, x."table", x.primary_key, x.operation, x.before, x.after '
                                      'FROM %s AS x WHERE x.id = ANY ($1) ORDER BY x.committed_at, x.id', changes) USING ids LOOP
     relation := (tables -> (c.schema || '.' || c."table") ->> 'relation')::oid;
     keys := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'keys');
+    ignored := bemi.text_array(tables -> (c.schema || '.' || c."table") -> 'ignored');
     old_key := relation || ' ' || coalesce(bemi.image_key(c.before, keys), c.before::text);
     new_key := relation || ' ' || coalesce(bemi.image_key(c.after, keys), c.after::text);
     found_key := CASE WHEN c.operation = 'CREATE' THEN new_key ELSE old_key END;
     n := NULL;
+    -- Two rows can have one key for a moment (a swap under a DEFERRABLE key): an UPDATE or DELETE
+    -- continues the chain whose row it found (its before is that row's last image, but for
+    -- ignored columns, whose updates alone are not stored).
     FOREACH candidate IN ARRAY coalesce(bemi.text_array(open_chains -> found_key)::integer[], '{}') LOOP
-      IF (chains[candidate]).gone = (c.operation = 'CREATE') THEN
+      IF (chains[candidate]).gone = (c.operation = 'CREATE') AND (c.operation = 'CREATE' OR keys IS NULL
+          OR (chains[candidate]).last - ignored = c.before - ignored) THEN
         n := candidate;
         EXIT;
       END IF;
@@ -331,7 +389,7 @@ $$;
 -- (on_conflict => 'error'), skipped, deleted, inserted or updated; step: what to write, if
 -- anything; conflict: the row named for the error; taken: a row of a table without a key this
 -- row claims (no other row may take it).
-CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[],
+CREATE FUNCTION bemi.revert_row(chain bemi.revert_chain, info jsonb, on_conflict text, taken tid[], moving tid[],
                                 OUT verdict text, OUT step jsonb, OUT conflict text, OUT claimed tid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -368,7 +426,8 @@ BEGIN
       AND (found_expected IS NULL OR expected_id = target_id) THEN 'unchanged'
     WHEN expected IS NOT NULL AND (found_expected IS NULL OR pg_catalog.cardinality(bemi.differing_columns(
         found_expected, bemi.typed_image(relation, expected), bemi.known_columns(expected, writable, ignored))) > 0) THEN 'conflict'
-    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id THEN 'conflict'
+    -- The key it goes back to is another row's, unless the revert moves that row away.
+    WHEN found_target IS NOT NULL AND target_id IS DISTINCT FROM expected_id AND target_id <> ALL (moving) THEN 'conflict'
     ELSE 'revert' END;
   IF verdict = 'conflict' AND on_conflict = 'error' THEN
     conflict := pg_catalog.format('%I.%I %s (changes %s)', info ->> 'schema', info ->> 'table',
@@ -387,7 +446,7 @@ BEGIN
   END IF;
   step := pg_catalog.jsonb_build_object('relation', relation::oid, 'keys', info -> 'keys', 'target', target,
     'at', coalesce(expected, target), 'row_id', expected_id::text, 'first_id', chain.first_id,
-    'last_id', chain.last_id, 'depth', info -> 'depth');
+    'last_id', chain.last_id, 'depth', info -> 'depth', 'ids', chain.ids);
   IF target IS NULL AND found_expected IS NULL THEN
     verdict := 'unchanged';
     step := NULL;
@@ -399,8 +458,9 @@ BEGIN
     step := step || pg_catalog.jsonb_build_object('kind', 'insert', 'phase', 1, 'columns', bemi.known_columns(target, writable));
   ELSE
     verdict := 'updated';
+    -- Ignored columns are left as they are: their later values were never stored.
     step := step || pg_catalog.jsonb_build_object('kind', 'update', 'phase', 2, 'columns',
-      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable)));
+      bemi.differing_columns(found_expected, typed_target, bemi.known_columns(target, writable, ignored)));
     IF step -> 'columns' = '[]' THEN
       verdict := 'unchanged';
       step := NULL;
@@ -409,6 +469,38 @@ BEGIN
       step := step || pg_catalog.jsonb_build_object('at', found_expected);
     END IF;
   END IF;
+END
+$$;
+
+-- A row's changes undone one by one, newest first, as steps like revert_row's (with their
+-- statements): for a revert whose net writes cannot be put in an order the constraints
+-- accept (keys swapped under a key that is not DEFERRABLE, cycles of foreign keys), written
+-- by revert_from in reverse commit order, each the inverse of a write the table once took.
+-- Empty for a table without a key (its rows are found by value, not by key).
+CREATE FUNCTION bemi.revert_replay(changes regclass, ids text, info jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writable text[] := bemi.text_array(info -> 'writable');
+  ignored text[] := bemi.text_array(info -> 'ignored');
+  undone jsonb;
+BEGIN
+  IF info -> 'keys' = 'null' THEN
+    RETURN '[]';
+  END IF;
+  EXECUTE pg_catalog.format($q$
+    SELECT coalesce(pg_catalog.jsonb_agg(s || pg_catalog.jsonb_build_object('sql', bemi.revert_sql(s))), '[]') FROM (
+      SELECT pg_catalog.jsonb_build_object('relation', $2 -> 'relation', 'keys', $2 -> 'keys', 'id', x.id,
+          'committed_at', x.committed_at, 'last_id', x.id, 'target', x.before, 'at', x.after, 'image', x.after,
+          'match', bemi.known_columns(x.after, $3, $4))
+        || CASE x.operation
+          WHEN 'CREATE' THEN '{"kind": "delete"}'
+          WHEN 'DELETE' THEN pg_catalog.jsonb_build_object('kind', 'insert', 'columns', bemi.known_columns(x.before, $3))
+          ELSE pg_catalog.jsonb_build_object('kind', 'update', 'columns', bemi.known_columns(x.before, $3, $4)) END AS s
+      FROM %s AS x WHERE x.id = ANY (pg_catalog.string_to_array($1, ',')::bigint[])) AS u$q$, changes)
+    INTO undone USING ids, info, writable, ignored;
+  RETURN undone;
 END
 $$;
 
@@ -423,7 +515,10 @@ AS $$
 DECLARE
   by_change boolean;
   tables jsonb;
+  chains bemi.revert_chain[];
   chain bemi.revert_chain;
+  keys text[];
+  moving tid[] := '{}';   -- rows a step takes off their keys
   checked record;
   taken tid[] := '{}';    -- rows of tables without a key that a step has claimed
   conflicts text[] := '{}';
@@ -433,8 +528,19 @@ BEGIN
   SELECT r.ids, r.by_change INTO ids, by_change FROM bemi.revert_ids(changes, change_ids, on_conflict) AS r;
   tables := bemi.revert_tables(changes, ids);
   -- Each row's changes, chained: its net effect is its first before and its last after.
-  FOR chain IN SELECT * FROM bemi.revert_chains(changes, ids, tables, by_change) LOOP
-    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken);
+  chains := ARRAY(SELECT c FROM bemi.revert_chains(changes, ids, tables, by_change) AS c);
+  -- The rows the revert takes off their keys (moved back, or deleted): their keys are free for
+  -- other rows of the revert (a swap of keys is no conflict).
+  FOREACH chain IN ARRAY chains LOOP
+    keys := bemi.text_array(tables -> chain.table_name -> 'keys');
+    IF keys IS NOT NULL AND chain.last IS NOT NULL
+       AND (chain.first IS NULL OR bemi.image_key(chain.first, keys) IS DISTINCT FROM bemi.image_key(chain.last, keys)) THEN
+      moving := moving || ARRAY(SELECT l.row_id FROM bemi.locked_row(chain.relation, keys, chain.last, '{}') AS l
+                                WHERE l.row_id IS NOT NULL);
+    END IF;
+  END LOOP;
+  FOREACH chain IN ARRAY chains LOOP
+    checked := bemi.revert_row(chain, tables -> chain.table_name, on_conflict, taken, moving);
     IF checked.claimed IS NOT NULL THEN
       taken[pg_catalog.cardinality(taken) + 1] := checked.claimed;
     END IF;
@@ -442,7 +548,8 @@ BEGIN
       conflicts[pg_catalog.cardinality(conflicts) + 1] := checked.conflict;
     END IF;
     IF checked.step IS NOT NULL THEN
-      planned[pg_catalog.cardinality(planned) + 1] := checked.step;
+      planned[pg_catalog.cardinality(planned) + 1] := checked.step
+        || pg_catalog.jsonb_build_object('replay', bemi.revert_replay(changes, checked.step ->> 'ids', tables -> chain.table_name));
     END IF;
     result_rows[pg_catalog.cardinality(result_rows) + 1] := pg_catalog.jsonb_build_array(chain.last_id,
       tables -> chain.table_name ->> 'schema', tables -> chain.table_name ->> 'table',
@@ -484,6 +591,38 @@ BEGIN
 END
 $$;
 
+-- Writes one step (revert_sql's statement): on the row the plan locked, or for a step of a
+-- replay the row with its key and values; where that row is not found (an earlier step's
+-- cascade rewrote it), the one row with its key. Runs as its caller, like revert_from.
+CREATE FUNCTION bemi.revert_write(step jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  written pg_catalog.int8;
+  relation pg_catalog.regclass := (step OPERATOR(pg_catalog.->>) 'relation')::pg_catalog.oid::pg_catalog.regclass;
+  keys pg_catalog.text[] := bemi.text_array(step OPERATOR(pg_catalog.->) 'keys');
+BEGIN
+  -- Values the trail does not know ("[masked]", "[erased]") are never written, nor read as
+  -- values of their columns' types.
+  EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+    USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), step OPERATOR(pg_catalog.->>) 'row_id',
+      bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), step OPERATOR(pg_catalog.->) 'image';
+  GET DIAGNOSTICS written = ROW_COUNT;
+  IF written OPERATOR(pg_catalog.=) 0 AND keys IS NOT NULL AND step OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.<>) 'insert' THEN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t, pg_catalog.jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+        bemi.scan_of(relation), relation, bemi.key_match(keys, 't', 'k'))
+      INTO written USING bemi.known_values(step OPERATOR(pg_catalog.->) 'at');
+    IF written OPERATOR(pg_catalog.<>) 1 THEN
+      RAISE EXCEPTION 'bemi: cannot revert change %: its row is not as the revert found it', step OPERATOR(pg_catalog.->>) 'last_id'
+        USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Run the revert again: it checks the rows as they are now.';
+    END IF;
+    EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
+      USING bemi.known_values(step OPERATOR(pg_catalog.->) 'target'), NULL::pg_catalog.text,
+        bemi.known_values(step OPERATOR(pg_catalog.->) 'at'), NULL::pg_catalog.jsonb;
+  END IF;
+END
+$$;
+
 -- Writes as its caller, with the caller's search_path (so the caller's triggers and row
 -- security run as they always do); everything it runs is schema-qualified. Where the tables
 -- are: the changes are read from changes (bemi.changes, or a copy of the trail's rows).
@@ -502,7 +641,13 @@ DECLARE
   error_message text;
   error_detail text;
 BEGIN
-  SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  BEGIN
+    SELECT * INTO plan FROM bemi.revert_plan(changes, change_ids, on_conflict);
+  EXCEPTION WHEN data_exception THEN -- a value of the trail the table cannot take (retyped since)
+    GET STACKED DIAGNOSTICS error_message = MESSAGE_TEXT;
+    PERFORM bemi.unfit_value(error_message, NULL);
+    RAISE;
+  END;
   -- The writes carry the caller's context plus the reverted ids, so a revert can be reverted.
   caller_context := bemi.revert_context_begin(plan.ids);
   -- In order (parents inserted before children, children deleted before parents); rows of one
@@ -511,32 +656,48 @@ BEGIN
   pending := plan.steps;
   BEGIN
     FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s LOOP
-      EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-        USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
+      PERFORM bemi.revert_write(step);
     END LOOP;
     pending := '[]';
   EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
     NULL; -- undone: written one by one below
   END;
-  WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
-    failed := '[]';
-    progress := false;
-    FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
-      BEGIN
-        EXECUTE step OPERATOR(pg_catalog.->>) 'sql'
-          USING step OPERATOR(pg_catalog.->) 'target', step OPERATOR(pg_catalog.->>) 'row_id', step OPERATOR(pg_catalog.->) 'at';
-        progress := true;
-      EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
-        failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
-      END;
+  BEGIN
+    WHILE pg_catalog.jsonb_array_length(pending) OPERATOR(pg_catalog.>) 0 LOOP
+      failed := '[]';
+      progress := false;
+      FOR step IN SELECT s.value FROM pg_catalog.jsonb_array_elements(pending) AS s LOOP
+        BEGIN
+          PERFORM bemi.revert_write(step);
+          progress := true;
+        EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+          failed := failed OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array(step);
+          GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+        END;
+      END LOOP;
+      IF NOT progress THEN
+        RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
+          USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+      END IF;
+      pending := failed;
     END LOOP;
-    IF NOT progress THEN
-      RAISE EXCEPTION 'bemi: cannot revert change %: %', failed OPERATOR(pg_catalog.->) 0 OPERATOR(pg_catalog.->>) 'last_id', error_message
-        USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
-    END IF;
-    pending := failed;
-  END LOOP;
+  EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+    -- No order of the net writes is accepted (the writes above are undone): the changes undone
+    -- one by one, newest first, with DEFERRABLE constraints checked once at the end.
+    GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT, error_detail = PG_EXCEPTION_DETAIL;
+    BEGIN
+      SET CONSTRAINTS ALL DEFERRED;
+      FOR step IN SELECT u.value FROM pg_catalog.jsonb_array_elements(plan.steps) AS s,
+                    pg_catalog.jsonb_array_elements(s.value OPERATOR(pg_catalog.->) 'replay') AS u
+                  ORDER BY (u.value OPERATOR(pg_catalog.->>) 'committed_at')::pg_catalog.timestamptz DESC,
+                    (u.value OPERATOR(pg_catalog.->>) 'id')::pg_catalog.int8 DESC LOOP
+        PERFORM bemi.revert_write(step);
+      END LOOP;
+      SET CONSTRAINTS ALL IMMEDIATE;
+    EXCEPTION WHEN foreign_key_violation OR unique_violation THEN
+      RAISE EXCEPTION '%', error_message USING ERRCODE = error_state, DETAIL = coalesce(error_detail, '');
+    END;
+  END;
   PERFORM bemi.set_context(caller_context);
   RETURN QUERY SELECT (r.value OPERATOR(pg_catalog.->>) 0)::pg_catalog.int8, r.value OPERATOR(pg_catalog.->>) 1,
       r.value OPERATOR(pg_catalog.->>) 2, r.value OPERATOR(pg_catalog.->>) 3, r.value OPERATOR(pg_catalog.->>) 4
@@ -579,8 +740,10 @@ BEGIN
 END
 $$;
 
--- since: committed at or after (NULL: ever).
-CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL) RETURNS bigint[]
+-- since: committed at or after (NULL: ever). The empty context matches every change: refused
+-- unless match_all.
+CREATE FUNCTION bemi.context_changes(context jsonb, since timestamptz, database_name text DEFAULT NULL, match_all boolean DEFAULT false)
+RETURNS bigint[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -590,6 +753,10 @@ BEGIN
   IF pg_catalog.jsonb_typeof(context_changes.context) IS DISTINCT FROM 'object' THEN
     RAISE EXCEPTION 'bemi: the context to revert must be a JSON object, not %', coalesce(pg_catalog.jsonb_typeof(context_changes.context), 'NULL')
       USING ERRCODE = 'invalid_parameter_value';
+  ELSIF context_changes.context = '{}' AND match_all IS NOT TRUE THEN
+    RAISE EXCEPTION 'bemi: the empty context matches every change in the trail%', CASE WHEN since IS NULL THEN '' ELSE ' since ' || since END
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the context to revert, e.g. ''{"request_id": "..."}''; to revert every change, pass match_all => true.';
   END IF;
   SELECT pg_catalog.array_agg(x.id) INTO ids FROM bemi.changes AS x
   WHERE x.context @> context_changes.context AND (since IS NULL OR x.committed_at >= since)
@@ -613,16 +780,83 @@ END;
 
 COMMENT ON FUNCTION bemi.revert_transaction(bigint, text) IS 'bemi.revert of every change of one transaction.';
 
-CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error')
+CREATE FUNCTION bemi.revert_context(context jsonb, since timestamptz DEFAULT NULL, on_conflict text DEFAULT 'error',
+                                    match_all boolean DEFAULT false)
 RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
 LANGUAGE sql
 BEGIN ATOMIC
   SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
-  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since), revert_context.on_conflict) AS r;
+  FROM bemi.revert(bemi.context_changes(revert_context.context, revert_context.since, NULL, revert_context.match_all),
+                   revert_context.on_conflict) AS r;
 END;
 
-COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text) IS
-  'bemi.revert of every change whose context contains the given one, committed at or after since.';
+COMMENT ON FUNCTION bemi.revert_context(jsonb, timestamptz, text, boolean) IS
+  'bemi.revert of every change whose context contains the given one, committed at or after since (the empty context only with match_all => true).';
 
-REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass) TO PUBLIC;
+-- Where the trail is: the changes of a range of transactions, in commit order from the first
+-- change of one through the last change of another (and every transaction committed between).
+CREATE FUNCTION bemi.transactions_changes(first_transaction bigint, last_transaction bigint, database_name text DEFAULT NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  first_change bigint := (SELECT pg_catalog.min(i) FROM pg_catalog.unnest(bemi.transaction_changes(first_transaction, database_name)) AS i);
+  last_change bigint := (SELECT pg_catalog.max(i) FROM pg_catalog.unnest(bemi.transaction_changes(last_transaction, database_name)) AS i);
+  bounds record;
+BEGIN
+  SELECT (SELECT x.committed_at FROM bemi.changes AS x WHERE x.id = first_change) AS low,
+         (SELECT x.committed_at FROM bemi.changes AS x WHERE x.id = last_change) AS high INTO bounds;
+  IF (bounds.low, first_change) > (bounds.high, last_change) THEN
+    RAISE EXCEPTION 'bemi: transaction % committed after transaction %', first_transaction, last_transaction
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the earlier transaction first.';
+  END IF;
+  RETURN (SELECT pg_catalog.array_agg(x.id ORDER BY x.committed_at, x.id) FROM bemi.changes AS x
+          WHERE x.committed_at BETWEEN bounds.low AND bounds.high
+            AND (x.committed_at, x.id) >= (bounds.low, first_change) AND (x.committed_at, x.id) <= (bounds.high, last_change)
+            AND (database_name IS NULL OR x.database = database_name));
+END
+$$;
+
+CREATE FUNCTION bemi.revert_transactions(first_transaction bigint, last_transaction bigint, on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text)
+LANGUAGE sql
+BEGIN ATOMIC
+  SELECT r.change_id, r.schema, r."table", r.primary_key, r.action
+  FROM bemi.revert(bemi.transactions_changes(revert_transactions.first_transaction, revert_transactions.last_transaction),
+                   revert_transactions.on_conflict) AS r;
+END;
+
+COMMENT ON FUNCTION bemi.revert_transactions(bigint, bigint, text) IS
+  'bemi.revert of every change of the transactions committed from one through another, in one call.';
+
+-- What bemi.revert would do, without writing: per row, the action and the values the row
+-- would get (the columns written: all it would insert, those it would update; NULL for a
+-- delete or no write). Rows are locked as by a revert, until the caller's transaction ends.
+CREATE FUNCTION bemi.revert_preview(change_ids bigint[], on_conflict text DEFAULT 'error')
+RETURNS TABLE (change_id bigint, schema text, "table" text, primary_key text, action text, new_values jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  plan record;
+  failure text;
+BEGIN
+  SELECT * INTO plan FROM bemi.revert_plan('bemi.changes', change_ids, on_conflict);
+  RETURN QUERY SELECT (r.value ->> 0)::bigint, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4,
+      (SELECT pg_catalog.jsonb_object_agg(c.name, s.value -> 'target' -> c.name)
+       FROM pg_catalog.jsonb_array_elements(plan.steps) AS s, pg_catalog.jsonb_array_elements_text(s.value -> 'columns') AS c(name)
+       WHERE (s.value -> 'last_id') = (r.value -> 0))
+    FROM pg_catalog.jsonb_array_elements(plan.results) AS r;
+EXCEPTION WHEN data_exception THEN
+  GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+  PERFORM bemi.unfit_value(failure, NULL);
+  RAISE;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.revert_preview(bigint[], text) IS
+  'What bemi.revert of these changes would do to each row, and the values it would write, without writing.';
+
+REVOKE ALL ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.ignored_columns(regclass), bemi.masked_columns(regclass), bemi.changed_relation(text, text, timestamptz) TO PUBLIC;

@@ -62,7 +62,7 @@ def test_async_twins(dsn: str, admin: psycopg.Connection[Any], history: dict[str
             row = await bemi_pg.row_at_async(aconn, ("My App", "Todo"), ["home", 1], history["at"])
             table = await bemi_pg.table_at_async(aconn, ("My App", "Todo"), history["at"])
             async with aconn.transaction():
-                done = await bemi_pg.revert_async(aconn, context={}, since=history["at"])
+                done = await bemi_pg.revert_async(aconn, context={}, since=history["at"], match_all=True)
             return row, len(table), [r.action for r in done]
 
     assert asyncio.run(main()) == ({"list": "home", "n": 1, "due": "2026-01-01"}, 2, ["updated"])

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--transaction", type=int, metavar="ID", help="the transaction_id of the changes")
     chosen.add_argument("--context", metavar="JSON", help='every change whose context contains this, e.g. \'{"request_id": "r-42"}\'')
     chosen.add_argument("--change", type=int, nargs="+", metavar="ID", help="these change ids")
+    chosen.add_argument("--transactions", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                        help="every transaction committed from FIRST through LAST (transaction_ids), in one revert")
+    v.add_argument("--match-all", action="store_true", help="with --context '{}': really revert every change in the trail")
     v.add_argument("--since", help="with --context: committed at or after a timestamp, or how long ago (30m, 1h, 2d)")
     v.add_argument("--on-conflict", choices=("error", "skip", "overwrite"), default="error",
                    help="a row changed since: fail and change nothing (default), leave it alone, or revert it anyway")

@@ -6,6 +6,7 @@ and changes undone.
     bemi-pg changes --at "2026-11-27 10:00+00" --table todo [--key 26]
     bemi-pg revert --transaction 1234 [--dry-run] [--on-conflict skip]
     bemi-pg revert --context '{"request_id": "r-42"}' --since 1h
+    bemi-pg revert --transactions 1234 1240
 """
 
 from __future__ import annotations
@@ -151,10 +152,12 @@ def reverted(args: argparse.Namespace, conn: psycopg.Connection[Any],
     """Runs the revert in one transaction, committed unless --dry-run; returns its rows
     (trail: as for changes_at)."""
     context = None if args.context is None else context_option(args.context)
-    if context is None and args.since:
-        raise Failure("--since goes with --context")
+    if context is None and (args.since or args.match_all):
+        raise Failure("--since and --match-all go with --context")
     since = moment(conn, args.since) if args.since else None
     with conn.transaction(force_rollback=args.dry_run):
         done = revert_changes(conn, change_ids=args.change, transaction_id=args.transaction, context=context,
-                              since=since, on_conflict=args.on_conflict, trail=trail)
+                              since=since, on_conflict=args.on_conflict, trail=trail,
+                              transaction_range=None if args.transactions is None else tuple(args.transactions),
+                              match_all=args.match_all)
     return [{c: getattr(r, c) for c in REVERT_COLUMNS} for r in done]

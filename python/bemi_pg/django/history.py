@@ -24,7 +24,7 @@ import psycopg
 from django.db import connections, models, router, transaction
 
 from bemi_pg.revert import revert as revert_changes
-from bemi_pg.timetravel import relation, row_at
+from bemi_pg.timetravel import key_text, relation, row_at
 from bemi_pg.steps import run
 from bemi_pg.trail_database import DROP_ROWS, TABLE_FROM, copy_table_history
 
@@ -79,7 +79,7 @@ def as_of(obj_or_model: Any, at: datetime, using: str | None = None, trail: str 
         found = _unsaved(rows.raw(
             f"SELECT r.* FROM bemi.row_at(%s::regclass, %s, %s) AS j(image), "
             f"jsonb_populate_record(NULL::{table}, j.image) AS r WHERE j.image IS NOT NULL",
-            [table, str(obj_or_model.pk), at]))
+            [table, key_text(obj_or_model.pk), at]))
     if not found:
         raise model.DoesNotExist(f"{model._meta.object_name} {obj_or_model.pk} did not exist at {at.isoformat()}")
     return found[0]

@@ -37,8 +37,12 @@ class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
     def deleted(self) -> BemiChangeQuerySet:
         return self.filter(operation=BemiChange.Operation.DELETE)
 
-    def with_context(self, **values: Any) -> BemiChangeQuerySet:
-        """Changes whose context holds all these keys and values."""
+    def with_context(self, match_all: bool = False, **values: Any) -> BemiChangeQuerySet:
+        """Changes whose context holds all these keys and values. With no values it would match
+        every change (and a revert of it would undo the whole trail): refused unless match_all."""
+        if not values and not match_all:
+            raise ValueError("bemi: with_context() with no values matches every change; "
+                             "name the context (with_context(request_id=...)) or pass match_all=True")
         return self.filter(context__contains=values)
 
     def with_before(self, **values: Any) -> BemiChangeQuerySet:
@@ -49,11 +53,15 @@ class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
         """Changes whose row after held all these column values."""
         return self.filter(after__contains=values)
 
-    def revert(self, on_conflict: str = "error", source: str | None = None) -> list[dict[str, Any]]:
+    def revert(self, on_conflict: str = "error", source: str | None = None, match_all: bool = False) -> list[dict[str, Any]]:
         """Undoes the net effect of these changes on each row (bemi.revert), in the current
         transaction; what it did per row: change_id, schema, table, primary_key, action.
         source: the alias of the tables' database, when these changes are read from a trail
-        database (``BemiChange.objects.using("trail")``)."""
+        database (``BemiChange.objects.using("trail")``). An unfiltered queryset (the whole
+        trail) is refused unless match_all."""
+        if not self.query.where and not match_all:
+            raise ValueError("bemi: this queryset is not filtered, so its revert would undo the whole trail; "
+                             "filter it or pass match_all=True")
         return revert(list(self.values_list("id", flat=True)), on_conflict, self.db, source)
 
 

@@ -10,6 +10,7 @@ commit LSN and how many of its changes are stored, so a restart skips exactly th
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
@@ -107,6 +108,24 @@ def message_text(content: bytes, codec: str | None) -> bytes:
     return b"\\x" + content.hex().encode()
 
 
+PARTITION_COLUMNS = ("partition_schema", "partition", "event")
+
+
+def partition_message(content: bytes) -> dict[str, Any] | None:
+    """A 'bemi.truncate' message's content read (as bemi.partition_message reads it), or None
+    when it is not one bemi wrote."""
+    try:
+        parsed = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if (isinstance(parsed, dict) and type(parsed.get("relid")) is int and 1 <= parsed["relid"] <= 4294967295
+            and parsed.get("event") in ("truncate", "detach", "attach")
+            and all(isinstance(parsed.get(k), str) and "\0" not in parsed[k]
+                    for k in ("schema", "table", "partition_schema", "partition"))):
+        return parsed
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Batches: what one bemi.store call stores.
 
@@ -131,6 +150,7 @@ class _Transaction:
     count: int = 0  # changes seen so far, stored or skipped
     position: int = -1
     ordinal: int = 0
+    partition_rows: list[tuple[int, int]] = field(default_factory=list)  # (row in the batch, root relid)
 
 
 @dataclass
@@ -185,8 +205,7 @@ class Stager:
         elif kind is pgoutput.Message:
             self._message(message)  # type: ignore[arg-type]
         elif kind is pgoutput.Truncate:
-            for relid in message.relids:  # type: ignore[union-attr]
-                self._change(position, b"T", relid, None, False, None)
+            self._truncate(position, message.relids)  # type: ignore[union-attr]
         # Origin and Type messages carry nothing the trail needs.
 
     def keepalive(self, end: int) -> None:
@@ -217,13 +236,44 @@ class Stager:
 
     def _message(self, message: pgoutput.Message) -> None:
         transaction = self.transaction
+        if transaction is not None and message.transactional and message.prefix == "bemi.truncate":
+            self._partition_event(message)
         if transaction is None or not message.transactional or message.prefix != "bemi":
             return
         transaction.fields = b"%d\t%s\t%s" % (transaction.xid, timestamp(transaction.commit_time),
                                               copy_escape(message_text(message.content, self.codec)))
 
+    def _partition_event(self, message: pgoutput.Message) -> None:
+        """A 'bemi.truncate' message (bemi.partition_event): rows of a partition that left or
+        joined its root, staged as a TRUNCATE of the root whose before names the partition, as
+        bemi.stage_from_slot does (bemi.partition_message says which messages count)."""
+        event = partition_message(message.content)
+        if event is None:
+            return
+        relation = pgoutput.Relation(event["relid"], event["schema"], event["table"], "n",
+                                     PARTITION_COLUMNS, (25, 25, 25), (-1, -1, -1), (False, False, False))
+        number = self.next_shape
+        self.next_shape += 1
+        described = LOCAL if self.described is None else self.described(relation, message.lsn)
+        values: pgoutput.Tuple = [event[c].encode() for c in PARTITION_COLUMNS]
+        self._change(message.lsn, b"T", relation.relid, values, False, None,
+                     _Shape(number, relation, relation_row(number, relation, described)))
+        assert self.transaction is not None
+        self.transaction.partition_rows.append((len(self.batch.rows) - 1, relation.relid))
+
+    def _truncate(self, position: int, relids: tuple[int, ...]) -> None:
+        """A TRUNCATE of roots: it covers the partition TRUNCATEs staged before it in its
+        transaction (still in this batch), which are not stored."""
+        transaction = self.transaction
+        if transaction is not None:
+            for index, relid in transaction.partition_rows:
+                if relid in relids:
+                    self.batch.rows[index] = b""
+        for relid in relids:
+            self._change(position, b"T", relid, None, False, None)
+
     def _change(self, position: int, operation: bytes, relid: int, old: pgoutput.Tuple | None,
-                old_key_only: bool, new: pgoutput.Tuple | None) -> None:
+                old_key_only: bool, new: pgoutput.Tuple | None, shape: _Shape | None = None) -> None:
         transaction = self.transaction
         if transaction is None:
             raise pgoutput.ProtocolError("a change outside a transaction")
@@ -234,10 +284,11 @@ class Stager:
         transaction.count += 1
         if transaction.count <= transaction.skip:  # stored by an earlier run
             return
-        try:
-            shape = self.shapes[relid]
-        except KeyError:
-            raise pgoutput.ProtocolError(f"a change to relation {relid} before its Relation message") from None
+        if shape is None:
+            try:
+                shape = self.shapes[relid]
+            except KeyError:
+                raise pgoutput.ProtocolError(f"a change to relation {relid} before its Relation message") from None
         batch = self.batch
         batch.relations.setdefault(shape.number, shape.row)
         self.seq += 1
@@ -250,6 +301,8 @@ class Stager:
         """The batch built so far (a part of the open transaction, if one is open); starts the next."""
         batch, self.batch = self.batch, Batch(self.received_end)
         batch.idle = idle
+        if self.transaction is not None:
+            self.transaction.partition_rows.clear()  # rows of the batch taken
         if self.transaction is None:
             batch.through = self.received_end
         return batch
