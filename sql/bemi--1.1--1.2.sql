@@ -2822,6 +2822,32 @@ BEGIN ATOMIC
         ORDER BY 9, CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
 END;
 
+CREATE OR REPLACE FUNCTION bemi.shared_key_settled(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  shared jsonb;
+  before_it jsonb;
+BEGIN
+  IF NOT (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+                 OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+               ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    RETURN event;
+  END IF;
+  shared := bemi.shared_key_event(history, keys, event);
+  IF shared ? 'alike' THEN
+    before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
+    IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
+      shared := shared - 'alike';
+    ELSIF before_it IS NOT NULL THEN
+      shared := NULL;
+    END IF;
+  END IF;
+  RETURN coalesce(shared - 'transaction_first' - 'first_id', event);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION bemi.row_history(history jsonb, primary_key text, at timestamptz, through bigint DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2829,8 +2855,6 @@ AS $$
 DECLARE
   keys text[];
   event jsonb;
-  shared jsonb;
-  before_it jsonb;
   moved jsonb := '[]';
 BEGIN
   PERFORM bemi.check_trail(history, at);
@@ -2845,27 +2869,12 @@ BEGIN
           AND c.before ->> 'event' IN ('detach', 'attach'))));
     event := bemi.key_event(history, keys, (event ->> 'committed_at')::timestamptz, true, (event ->> 'id')::bigint - 1);
   END LOOP;
+  event := bemi.shared_key_settled(history, keys, event);
   IF moved <> '[]' THEN
-    event := coalesce(bemi.key_event(history, keys, at, false, through) || '{"later": true}', '{}')
+    event := coalesce(bemi.shared_key_settled(history, keys, bemi.key_event(history, keys, at, false, through) || '{"later": true}'), '{}')
       || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
   ELSIF event IS NULL THEN
-    event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
-  END IF;
-  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
-             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
-           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
-    shared := bemi.shared_key_event(history, keys, event);
-    IF shared ? 'alike' THEN
-      -- Alike in every value: one row that took the key and gave it up, or two that shared it?
-      -- Whether a row had the key when the transaction began tells.
-      before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
-      IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
-        shared := shared - 'alike' - 'transaction_first';
-      ELSIF before_it IS NOT NULL THEN
-        shared := NULL;
-      END IF;
-    END IF;
-    event := coalesce(shared - 'transaction_first', event);
+    event := bemi.shared_key_settled(history, keys, bemi.key_event(history, keys, at, false, through) || '{"later": true}');
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
@@ -2917,6 +2926,9 @@ DECLARE
     AND bemi.same_key(relation, prior ->> 'primary_key', primary_key);
   inside boolean;
 BEGIN
+  IF prior IS NULL OR prior ? 'alike' THEN
+    RETURN NULL; -- no change of the row before them (it may be from before tracking), or not one told apart
+  END IF;
   FOR moved IN SELECT m.value FROM pg_catalog.jsonb_array_elements(event -> 'partition_events') WITH ORDINALITY AS m(value, n)
                ORDER BY m.n DESC LOOP
     IF moved -> 'before' ->> 'event' = 'attach' THEN

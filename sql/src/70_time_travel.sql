@@ -4,7 +4,7 @@
 --    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
 --    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
---    bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
+--    bemi.shared_key_settled(), bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
 --    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(),
 --    bemi.table_history(), bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
@@ -539,6 +539,37 @@ BEGIN ATOMIC
         ORDER BY 9, CASE WHEN event ? 'later' THEN c.id END, c.id DESC LIMIT 1) AS e;
 END;
 
+-- Where the trail is: a change of a row's key (bemi.key_event), or the change of another row
+-- of its transaction that had the key (bemi.shared_key_event) where the key was shared. For
+-- rows alike in every value, whether a row had the key when the transaction began tells one
+-- row that took the key and gave it up from two that shared it; where nothing tells, the
+-- change is marked "alike" (row_from refuses).
+CREATE FUNCTION bemi.shared_key_settled(history jsonb, keys text[], event jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  shared jsonb;
+  before_it jsonb;
+BEGIN
+  IF NOT (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+                 OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
+               ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
+    RETURN event;
+  END IF;
+  shared := bemi.shared_key_event(history, keys, event);
+  IF shared ? 'alike' THEN
+    before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
+    IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
+      shared := shared - 'alike';
+    ELSIF before_it IS NOT NULL THEN
+      shared := NULL;
+    END IF;
+  END IF;
+  RETURN coalesce(shared - 'transaction_first' - 'first_id', event);
+END
+$$;
+
 -- Where the trail is: what it knows of one row at a moment, for row_from: the latest change
 -- of the row at or before the moment, else the first after it ("later": true), else {}.
 -- Where the latest are partitions truncated, detached or attached (bemi.partition_event),
@@ -554,8 +585,6 @@ AS $$
 DECLARE
   keys text[];
   event jsonb;
-  shared jsonb;
-  before_it jsonb;
   moved jsonb := '[]';
 BEGIN
   PERFORM bemi.check_trail(history, at);
@@ -570,27 +599,12 @@ BEGIN
           AND c.before ->> 'event' IN ('detach', 'attach'))));
     event := bemi.key_event(history, keys, (event ->> 'committed_at')::timestamptz, true, (event ->> 'id')::bigint - 1);
   END LOOP;
+  event := bemi.shared_key_settled(history, keys, event);
   IF moved <> '[]' THEN
-    event := coalesce(bemi.key_event(history, keys, at, false, through) || '{"later": true}', '{}')
+    event := coalesce(bemi.shared_key_settled(history, keys, bemi.key_event(history, keys, at, false, through) || '{"later": true}'), '{}')
       || pg_catalog.jsonb_build_object('partition_events', moved, 'prior', event - 'committed_at');
   ELSIF event IS NULL THEN
-    event := bemi.key_event(history, keys, at, false, through) || '{"later": true}';
-  END IF;
-  IF (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
-             OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
-           ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
-    shared := bemi.shared_key_event(history, keys, event);
-    IF shared ? 'alike' THEN
-      -- Alike in every value: one row that took the key and gave it up, or two that shared it?
-      -- Whether a row had the key when the transaction began tells.
-      before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
-      IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
-        shared := shared - 'alike' - 'transaction_first';
-      ELSIF before_it IS NOT NULL THEN
-        shared := NULL;
-      END IF;
-    END IF;
-    event := coalesce(shared - 'transaction_first', event);
+    event := bemi.shared_key_settled(history, keys, bemi.key_event(history, keys, at, false, through) || '{"later": true}');
   END IF;
   RETURN coalesce(event - 'committed_at' - 'previous_key', '{}');
 END
@@ -641,7 +655,8 @@ $$;
 -- Where the table is: what partition events (row_history's "partition_events", newest first)
 -- did to a row, given its change before them ("prior"): 'gone' (it was in a partition
 -- truncated or detached, or was not there and none came in), 'kept' (it was there and in none
--- of them), NULL when that cannot be told (row_from then asks what came after).
+-- of them), NULL when that cannot be told (no change before them, a partition whose bounds
+-- may have changed): row_from then asks what came after.
 CREATE FUNCTION bemi.partition_verdict(relation regclass, primary_key text, event jsonb) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -653,6 +668,9 @@ DECLARE
     AND bemi.same_key(relation, prior ->> 'primary_key', primary_key);
   inside boolean;
 BEGIN
+  IF prior IS NULL OR prior ? 'alike' THEN
+    RETURN NULL; -- no change of the row before them (it may be from before tracking), or not one told apart
+  END IF;
   FOR moved IN SELECT m.value FROM pg_catalog.jsonb_array_elements(event -> 'partition_events') WITH ORDINALITY AS m(value, n)
                ORDER BY m.n DESC LOOP
     IF moved -> 'before' ->> 'event' = 'attach' THEN

@@ -171,6 +171,11 @@ FOR_EVERYONE = {
     # Revert's list of a table's ignored columns (bemi.track's ignore_columns), for any caller
     # that may revert; it tells only those column names.
     "bemi.ignored_columns(regclass)",
+    # The same for masked columns (mask_columns), so that time travel of a table without a key
+    # compares rows without them; and the table a change was made in (an OID), so that a
+    # revert matches tables by identity, never by a name reused since.
+    "bemi.masked_columns(regclass)",
+    "bemi.changed_relation(text,text,timestamp with time zone)",
 }
 
 
