@@ -84,7 +84,8 @@ lint:
 PYTEST = $(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 	  $$(command -v node >/dev/null || echo --ignore=tests/integrations/test_node_example.py)
 
-test: deps install venv node-deps lint
+# pg-versions: the failover test runs a real PostgreSQL 17 standby (tools/pg-versions).
+test: deps install venv node-deps lint pg-versions
 	$(PYTEST) tests
 
 # Leaves out the tests marked slow and the fault tests that kill processes or stop the server (crash).
