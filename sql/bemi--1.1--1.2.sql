@@ -1228,3 +1228,10 @@ $$;
 
 REVOKE ALL ON FUNCTION bemi.ingested_until(name), bemi.retained_from() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.ingested_until(name), bemi.retained_from(), bemi.check_trail(jsonb, timestamptz) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- The worker as a service (issue 19): bemi.describe_relation runs as the extension's owner,
+-- so the role of a worker storing into a trail database needs only EXECUTE on it in the
+-- source (docs/trail-database.md), not SELECT on bemi.tracking and bemi.keys.
+
+ALTER FUNCTION bemi.describe_relation(oid, oid[], integer[], pg_lsn) SECURITY DEFINER;

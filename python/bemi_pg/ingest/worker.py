@@ -75,7 +75,7 @@ FATAL_CONNECT = ("password authentication failed", "does not exist", "no pg_hba.
 
 
 # A host name that does not resolve: a typo before the worker ever connected, an outage after.
-UNKNOWN_HOST = ("could not translate host name", "name or service not known", "nodename nor servname")
+UNKNOWN_HOST = ("failed to resolve host", "could not translate host name", "name or service not known")
 
 
 def is_transient(error: psycopg.Error, connected_before: bool = True) -> bool:
@@ -90,6 +90,11 @@ def is_transient(error: psycopg.Error, connected_before: bool = True) -> bool:
     if not connected_before and any(m in text for m in UNKNOWN_HOST):
         return False
     return isinstance(error, psycopg.OperationalError) and not any(m in text for m in FATAL_CONNECT)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (libpq's run over several), for logs."""
+    return " ".join(str(error).split())
 
 
 def info(message: str, **fields: Any) -> None:
@@ -252,13 +257,13 @@ def run(options: Options, stop: threading.Event, metrics: Metrics | None = None,
             except psycopg.Error as error:
                 if not is_transient(error, connected):
                     metrics.errors.labels(kind="fatal").inc()
-                    raise Failure(str(error).strip()) from error
+                    raise Failure(one_line(error)) from error
                 metrics.errors.labels(kind="transient").inc()
                 metrics.state.state("reconnecting")
                 attempt += 1
                 if totals.ingesting:  # the session had been ingesting: start the backoff over
                     backoff, totals.ingesting = 0.5, False
-                warn(f"{str(error).strip()}; retrying in {backoff:.1f} s (attempt {attempt})", attempt=attempt,
+                warn(f"{one_line(error)}; retrying in {backoff:.1f} s (attempt {attempt})", attempt=attempt,
                      backoff=backoff, sqlstate=error.sqlstate)
                 wake.clear()
                 if not wake.wait(backoff):
