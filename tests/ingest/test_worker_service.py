@@ -388,3 +388,12 @@ def test_a_trail_database_with_exactly_the_documented_grants(dsn: str, trail: st
                 conn.execute(f"DROP OWNED BY {role}")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_gives_up_with_one_json_line_under_log_format_json(dsn: str) -> None:
+    done = subprocess.run([*BEMI_PG, "--dsn", psycopg.conninfo.make_conninfo(dsn, user="no_such_role"), "worker",
+                           "--log-format", "json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["level"] == "error" and 'role "no_such_role" does not exist' in logged["msg"], logged

@@ -179,9 +179,7 @@ def preflight(options: Options) -> Plan:
                           "are not being captured (create it with SELECT bemi.create_slot())")
         may = conn.execute(SOURCE_PRIVILEGES).fetchone()
         assert may is not None
-        if not options.trail_dsn:
-            stored = conn.execute(STORE_PRIVILEGES).fetchone()
-            assert stored is not None
+        local = None if options.trail_dsn else conn.execute(STORE_PRIVILEGES).fetchone()
     if options.trail_dsn:
         if options.sql:
             raise Failure("--trail-dsn needs the streaming worker: bemi.ingest() stores in its own database")
@@ -197,7 +195,8 @@ def preflight(options: Options) -> Plan:
             raise Failure(f'role "{stored["role"]}" may not store into the trail database "{stored["database"]}": it '
                           f"needs {', '.join(missing)} there (see docs/trail-database.md)")
         return Plan(database, slot["name"], sql=False)
-    can_stream = bool(info["replication"]) and stored["store"] and stored["stage"] and stored["progress"]
+    assert local is not None
+    can_stream = bool(info["replication"]) and local["store"] and local["stage"] and local["progress"]
     if options.sql or not can_stream:
         if not may["ingest"]:
             raise Failure(f'role "{role}" may not call bemi.ingest()' + (
@@ -205,7 +204,7 @@ def preflight(options: Options) -> Plan:
         note = "" if options.sql else (
             f'role "{role}" lacks ' + ("the REPLICATION attribute" if not info["replication"] else
                                        "the grants for streaming") + ", so ingesting through SQL (bemi.ingest)")
-        return Plan(database, slot["name"], sql=True, note=note, reads_progress=bool(stored["progress"]))
+        return Plan(database, slot["name"], sql=True, note=note, reads_progress=bool(local["progress"]))
     return Plan(database, slot["name"], sql=False)
 
 
@@ -217,7 +216,8 @@ def trail_privileges(trail_dsn: str) -> dict[str, Any]:
         if not (row and row["ready"]):
             raise Failure(f'the trail database "{trail.info.dbname}" has no bemi 1.1: prepare it with '
                           "bemi-pg install --trail-only --dsn <trail URL>")
-        may = trail.execute(STORE_PRIVILEGES + ", current_user AS role, current_database() AS database").fetchone()
+        may: dict[str, Any] | None = trail.execute(
+            STORE_PRIVILEGES + ", current_user AS role, current_database() AS database").fetchone()
         assert may is not None
         return may
 
@@ -265,14 +265,22 @@ def run(options: Options, stop: threading.Event, metrics: Metrics | None = None,
                     backoff, totals.ingesting = 0.5, False
                 warn(f"{one_line(error)}; retrying in {backoff:.1f} s (attempt {attempt})", attempt=attempt,
                      backoff=backoff, sqlstate=error.sqlstate)
-                wake.clear()
-                if not wake.wait(backoff):
+                if not pause(backoff, stop, wake):
                     backoff = min(backoff * 2, options.max_backoff)
                 watch.stopping.clear()
     finally:
         watch.stop.set()
         metrics.state.state("stopped")
     return totals
+
+
+def pause(seconds: float, stop: threading.Event, wake: threading.Event) -> bool:
+    """Waits ``seconds``, or until stopped or woken (SIGHUP): whether it was cut short."""
+    wake.clear()
+    deadline = time.monotonic() + seconds
+    while not (stop.is_set() or wake.is_set()) and (left := deadline - time.monotonic()) > 0:
+        stop.wait(min(left, 0.2))
+    return stop.is_set() or wake.is_set()
 
 
 class ServerStopping(psycopg.OperationalError):
@@ -283,7 +291,8 @@ class ShutdownWatch(threading.Thread):
     """A smart shutdown waits for every client session to end, and tells none of them: a new
     connection being refused ("the database system is shutting down", 57P03) is how a client
     learns of it. Every ``every`` seconds this thread tries one to each database the worker
-    uses, and sets ``stopping`` when one is refused so."""
+    uses, and sets ``stopping`` when one is refused so. (libpq gives no SQLSTATE for a refused
+    connection: the server's message is matched, as it sends it with lc_messages in English.)"""
 
     def __init__(self, dsns: list[str], every: float) -> None:
         super().__init__(name="bemi-pg shutdown watch", daemon=True)
@@ -296,7 +305,7 @@ class ShutdownWatch(threading.Thread):
                 try:
                     psycopg.connect(dsn, connect_timeout=10, application_name="bemi-pg probe", **keepalives(dsn)).close()
                 except psycopg.Error as error:
-                    if error.sqlstate == "57P03" or "shutting down" in str(error):
+                    if "the database system is shutting down" in str(error):
                         self.stopping.set()
 
     def check(self) -> None:
@@ -542,9 +551,8 @@ class StreamSession(Session):
             latest = writer.results.get_nowait()
             self.totals.changes += latest.changes
             self.wal_end = latest.wal_end
-            pending_bytes = max(0, latest.wal_end - latest.through)
             newest = None if latest.newest_commit is None else (latest.newest_commit + POSTGRES_EPOCH_US) / 1e6
-            self.metrics.stored(latest.changes, pending_bytes, newest, caught_up=latest.idle)
+            self.metrics.stored(latest.changes, max(0, latest.wal_end - latest.through), newest, caught_up=latest.idle)
         if latest is not None or force:
             age = None
             if latest is not None and latest.newest_commit is not None:
