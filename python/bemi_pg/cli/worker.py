@@ -114,7 +114,7 @@ def work(args: argparse.Namespace, log: logging.Logger) -> int:
                                     interval=args.interval, drain=args.drain, sql=args.sql, trail_dsn=args.trail_dsn,
                                     wait=wait)
     try:
-        totals = ingest_worker.run(options, stop, metrics, wake)
+        totals = ingest_worker.run(options, stop, metrics=metrics, wake=wake)
     except ingest_worker.Failure as error:
         raise Failure(str(error)) from error
     seconds = time.monotonic() - totals.started

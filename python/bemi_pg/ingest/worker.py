@@ -24,6 +24,7 @@ import datetime
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,11 +226,21 @@ def trail_privileges(trail_dsn: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # The worker loop: preflight, ingest, reconnect on transient errors.
 
-def run(options: Options, stop: threading.Event, metrics: Metrics | None = None,
-        wake: threading.Event | None = None) -> Totals:
+def run(options: Options, stop: threading.Event, say: Callable[[str], None] | None = None, *,
+        metrics: Metrics | None = None, wake: threading.Event | None = None) -> Totals:
     """Ingests until ``stop`` is set (or, with --drain, until drained). Transient errors are
     retried after a backoff (doubling, up to max_backoff; ``wake`` cuts one short); a Failure
-    is what retrying cannot fix."""
+    is what retrying cannot fix. Progress is logged to the "bemi_pg.worker" logger (and given
+    to ``say``, line by line, when given)."""
+    if say is not None:
+        handler, level = Say(say), log.level
+        log.addHandler(handler)
+        log.setLevel(min(level or logging.INFO, logging.INFO))
+        try:
+            return run(options, stop, metrics=metrics, wake=wake)
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
     metrics = metrics or Metrics()
     wake = wake or threading.Event()
     totals, backoff, attempt, connected = Totals(), 0.5, 0, False
@@ -272,6 +283,17 @@ def run(options: Options, stop: threading.Event, metrics: Metrics | None = None,
         watch.stop.set()
         metrics.state.state("stopped")
     return totals
+
+
+class Say(logging.Handler):
+    """Progress lines to a callable."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(record.getMessage())
 
 
 def pause(seconds: float, stop: threading.Event, wake: threading.Event) -> bool:
