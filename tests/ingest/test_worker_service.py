@@ -172,8 +172,9 @@ def test_fast_stop_in_the_middle_of_a_large_transaction(server: Server, tmp_path
 
 @pytest.mark.crash
 def test_fast_stops_while_the_trail_database_is_down(server: Server, tmp_path: Path, workers: list[Worker]) -> None:
-    """The trail database's server stops (fast), then the source's: both stops complete while
-    the worker waits for its trail; with both back, it stores what was written meanwhile."""
+    """The source's server stops (fast) while the worker streams into its trail database; then
+    the trail database's server stops, then the source's again (fast, then smart): each stop
+    completes, and with both back the worker stores what was written meanwhile."""
     (tmp_path / "s2").mkdir()
     trail_server = Server(tmp_path / "s2")
     trail_server.start()
@@ -185,9 +186,13 @@ def test_fast_stops_while_the_trail_database_is_down(server: Server, tmp_path: P
         write(dsn, range(0, 10))
         worker = Worker(tmp_path, dsn, "--trail-dsn", trail, "--interval", "0.2")
         workers.append(worker)
-        assert wait_for(lambda: stored(trail) == 10)
+        assert wait_for(lambda: stored(trail) == 10 and "caught up" in worker.stdout())
+        stops(server, "fast")
+        server.start()
+        write(dsn, range(10, 15))
+        assert wait_for(lambda: stored(trail) == 15), (worker.stdout(), worker.stderr())
         stops(trail_server, "fast")
-        write(dsn, range(10, 20))  # the source keeps working
+        write(dsn, range(15, 20))  # the source keeps working
         assert wait_for(lambda: "retrying in" in worker.stderr())
         stops(server, "fast")
         server.start()
