@@ -190,9 +190,8 @@ class Stager:
         transaction = self.transaction
         if transaction is None or not message.transactional or message.prefix != "bemi":
             return
-        content = message.content.decode("utf-8", "replace").replace("\0", "\ufffd").encode()
         transaction.fields = b"%d\t%s\t%s" % (transaction.xid, timestamp(transaction.commit_time),
-                                              copy_escape(content))
+                                              copy_escape(message_text(message.content)))
 
     def _change(self, position: int, operation: bytes, relid: int, old: pgoutput.Tuple | None,
                 old_key_only: bool, new: pgoutput.Tuple | None) -> None:
@@ -225,6 +224,19 @@ class Stager:
         if self.transaction is None:
             batch.through = self.received_end
         return batch
+
+
+def message_text(content: bytes) -> bytes:
+    """A bemi message's content as text, as bemi.message_text has it: content that is not
+    text (invalid UTF-8, a NUL byte: a message no bemi trigger wrote) is kept as its hex form
+    ("\\x..."), which is not JSON, so it is stored as {"invalid_context": ...}."""
+    try:
+        if b"\0" not in content:
+            content.decode("utf-8")
+            return content
+    except UnicodeDecodeError:
+        pass
+    return b"\\x" + content.hex().encode()
 
 
 def image_fields(old: pgoutput.Tuple | None, old_key_only: bool, new: pgoutput.Tuple | None,

@@ -109,10 +109,12 @@ def warn(message: str, **fields: Any) -> None:
 
 def _connect(dsn: str, application_name: str = "bemi-pg", **kwargs: Any) -> psycopg.Connection[Any]:
     """A normal connection whose queries resolve names in pg_catalog only, whatever the
-    search_path the DSN or the role brings (names of bemi are schema-qualified)."""
+    search_path the DSN or the role brings (names of bemi are schema-qualified), and whose
+    timestamps come in ISO, whatever the DateStyle the role or the database sets."""
     conn = psycopg.connect(dsn, client_encoding="UTF8", application_name=application_name, connect_timeout=10,
                            **keepalives(dsn), **kwargs)
     conn.execute("SET search_path = pg_catalog, pg_temp")
+    conn.execute("SET datestyle = ISO")
     if not conn.autocommit:
         conn.commit()
     return conn
@@ -546,7 +548,7 @@ class StreamSession(Session):
                     pinged_at = feedback_at = now
             if pinged_at is not None and now - pinged_at > self.FEEDBACK_EVERY:
                 pinged_at = None  # no answer: ask again
-            self.collect(writer)
+            self.collect(writer, settled=writer.idle and not stager.in_transaction and not stager.batch.rows)
             if writer.stored > stream.confirmed or now - feedback_at >= self.FEEDBACK_EVERY:
                 stream.confirm(writer.stored)
                 feedback_at = now
@@ -565,9 +567,10 @@ class StreamSession(Session):
                 raise writer.error
             stream.confirm(writer.stored)
 
-    def collect(self, writer: Writer, force: bool = False) -> None:
-        """Counts what the writer stored and reports it (at once when it has caught up with
-        the server, else at most once a second)."""
+    def collect(self, writer: Writer, force: bool = False, settled: bool = False) -> None:
+        """Counts what the writer stored and reports it (at once when it has stored all the
+        stream sent, else at most once a second); "caught up" once an idle store says the
+        trail is complete up to the server's position."""
         latest: Stored | None = None
         while not writer.results.empty():
             latest = writer.results.get_nowait()
@@ -581,7 +584,7 @@ class StreamSession(Session):
                 age = max(0.0, (now_us() - latest.newest_commit) / 1e6)
             pending_bytes = None if self.wal_end is None else max(0, self.wal_end - writer.stored)
             caught_up = latest is not None and latest.idle
-            self.report(pending_bytes, age, force=force or caught_up, caught_up=caught_up)
+            self.report(pending_bytes, age, force=force or settled or caught_up, caught_up=caught_up)
 
 
 def pending(n: int | None) -> str:
