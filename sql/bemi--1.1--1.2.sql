@@ -96,7 +96,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
   OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
@@ -2399,3 +2399,10 @@ REVOKE ALL ON FUNCTION bemi.pending_writes(regclass, integer), bemi.covered_from
   bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
   bemi.check_pending(regclass) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- The worker as a service (issue 19): bemi.describe_relation runs as the extension's owner,
+-- so the role of a worker storing into a trail database needs only EXECUTE on it in the
+-- source (docs/trail-database.md), not SELECT on bemi.tracking and bemi.keys.
+
+ALTER FUNCTION bemi.describe_relation(oid, oid[], integer[], pg_lsn) SECURITY DEFINER;
