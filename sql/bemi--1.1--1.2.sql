@@ -96,7 +96,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
   OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)
@@ -3619,3 +3619,10 @@ COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
 COMMENT ON FUNCTION bemi.row_versions(regclass, text) IS
   'Every version of a row, oldest first, following its key moves: valid_from, valid_to, the change and transaction that made it, its key and the row.';
 REVOKE ALL ON FUNCTION bemi.partitions_moved(regclass) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------
+-- The worker as a service (issue 19): bemi.describe_relation runs as the extension's owner,
+-- so the role of a worker storing into a trail database needs only EXECUTE on it in the
+-- source (docs/trail-database.md), not SELECT on bemi.tracking and bemi.keys.
+
+ALTER FUNCTION bemi.describe_relation(oid, oid[], integer[], pg_lsn) SECURITY DEFINER;

@@ -270,10 +270,12 @@ BEGIN ATOMIC
 END;
 
 -- What a reader storing into a trail in another database needs to know of a relation, from
--- this (the source) database: portable type names, primary key and column rules.
+-- this (the source) database: portable type names, primary key and column rules. It reads
+-- bemi.tracking and bemi.keys as the extension's owner, so that worker role needs EXECUTE on
+-- it alone here (docs/trail-database.md).
 CREATE FUNCTION bemi.describe_relation(relid oid, types oid[], typmods integer[], at pg_lsn,
   OUT type_names text[], OUT key_columns text[], OUT ignore_columns text[], OUT mask_columns text[])
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
   SELECT ARRAY(SELECT bemi.portable_type(x.type, x.typmod)

@@ -37,10 +37,11 @@ def test_server_stopped_immediately_mid_ingest_under_load(dsn: str, postgresql_p
         dsn, str(postgresql_proc.datadir), str(postgresql_proc.logfile), crashes=1, writers=2, pause=0.02))
 
 
-def test_second_worker_exits_with_a_clear_message(dsn: str) -> None:
+def test_second_worker_with_no_wait_exits_with_a_clear_message(dsn: str) -> None:
+    """(Without --no-wait, a second worker waits: tests/ingest/test_worker_service.py.)"""
     scenarios.prepare(dsn)
     with scenarios.running_worker(dsn), scenarios.Writers(dsn, 2, transactions=40) as load:
-        second = scenarios.start_worker(dsn)
+        second = scenarios.start_worker(dsn, "--no-wait")
         _, err = second.communicate()
         assert second.returncode == 1
         assert err.startswith("error: another bemi-pg worker is already ingesting")

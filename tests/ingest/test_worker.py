@@ -69,8 +69,8 @@ def test_seed_example_through_the_streaming_worker(dsn: str, conn: psycopg.Conne
                                                    admin: psycopg.Connection[Any]) -> None:
     bemi_pg.seed_example(conn)
     done = drain(dsn)
-    assert re.search(r"^worker: streaming slot bemi_\d+ of \S+ from [0-9A-F]+/[0-9A-F]+", done.stdout, re.M)
-    assert re.search(r"^worker: drained 5 changes in [0-9.]+ s \([0-9,]+/s\)$", done.stdout, re.M), done.stdout
+    assert re.search(r"worker: streaming slot bemi_\d+ of \S+ from [0-9A-F]+/[0-9A-F]+", done.stdout, re.M)
+    assert re.search(r"worker: drained 5 changes in [0-9.]+ s \([0-9,]+/s\)$", done.stdout, re.M), done.stdout
     rows = changes(admin, "primary_key", "table", "operation", "before", "after", "context")
     assert [tuple(r.values()) for r in rows] == SEED
     state = slot(admin)
@@ -174,7 +174,7 @@ def test_idle_worker_keeps_the_trail_current(dsn: str, admin: psycopg.Connection
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate()
     assert worker.returncode == 0, err
-    assert re.search(r"^caught up: total 1, pending WAL \d+", out, re.M), out
+    assert re.search(r"caught up: total 1, pending WAL \d+", out, re.M), out
 
 
 def test_a_drain_records_the_trail_complete_up_to_its_start(dsn: str, admin: psycopg.Connection[Any]) -> None:
@@ -193,7 +193,7 @@ def test_the_worker_vacuums_its_stage(dsn: str, admin: psycopg.Connection[Any], 
     for n in range(30):
         admin.execute("INSERT INTO t SELECT g FROM generate_series(%s::int, %s::int) g", [n * 100, n * 100 + 99])
     monkeypatch.setattr(writer, "VACUUM_EVERY", 500)
-    run_worker(Options(dsn, drain=True, batch=100, interval=0.05), threading.Event(), lambda _: None)
+    run_worker(Options(dsn, drain=True, batch=100, interval=0.05), threading.Event())
     assert admin.execute("SELECT count(*) AS n FROM bemi.changes").fetchone()["n"] == 3000  # type: ignore[index]
     vacuumed = admin.execute("SELECT vacuum_count AS n FROM pg_stat_user_tables "
                              "WHERE relid = 'bemi.staged'::regclass").fetchone()["n"]  # type: ignore[index]
@@ -230,7 +230,7 @@ def test_sigterm_stops_cleanly_and_confirms_what_is_stored(dsn: str, admin: psyc
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate()
     assert worker.returncode == 0, err
-    assert re.search(r"^worker: stopped after 50 changes in", out, re.M), out
+    assert re.search(r"worker: stopped after 50 changes in", out, re.M), out
     state = slot(admin)
     assert not state["active"] and state["confirmed_flush_lsn"] == state["lsn"]
     admin.execute("INSERT INTO t VALUES (50)")
@@ -264,7 +264,7 @@ def test_sigterm_is_honoured_while_the_server_is_busy_and_nothing_is_lost_or_dou
             if worker.poll() is None:
                 worker.kill()
         assert worker.returncode == 0, err
-        assert re.search(r"^worker: stopped after 0 changes in", out, re.M), out
+        assert re.search(r"^\S+ INFO worker: stopped after 0 changes in", out, re.M), out
         assert changes(admin) == []
         # Nothing half staged is left behind for the next store.
         assert admin.execute("SELECT (SELECT count(*) FROM bemi.staged) + (SELECT count(*) FROM bemi.staged_relations)"
@@ -375,7 +375,7 @@ def test_waits_while_the_slot_is_in_use(dsn: str, admin: psycopg.Connection[Any]
     worker = start(dsn, "--drain")
     assert worker.stderr is not None
     line = worker.stderr.readline()
-    assert line.startswith("error: ") and "is active for PID" in line and "retrying in" in line, line
+    assert " WARNING " in line and "is active for PID" in line and "retrying in" in line, line
     holder.close()
     out, err = worker.communicate()
     assert worker.returncode == 0, err

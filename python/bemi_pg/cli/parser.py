@@ -56,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     w = sub.add_parser("worker", help="keep ingesting changes into bemi.changes")
-    w.add_argument("--batch", type=int, default=20000,
-                   help="changes per store; larger transactions are stored in parts (default 20000)")
-    w.add_argument("--interval", type=float, default=2.0,
-                   help="seconds between checks when caught up (default 2)")
-    w.add_argument("--drain", action="store_true", help="ingest until nothing is pending, print the totals, exit")
-    w.add_argument("--sql", action="store_true",
-                   help="ingest through SELECT bemi.ingest() instead of streaming (needs only EXECUTE on it)")
+    worker.add_arguments(w)
     trail_option(w, "store the trail in this database instead of the source "
                     "(prepared with bemi-pg install --trail-only); see docs/trail-database.md")
     w.set_defaults(run=worker.worker)

@@ -6,6 +6,10 @@ and enters COPY_BOTH mode, which the libpq-level ``conn.pgconn`` drives directly
 messages in (XLogData 'w', keepalive 'k'), Standby Status Updates ('r') out. The position
 confirmed is only ever what the caller says is stored (see writer.py): feedback never runs
 ahead of the progress row.
+
+A server shutting down (fast or smart) sends what WAL is left, then waits until the client
+has confirmed all it was sent before it ends the stream (CopyDone) and exits: the worker
+confirms it as soon as it has stored it (worker.py), and StreamEnded tells it to reconnect.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class Keepalive:
 
 
 Received = Union[XLogData, Keepalive]
+
+
+class StreamEnded(psycopg.OperationalError):
+    """The server ended the stream without an error: it is shutting down (or the walsender was
+    stopped). Reconnecting later resumes from the progress row."""
 
 
 def format_lsn(lsn: int) -> str:
@@ -164,7 +173,10 @@ class ReplicationStream:
                 pgconn.consume_input()
                 nbytes, data = pgconn.get_copy_data(1)
         if nbytes == -1:  # the server ended the stream (shutdown, or an error)
-            raise self._error(pgconn.get_result())
+            result = pgconn.get_result()
+            if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+                raise self._error(result)
+            raise StreamEnded("the server ended the replication stream (shutting down)")
         return parse_copy_data(bytes(data))
 
     def confirm(self, lsn: int, reply_requested: bool = False) -> None:

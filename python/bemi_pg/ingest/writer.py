@@ -58,6 +58,7 @@ class Stored:
     changes: int  # rows inserted into bemi.changes
     wal_end: int  # the server's current WAL position when it stored them
     newest_commit: int | None
+    idle: bool = False  # an idle batch: the trail was complete up to ``through`` (caught up)
 
 
 def stage(conn: psycopg.Connection[Any], batch: Batch, encoding: str = "UTF8") -> None:
@@ -90,7 +91,7 @@ def store(conn: psycopg.Connection[Any], batch: Batch, caught_up_at: datetime.da
     (wal_end,) = (source.conn if source else conn).execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
     if source is None:
         conn.commit()
-    return Stored(batch.through, int(inserted), parse_lsn(wal_end), batch.newest_commit)
+    return Stored(batch.through, int(inserted), parse_lsn(wal_end), batch.newest_commit, batch.idle)
 
 
 class Writer:
