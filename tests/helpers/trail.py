@@ -40,4 +40,4 @@ def changes(admin: psycopg.Connection[Any], *columns: str) -> list[dict[str, Any
 def drain(dsn: str, trail: str) -> None:
     """Stores everything written to dsn so far into the trail database (bemi-pg worker
     --drain --trail-dsn, in this process)."""
-    run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event())
+    run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event(), lambda _: None)
