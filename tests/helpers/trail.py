@@ -64,7 +64,7 @@ def database_settings(admin: psycopg.Connection[Any], settings: dict[str, str]) 
 def drain(dsn: str, trail: str) -> None:
     """Stores everything written to dsn so far into the trail database (bemi-pg worker
     --drain --trail-dsn, in this process)."""
-    run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event())
+    run_worker(Options(dsn, drain=True, interval=0.05, trail_dsn=trail), threading.Event(), lambda _: None)
 
 
 def set_replica_identity(admin: psycopg.Connection[Any], table: str, identity: str) -> None:

@@ -193,7 +193,7 @@ def test_the_worker_vacuums_its_stage(dsn: str, admin: psycopg.Connection[Any], 
     for n in range(30):
         admin.execute("INSERT INTO t SELECT g FROM generate_series(%s::int, %s::int) g", [n * 100, n * 100 + 99])
     monkeypatch.setattr(writer, "VACUUM_EVERY", 500)
-    run_worker(Options(dsn, drain=True, batch=100, interval=0.05), threading.Event())
+    run_worker(Options(dsn, drain=True, batch=100, interval=0.05), threading.Event(), lambda _: None)
     assert admin.execute("SELECT count(*) AS n FROM bemi.changes").fetchone()["n"] == 3000  # type: ignore[index]
     vacuumed = admin.execute("SELECT vacuum_count AS n FROM pg_stat_user_tables "
                              "WHERE relid = 'bemi.staged'::regclass").fetchone()["n"]  # type: ignore[index]
