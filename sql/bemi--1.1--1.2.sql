@@ -2459,8 +2459,8 @@ $$;
 
 REVOKE ALL ON FUNCTION bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text),
   bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
-  bemi.check_pending(regclass) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text),
+  bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) TO PUBLIC;
 
 -- Issue 20 (items 2-5) and issue 16 (partitions): keys as values, partitions, swaps, by transaction, safe reverts.
 -- Signatures that change: revert_table takes the change's commit time (the table by identity),

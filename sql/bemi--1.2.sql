@@ -3224,7 +3224,8 @@ REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(
   bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
   bemi.check_pending(regclass) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
-  bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]), bemi.check_pending(regclass) TO PUBLIC;
+  bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
+  bemi.check_pending(regclass) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.

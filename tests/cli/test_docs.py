@@ -112,12 +112,17 @@ DOCS: dict[str, tuple[Setup, dict[str, Setup]]] = {
     "docs/monitoring.md": (example, {}),
     "docs/retention.md": (with_roles, {}),
     "docs/security.md": (example, {}),
+    "docs/serve.md": (example, {}),
     "docs/time-travel.md": (with_request, {}),
     "docs/trail-database.md": (extension, {"Moving an existing trail out without losing changes": example}),
 }
 
 # The blocks left out, by document and section: each says why in its comment.
 NOT_RUN = {
+    ("docs/serve.md", "`bemi-pg serve`: a web page over the trail"):
+        "starts a web server that runs until stopped; tests/serve/test_cli.py starts it",
+    ("docs/serve.md", "Next to an application"): "starts a web server behind a proxy; tests/serve/test_cli.py starts it",
+    ("docs/serve.md", "Tests"): "runs the browser tests, which need Chromium; make test runs them (tests/serve)",
     ("README.md", "Two commands"):
         "make test runs this very test, and make demo starts a server of its own "
         "(tests/operations/test_cli.py runs the demo)",

@@ -176,6 +176,14 @@ FOR_EVERYONE = {
     # revert matches tables by identity, never by a name reused since.
     "bemi.masked_columns(regclass)",
     "bemi.changed_relation(text,text,timestamp with time zone)",
+    # The coverage record's checks (docs/time-travel.md#coverage), for time travel and revert
+    # by any caller: whether a table has writes not yet ingested, where its coverage begins,
+    # whether changes belong to a transaction stored in part; and an exact (time, WAL position)
+    # mark. Each tells a yes or no, a time or a position, never a value.
+    "bemi.pending_writes(regclass,integer)",
+    "bemi.covered_from(name,oid,text,text)",
+    "bemi.check_stored(regclass,bigint[])",
+    "bemi.wal_mark()",
 }
 
 
