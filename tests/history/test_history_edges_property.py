@@ -105,7 +105,7 @@ def spelled(k: int, region: str) -> str:
 def test_edges_agree_with_snapshots(dsn: str, admin: psycopg.Connection[Any], path: str) -> None:
     counter = itertools.count()
 
-    @settings(max_examples=80, deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=25, deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(ops=st.lists(operations, min_size=1, max_size=14), deferrable=st.booleans(), initial=st.lists(
         st.tuples(KEYS, st.sampled_from(REGIONS)), max_size=4, unique=True))
     def check(ops: list[tuple[Any, ...]], deferrable: bool, initial: list[tuple[int, str]]) -> None:
