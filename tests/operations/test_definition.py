@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL = (ROOT / "bemi.control").read_text(encoding="utf-8")
@@ -16,8 +15,7 @@ BUILT = ROOT / "sql" / f"bemi--{VERSION}.sql"
 
 
 def test_the_committed_script_is_what_sql_src_builds(tmp_path: Path) -> None:
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+    assert shutil.which("make") is not None, "make builds sql/bemi--1.2.sql: install it"
     target = tmp_path / BUILT.name
     # The Makefile's own rule, run with the output elsewhere: the checkout may be read-only.
     subprocess.run(["make", "-s", "-C", str(ROOT), f"SQL_BUILT={target}", str(target)], check=True,
