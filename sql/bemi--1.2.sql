@@ -1825,10 +1825,13 @@ BEGIN
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
   contexts := bemi.staged_contexts();
-  -- Partitions for these commit times, and for the next period ahead of them.
+  -- Partitions for these commit times, and for the next period ahead of them; from the end of
+  -- the newest one, so that periods without changes have their (empty) partition too: the
+  -- partitions stay contiguous, and restore-archive moves the retained horizon back over them.
   SELECT pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) INTO oldest, newest FROM bemi.staged s;
   IF oldest IS NOT NULL THEN
-    PERFORM bemi.create_partitions(oldest, newest + bemi.partition_interval());
+    PERFORM bemi.create_partitions(least(oldest, (SELECT pg_catalog.max(p.to_at) FROM bemi.partitions p)),
+      newest + bemi.partition_interval());
   END IF;
   IF queries IS NOT NULL THEN
     BEGIN
@@ -2223,7 +2226,11 @@ BEGIN
       NULL;  -- taken meanwhile: read it as it is
     END;
   END IF;
-  PERFORM bemi.flushed_past(upto);  -- every commit the caller sees is readable
+  -- Every commit the caller sees is flushed then, and read up to what is flushed: a read past
+  -- it waits until the WAL there is flushed, which on an idle server can take seconds (WAL of
+  -- no commit, such as a page pruned, is flushed only as pages fill or a commit comes).
+  PERFORM bemi.flushed_past(upto);
+  upto := least(upto, pg_catalog.pg_current_wal_flush_lsn());
   FOR attempt IN 1..2 LOOP
     BEGIN
       IF attempt = 2 THEN  -- the slot is in use: read a copy of it, dropped after
@@ -2346,8 +2353,7 @@ BEGIN
   END IF;
   -- A gap after the moment: the table now, less the changes after the moment, is not the table
   -- then (the changes in the gap are missing), nor is a row's last change before it.
-  covered := greatest((history ->> 'covered_from')::timestamptz,
-    bemi.covered_from((history ->> 'slot')::name, NULL, history ->> 'schema', history ->> 'table'));
+  covered := bemi.trail_covered_from(history);
   IF at <= covered THEN
     RAISE EXCEPTION 'bemi: the trail of % may lack changes after %: it is complete only after %', named, at,
         CASE WHEN covered = 'infinity' THEN 'a gap that is still open' ELSE covered::text END
@@ -2358,6 +2364,14 @@ BEGIN
   RETURN true;
 END
 $$;
+
+-- Where the trail is: the end of the last gap of the table of a history_of (bemi.covered_from),
+-- in this database and where the trail is. A row's last change at or before it tells nothing
+-- of the row after it (a change in the gap may have followed).
+CREATE FUNCTION bemi.trail_covered_from(history jsonb) RETURNS timestamptz
+LANGUAGE sql STABLE
+RETURN greatest((history ->> 'covered_from')::timestamptz,
+  bemi.covered_from((history ->> 'slot')::name, NULL, history ->> 'schema', history ->> 'table'));
 
 -- Where the table is, before an answer reads it as it is now (a row unchanged since the
 -- moment, table_at): refuses when the table has writes committed since that the trail does
@@ -2507,14 +2521,18 @@ CREATE FUNCTION bemi.trail_key(relation regclass, primary_key text) RETURNS text
 LANGUAGE sql STABLE
 RETURN bemi.image_key(bemi.key_values(relation, primary_key), bemi.key_columns(relation));
 
--- What the trail needs to know to find a key by value where its text is not unique: a key with
--- a numeric column ('1' and '1.0' are one key) is compared as a number (one column) or as
--- JSON (several). Merged into a history_of for row_history.
+-- What the trail needs to know of a table's key, merged into a history_of for row_history: to
+-- find a key by value where its text is not unique, a key with a numeric column ('1' and '1.0'
+-- are one key) is compared as a number (one column) or as JSON (several); "key_deferrable":
+-- two rows may share the key inside a transaction (bemi.shared_key_event). Without it, a change
+-- that took the key and one that later gave it up in one transaction are of one row.
 CREATE FUNCTION bemi.key_form(relation regclass) RETURNS jsonb
 LANGUAGE sql STABLE
 BEGIN ATOMIC
   SELECT CASE WHEN NOT pg_catalog.bool_or(coalesce(nullif(t.typbasetype, 0), t.oid) = 'pg_catalog.numeric'::pg_catalog.regtype) THEN '{}'::jsonb
     WHEN pg_catalog.count(*) = 1 THEN '{"key_by_value": "number"}' ELSE '{"key_by_value": "array"}' END
+    || CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_index AS i WHERE i.indrelid = relation AND i.indisprimary AND NOT i.indimmediate)
+       THEN '{"key_deferrable": true}'::jsonb ELSE '{}' END
   FROM pg_catalog.unnest(bemi.key_columns(relation)) AS k(name)
   JOIN pg_catalog.pg_attribute AS a ON a.attrelid = relation AND a.attname = k.name
   JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid;
@@ -2529,7 +2547,7 @@ AS $$
 BEGIN
   IF a IS NULL OR b IS NULL THEN
     RETURN false;
-  ELSIF a = b OR bemi.key_form(relation) = '{}' THEN
+  ELSIF a = b OR NOT bemi.key_form(relation) ? 'key_by_value' THEN
     RETURN a = b;
   END IF;
   RETURN bemi.key_values(relation, a) = bemi.key_values(relation, b);
@@ -2614,6 +2632,8 @@ END;
 
 -- Where the trail is: the latest (or first, latest = false) change of a row under any of the
 -- texts its key has in the trail (bemi.trail_keys), as JSON (bemi.row_event's columns); NULL.
+-- A latest change at or before the end of the last gap (history's "covered_from", set by
+-- row_history) is no answer: a change in the gap may have followed it.
 CREATE FUNCTION bemi.key_event(history jsonb, keys text[], at timestamptz, latest boolean, through bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -2634,6 +2654,9 @@ BEGIN
       event := coalesce(found, event);
     END IF;
   END LOOP;
+  IF latest AND (event ->> 'committed_at')::timestamptz <= (history ->> 'covered_from')::timestamptz THEN
+    RETURN NULL;
+  END IF;
   RETURN event;
 END
 $$;
@@ -2686,7 +2709,7 @@ DECLARE
   shared jsonb;
   before_it jsonb;
 BEGIN
-  IF NOT (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
+  IF NOT history ? 'key_deferrable' OR NOT (CASE WHEN event ? 'later' THEN event ->> 'operation' = 'CREATE'
                  OR (event ->> 'operation' = 'UPDATE' AND event ->> 'previous_key' IS NOT NULL AND event ->> 'primary_key' = ANY (keys))
                ELSE event ->> 'operation' = 'DELETE' OR (event ->> 'operation' = 'UPDATE' AND event ->> 'primary_key' <> ALL (keys)) END) THEN
     RETURN event;
@@ -2722,6 +2745,7 @@ DECLARE
   moved jsonb := '[]';
 BEGIN
   PERFORM bemi.check_trail(history, at);
+  history := history || pg_catalog.jsonb_build_object('covered_from', bemi.trail_covered_from(history));
   keys := bemi.trail_keys(history, primary_key);
   event := bemi.key_event(history, keys, at, true, through);
   WHILE event ->> 'operation' = 'TRUNCATE' AND event -> 'before' ? 'partition' LOOP

@@ -65,6 +65,11 @@ def copy_table_history(relation: sql.Composable, at: datetime | str) -> Steps[tu
     """table_history's rows copied from the trail into ROWS, in the source's transaction, for
     table_from (TABLE_FROM); returns the moment and the table's row type."""
     found, moment, row_type = yield from history(relation, at)
+    # table_from's check for writes not in the trail, made before ROWS is created: it reads the
+    # slot up to the WAL flushed, and the catalog WAL of ROWS, this transaction's and flushed at
+    # its commit, would keep a read past it waiting (seconds on an idle server). The answer is
+    # kept for the rest of the statement's snapshot, so table_from does not read again.
+    yield Query(sql.SQL("SELECT bemi.check_pending({})").format(relation), [])
     yield Query(CREATE_ROWS, [])
     yield Copy(sql.SQL("SELECT {} FROM bemi.table_history(%s::jsonb, %s)").format(COLUMN_LIST), [found, moment],
                ROWS_COLUMNS)

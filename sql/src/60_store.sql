@@ -460,10 +460,13 @@ BEGIN
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
   contexts := bemi.staged_contexts();
-  -- Partitions for these commit times, and for the next period ahead of them.
+  -- Partitions for these commit times, and for the next period ahead of them; from the end of
+  -- the newest one, so that periods without changes have their (empty) partition too: the
+  -- partitions stay contiguous, and restore-archive moves the retained horizon back over them.
   SELECT pg_catalog.min(s.committed_at), pg_catalog.max(s.committed_at) INTO oldest, newest FROM bemi.staged s;
   IF oldest IS NOT NULL THEN
-    PERFORM bemi.create_partitions(oldest, newest + bemi.partition_interval());
+    PERFORM bemi.create_partitions(least(oldest, (SELECT pg_catalog.max(p.to_at) FROM bemi.partitions p)),
+      newest + bemi.partition_interval());
   END IF;
   IF queries IS NOT NULL THEN
     BEGIN
