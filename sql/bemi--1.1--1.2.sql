@@ -1152,7 +1152,8 @@ EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION bemi.stage_from_slot(max_changes integer)
+DROP FUNCTION bemi.stage_from_slot(integer);  -- it takes how far to read (bemi.ingest)
+CREATE FUNCTION bemi.stage_from_slot(max_changes integer, upto pg_lsn DEFAULT NULL)
 RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1199,7 +1200,7 @@ BEGIN
   END IF;
   seq := 0;
   FOR message IN
-    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), NULL, max_changes,
+    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), upto, max_changes,
       'proto_version', '1', 'publication_names', 'bemi', 'messages', 'true') AS w
   LOOP
     m := message.data;
@@ -1331,6 +1332,7 @@ BEGIN
   END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION bemi.stage_from_slot(integer, pg_lsn) FROM PUBLIC;
 
 
 -- Storing: values read by built-in code only, with pinned settings.
@@ -2117,12 +2119,15 @@ BEGIN
   END IF;
   slot_at := bemi.check_slot(slot);
   -- How far this ingest may claim the trail complete: every commit up to mark.at ends before
-  -- mark.lsn; once those are flushed, the peek below reads them.
+  -- mark.lsn; once those are flushed, the peek below reads them. It reads up to mark.lsn (the
+  -- end of a WAL record) where that is flushed, else up to what is flushed: reading a record
+  -- past the flushed WAL waits until it is flushed, which on an idle server can take seconds
+  -- (WAL of a transaction still open, flushed page by page).
   mark := bemi.wal_mark();
   IF mark.at IS NOT NULL THEN
     PERFORM bemi.flushed_past(mark.lsn);
   END IF;
-  flushed := pg_catalog.pg_current_wal_flush_lsn();
+  flushed := least(mark.lsn, pg_catalog.pg_current_wal_flush_lsn());
   -- The slot moves only up to what an earlier, committed ingest stored. Moving it is not
   -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
   SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = slot;
@@ -2130,10 +2135,10 @@ BEGIN
     PERFORM pg_catalog.pg_replication_slot_advance(slot, done);
   END IF;
   SELECT pg_catalog.max(e.lsn) FILTER (WHERE e.data ->> 'action' = 'C'), pg_catalog.max(e.seq)
-  INTO through, read FROM bemi.stage_from_slot(max_changes) AS e;
+  INTO through, read FROM bemi.stage_from_slot(max_changes, flushed) AS e;
   PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
   -- A peek brings whole transactions, and only those with changes of tracked tables. When it
-  -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
+  -- brought fewer messages than asked for, it read all the WAL up to where it stopped: the
   -- slot may then move that far, past the WAL of other tables, and the trail is complete up
   -- to the mark (its commits end before what was flushed).
   IF coalesce(read, 0) < max_changes THEN

@@ -1179,11 +1179,12 @@ $$;
 -- store.py do the same in Python): each change of a tracked table becomes a row of
 -- bemi.staged with its values as text, stitched to the context message before it, and each
 -- relation as described at the change a row of bemi.staged_relations. The slot is peeked, not
--- consumed. Returns the other entries (B, C, M), wal2json-shaped, for bemi.wal and ingest.
+-- consumed, up to a position (NULL: all the WAL flushed). Returns the other entries (B, C, M),
+-- wal2json-shaped, for bemi.wal and ingest.
 -- pgoutput writes the values with the settings of this function, so every setting an output
 -- function reads is pinned (the streaming worker's replication connection sets the same:
 -- python/bemi_pg/ingest/stream.py): values are the same whoever reads the slot.
-CREATE FUNCTION bemi.stage_from_slot(max_changes integer)
+CREATE FUNCTION bemi.stage_from_slot(max_changes integer, upto pg_lsn DEFAULT NULL)
 RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1230,7 +1231,7 @@ BEGIN
   END IF;
   seq := 0;
   FOR message IN
-    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), NULL, max_changes,
+    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), upto, max_changes,
       'proto_version', '1', 'publication_names', 'bemi', 'messages', 'true') AS w
   LOOP
     m := message.data;
@@ -2007,12 +2008,15 @@ BEGIN
   END IF;
   slot_at := bemi.check_slot(slot);
   -- How far this ingest may claim the trail complete: every commit up to mark.at ends before
-  -- mark.lsn; once those are flushed, the peek below reads them.
+  -- mark.lsn; once those are flushed, the peek below reads them. It reads up to mark.lsn (the
+  -- end of a WAL record) where that is flushed, else up to what is flushed: reading a record
+  -- past the flushed WAL waits until it is flushed, which on an idle server can take seconds
+  -- (WAL of a transaction still open, flushed page by page).
   mark := bemi.wal_mark();
   IF mark.at IS NOT NULL THEN
     PERFORM bemi.flushed_past(mark.lsn);
   END IF;
-  flushed := pg_catalog.pg_current_wal_flush_lsn();
+  flushed := least(mark.lsn, pg_catalog.pg_current_wal_flush_lsn());
   -- The slot moves only up to what an earlier, committed ingest stored. Moving it is not
   -- undone by a rollback, so not up to what an ingest earlier in this transaction stored.
   SELECT p.lsn INTO done FROM bemi.progress p WHERE p.slot_name = slot;
@@ -2020,10 +2024,10 @@ BEGIN
     PERFORM pg_catalog.pg_replication_slot_advance(slot, done);
   END IF;
   SELECT pg_catalog.max(e.lsn) FILTER (WHERE e.data ->> 'action' = 'C'), pg_catalog.max(e.seq)
-  INTO through, read FROM bemi.stage_from_slot(max_changes) AS e;
+  INTO through, read FROM bemi.stage_from_slot(max_changes, flushed) AS e;
   PERFORM pg_catalog.set_config('bemi.ingested', 'on', true);
   -- A peek brings whole transactions, and only those with changes of tracked tables. When it
-  -- brought fewer messages than asked for, it read all the WAL flushed before it began: the
+  -- brought fewer messages than asked for, it read all the WAL up to where it stopped: the
   -- slot may then move that far, past the WAL of other tables, and the trail is complete up
   -- to the mark (its commits end before what was flushed).
   IF coalesce(read, 0) < max_changes THEN
@@ -2123,7 +2127,7 @@ REVOKE ALL ON FUNCTION bemi.wal_mark(), bemi.flushed_past(pg_lsn), bemi.check_sl
 -- A time and a WAL position are no secret: any worker role may take a mark.
 GRANT EXECUTE ON FUNCTION bemi.wal_mark() TO PUBLIC;
 REVOKE ALL ON FUNCTION bemi.store(pg_lsn, pg_lsn, bigint, timestamptz, name, text), bemi.describe_relation(oid, oid[], integer[], pg_lsn), bemi.ingest(integer),
-  bemi.stage_from_slot(integer), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
+  bemi.stage_from_slot(integer, pg_lsn), bemi.peek(integer), bemi.convert_sql(bemi.staged_relations, text, boolean), bemi.staged_contexts(),
   bemi.image_sql(text[], oid[], integer[], text[], text, text[]), bemi.primary_key_sql(text[], text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.ingested_until(name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bemi.ingested_until(name) TO PUBLIC;

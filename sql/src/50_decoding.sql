@@ -64,11 +64,12 @@ $$;
 -- store.py do the same in Python): each change of a tracked table becomes a row of
 -- bemi.staged with its values as text, stitched to the context message before it, and each
 -- relation as described at the change a row of bemi.staged_relations. The slot is peeked, not
--- consumed. Returns the other entries (B, C, M), wal2json-shaped, for bemi.wal and ingest.
+-- consumed, up to a position (NULL: all the WAL flushed). Returns the other entries (B, C, M),
+-- wal2json-shaped, for bemi.wal and ingest.
 -- pgoutput writes the values with the settings of this function, so every setting an output
 -- function reads is pinned (the streaming worker's replication connection sets the same:
 -- python/bemi_pg/ingest/stream.py): values are the same whoever reads the slot.
-CREATE FUNCTION bemi.stage_from_slot(max_changes integer)
+CREATE FUNCTION bemi.stage_from_slot(max_changes integer, upto pg_lsn DEFAULT NULL)
 RETURNS TABLE (seq bigint, lsn pg_lsn, xid xid, data jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -115,7 +116,7 @@ BEGIN
   END IF;
   seq := 0;
   FOR message IN
-    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), NULL, max_changes,
+    SELECT w.lsn, w.xid, w.data FROM pg_catalog.pg_logical_slot_peek_binary_changes(bemi.slot_name(), upto, max_changes,
       'proto_version', '1', 'publication_names', 'bemi', 'messages', 'true') AS w
   LOOP
     m := message.data;
