@@ -81,7 +81,10 @@ node-deps:
 lint:
 	bash tools/pgspot
 
-PYTEST = $(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
+# Tests run in PYTEST_WORKERS processes (pytest-xdist), each with its own PostgreSQL server: most
+# of a test's time is spent waiting on servers and workers, not on the cores.
+PYTEST_WORKERS ?= 4
+PYTEST = $(AS_USER) $(VENV)/bin/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS) \
 	  $$(command -v node >/dev/null || echo --ignore=tests/integrations/test_node_example.py)
 
 # pg-versions: the failover test runs a real PostgreSQL 17 standby (tools/pg-versions).

@@ -43,7 +43,7 @@ test-versions: deps venv pg-versions
 	  echo "== PostgreSQL $$v"; start=$$(date +%s); \
 	  $(AS_USER) PATH=$(PG_VERSIONS_DIR)/$$v/bin:$$PATH BEMI_PG_MAJOR=$$v \
 	    BEMI_PG13_BINDIR=$(PG_VERSIONS_DIR)/13/bin \
-	    $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) $(VERSION_TESTS) \
+	    $(VENV)/bin/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS) $(VERSION_TESTS) \
 	    || failed="$$failed $$v"; \
 	  echo "== PostgreSQL $$v: $$(( $$(date +%s) - start )) s"; \
 	done; \

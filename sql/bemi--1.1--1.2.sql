@@ -3161,15 +3161,18 @@ BEGIN
     ), touched AS (
       SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
-      -- A change that takes the key from a row that got it after the moment is not the one
-      -- (unless the two rows are alike in every value: then either is).
-      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM sides AS s
+      -- A change that takes the key from a row that got it after the moment (an earlier change
+      -- gave that key that image) is not the one, unless the two rows are alike in every value:
+      -- then either is. Told in one sort of the sides, not a search of them per change.
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM (
+        SELECT s.*, pg_catalog.bool_or(s.delta = 1) OVER (PARTITION BY %3$s, s.image ORDER BY s.committed_at, s.id, s.delta
+                                                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS given_after
+        FROM sides AS s) AS s
       WHERE s.delta = -1
-      ORDER BY %3$s, EXISTS (SELECT FROM sides AS a WHERE a.delta = 1 AND %7$s AND a.image = s.image
-                             AND (a.committed_at, a.id) < (s.committed_at, s.id)), s.committed_at, s.id
+      ORDER BY %3$s, coalesce(s.given_after, false), s.committed_at, s.id
     ), used AS (
       SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
-      FROM touched AS s LEFT JOIN firsts AS f ON %8$s
+      FROM touched AS s LEFT JOIN firsts AS f ON %7$s
       WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
     SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
@@ -3184,8 +3187,6 @@ BEGIN
     (SELECT pg_catalog.string_agg(pg_catalog.format('s.bemi_key_%s = t.%I', k.ord, k.name), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     changes, bemi.scan_of(table_oid),
-    (SELECT pg_catalog.string_agg(pg_catalog.format('a.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
-     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
     USING schema_name, table_name, at, through;

