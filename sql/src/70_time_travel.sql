@@ -582,8 +582,8 @@ BEGIN
     before_it := bemi.key_event(history, keys, (shared ->> 'committed_at')::timestamptz, true, (shared ->> 'transaction_first')::bigint - 1);
     IF before_it ->> 'operation' IN ('CREATE', 'UPDATE') AND before_it ->> 'primary_key' = ANY (keys) THEN
       shared := shared - 'alike';
-    ELSIF before_it IS NOT NULL THEN
-      shared := NULL;
+    ELSIF before_it IS NOT NULL AND NOT (before_it ->> 'operation' = 'TRUNCATE' AND before_it -> 'before' ? 'partition') THEN
+      shared := NULL;  -- a partition truncated, detached or attached need not have held the row: still alike
     END IF;
   END IF;
   RETURN coalesce(shared - 'transaction_first' - 'first_id', event);

@@ -107,6 +107,18 @@ def warn(message: str, **fields: Any) -> None:
     log.warning(message, extra={"fields": fields})
 
 
+def released(conn: psycopg.Connection[Any], slot: str, walsender: int, wait: float = 5.0) -> None:
+    """Waits (a few seconds at most) until the walsender that streamed the slot has let it go:
+    it ends after its connection closes, so a bemi.ingest() or worker run right after this one
+    (a --drain in a script) would otherwise find the slot in use."""
+    deadline = time.monotonic() + wait
+    with contextlib.suppress(psycopg.Error):  # the server may be what stopped the stream
+        while time.monotonic() < deadline and conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s AND active_pid = %s)",
+                [slot, walsender]).fetchone() == (True,):
+            time.sleep(0.01)
+
+
 def _connect(dsn: str, application_name: str = "bemi-pg", **kwargs: Any) -> psycopg.Connection[Any]:
     """A normal connection with the worker's settings (stream.session_options), whatever the
     database, the role or the DSN bring: its queries resolve names in pg_catalog only (names
@@ -561,6 +573,7 @@ class StreamSession(Session):
                         None if source is None else lambda relation, position: describe(origin, relation, position),
                         python_codec(self.plan.encoding))
         with ReplicationStream(options.dsn, self.plan.slot, start, encoding=encoding) as stream:
+            walsender = stream.pgconn.backend_pid
             self.set_state("catching-up")
             info(f"worker: streaming slot {self.plan.slot} of {self.plan.database} from {format_lsn(start)} "
                  f"(batches of up to {options.batch} changes)", slot=self.plan.slot, database=self.plan.database,
@@ -579,6 +592,7 @@ class StreamSession(Session):
                 if writer.error is None and stream.confirmed < writer.stored:
                     with contextlib.suppress(psycopg.Error):  # the stream may be what failed
                         stream.confirm(writer.stored)
+        released(origin, self.plan.slot, walsender)
 
     def loop(self, stream: ReplicationStream, stager: Stager, writer: Writer, target: int | None) -> None:
         parse, add, limit = pgoutput.parse, stager.add, self.options.batch
