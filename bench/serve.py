@@ -94,7 +94,7 @@ def pages(dsn: str, results: Results, keys: int, start: str, log: Callable[[str]
                  [Jsonb({"endpoint": "/todo/4242"})]),
                 (f"the table at a moment ({keys:,} rows, 1,000 changes since)",
                  "/table?" + urlencode({"table": "todo", "at": recently.isoformat()}),
-                 "SELECT to_jsonb(p.*) FROM (SELECT t.* FROM bemi.table_at(NULL::todo, %s) AS t ORDER BY t.id LIMIT 51) AS p",
+                 "SELECT to_jsonb(t.*) FROM bemi.table_page_at(NULL::todo, %s, NULL, 51) AS t",
                  [recently]),
                 ("live tail: page", "/tail", f"SELECT {CHANGE} FROM bemi.changes AS c ORDER BY c.id DESC LIMIT 51", []),
             ]

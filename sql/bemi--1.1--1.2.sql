@@ -2148,6 +2148,10 @@ BEGIN
 END
 $$;
 
+COMMENT ON FUNCTION bemi.ingest(integer) IS
+  'Moves pending changes from the slot into bemi.changes, exactly once; returns how many.';
+
+
 
 -- The relations a pgoutput change message is of (Insert, Update, Delete: one; Truncate: its list).
 CREATE FUNCTION bemi.message_relids(message bytea) RETURNS bigint[]
@@ -3073,6 +3077,14 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION bemi.key_after(alias text, keys text[], after jsonb, relation regclass) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN after IS NULL THEN 'true' ELSE pg_catalog.format('(%s) > (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $5) AS a)',
+  (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', alias, k), ', ') FROM pg_catalog.unnest(keys) AS k),
+  (SELECT pg_catalog.string_agg(pg_catalog.format('a.%I', k), ', ') FROM pg_catalog.unnest(keys) AS k),
+  relation) END;
+
 CREATE OR REPLACE FUNCTION bemi.masked_columns(relation regclass) RETURNS text[]
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -3080,7 +3092,8 @@ BEGIN ATOMIC
   SELECT coalesce((SELECT t.mask_columns FROM bemi.tracking AS t WHERE t.relation = masked_columns.relation), '{}');
 END;
 
-CREATE OR REPLACE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
+CREATE OR REPLACE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL,
+                                after jsonb DEFAULT NULL, size integer DEFAULT NULL) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -3154,10 +3167,10 @@ BEGIN
       FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
       SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}' AND %8$s
       UNION ALL
       SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}' AND %8$s
     ), touched AS (
       SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
@@ -3175,7 +3188,7 @@ BEGIN
       FROM touched AS s LEFT JOIN firsts AS f ON %7$s
       WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
+    (SELECT t.* FROM %6$s AS t WHERE %9$s AND NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)%10$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -3188,8 +3201,11 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     changes, bemi.scan_of(table_oid),
     (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
-     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
-    USING schema_name, table_name, at, through;
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    bemi.key_after('r', keys, after, table_oid), bemi.key_after('t', keys, after, table_oid),
+    CASE WHEN size IS NOT NULL THEN pg_catalog.format(' ORDER BY %s LIMIT $6',
+      (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', k), ', ') FROM pg_catalog.unnest(keys) AS k)) ELSE '' END)
+    USING schema_name, table_name, at, through, after, size;
   EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
     GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
     PERFORM bemi.unfit_value(failure, table_oid);
@@ -3226,6 +3242,33 @@ BEGIN
   RETURN QUERY SELECT * FROM bemi.table_from(relation, moment.at, 'bemi.changes', moment.through);
 END
 $$;
+
+CREATE FUNCTION bemi.table_page_at(relation anyelement, at timestamptz, after jsonb, size integer) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  keys text[] := bemi.key_columns(table_oid);
+BEGIN
+  IF size IS NULL OR size < 1 THEN
+    RAISE EXCEPTION 'bemi: a page holds at least one row, not %', coalesce(size::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass the number of rows a page holds, such as 50.';
+  END IF;
+  IF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key to page by', table_oid
+      USING ERRCODE = 'feature_not_supported', HINT = 'Read the whole table: SELECT * FROM bemi.table_at(NULL::t, moment).';
+  END IF;
+  PERFORM bemi.check_trail(bemi.history_of(table_oid, at), at);
+  RETURN QUERY EXECUTE pg_catalog.format('SELECT t.* FROM bemi.table_from($1, $2, %L, NULL, $3, $4) AS t ORDER BY %s LIMIT $4',
+      'bemi.changes', (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', k), ', ') FROM pg_catalog.unnest(keys) AS k))
+    USING relation, at, after, size;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_page_at(anyelement, timestamptz, jsonb, integer) IS
+  'A page of a table as it was at a moment, in primary key order: SELECT * FROM bemi.table_page_at(NULL::todo, moment, ''{"id": 100}'', 50).';
+
 
 CREATE OR REPLACE FUNCTION bemi.row_versions(relation regclass, row_key text)
 RETURNS TABLE (valid_from timestamptz, valid_to timestamptz, change_id bigint, transaction_id bigint, primary_key text, image jsonb)

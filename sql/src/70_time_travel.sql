@@ -6,7 +6,8 @@
 --    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
 --    bemi.shared_key_settled(), bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
 --    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(),
---    bemi.table_history(), bemi.table_from(), bemi.table_at(), bemi.transaction_moment(), bemi.row_at_transaction(),
+--    bemi.table_history(), bemi.key_after(), bemi.table_from(), bemi.table_at(), bemi.table_page_at(),
+--    bemi.transaction_moment(), bemi.row_at_transaction(),
 --    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
 
@@ -853,9 +854,25 @@ BEGIN
 END
 $$;
 
+-- For table_from's pages: that a row (alias) has a key after the key values of after ($5 of
+-- table_from's query, an object of the key columns), compared as the key's types in the key's
+-- order (one row comparison, which the key's index serves); true without after.
+CREATE FUNCTION bemi.key_after(alias text, keys text[], after jsonb, relation regclass) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN after IS NULL THEN 'true' ELSE pg_catalog.format('(%s) > (SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $5) AS a)',
+  (SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', alias, k), ', ') FROM pg_catalog.unnest(keys) AS k),
+  (SELECT pg_catalog.string_agg(pg_catalog.format('a.%I', k), ', ') FROM pg_catalog.unnest(keys) AS k),
+  relation) END;
+
 -- Where the table is: the table as of a moment, from the table now and the changes after the
--- moment, read from changes (bemi.changes, or a copy of table_history's rows).
-CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL) RETURNS SETOF anyelement
+-- moment, read from changes (bemi.changes, or a copy of table_history's rows). With after and
+-- size (a table with a key), a page of it: rows whose key comes after after's key values (all
+-- rows for NULL), and of the rows that are still as they were only the size first in key order,
+-- read along the key's index, so a page costs what the changes since the moment cost, not what
+-- the table does (the caller orders the rows and takes the size first of them).
+CREATE FUNCTION bemi.table_from(relation anyelement, at timestamptz, changes regclass, through bigint DEFAULT NULL,
+                                after jsonb DEFAULT NULL, size integer DEFAULT NULL) RETURNS SETOF anyelement
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -929,10 +946,10 @@ BEGIN
       FROM %5$s AS c WHERE c.schema = $1 AND c."table" = $2 AND c.committed_at >= $3 AND (c.committed_at > $3 OR c.id > $4)
     ), sides AS (
       SELECT l.committed_at, l.id, -1 AS delta, l.before AS image, l.incomplete, %2$s FROM later AS l,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}'
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.before) AS r WHERE l.before <> '{}' AND %8$s
       UNION ALL
       SELECT l.committed_at, l.id, 1, l.after, false, %2$s FROM later AS l,
-        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}'
+        pg_catalog.jsonb_populate_record(NULL::%1$s, l.after) AS r WHERE l.after <> '{}' AND %8$s
     ), touched AS (
       SELECT %3$s, pg_catalog.sum(s.delta) AS net FROM sides AS s GROUP BY %3$s
     ), firsts AS (
@@ -950,7 +967,7 @@ BEGIN
       FROM touched AS s LEFT JOIN firsts AS f ON %7$s
       WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
-    SELECT t.* FROM %6$s AS t WHERE NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)
+    (SELECT t.* FROM %6$s AS t WHERE %9$s AND NOT EXISTS (SELECT FROM touched AS s WHERE %4$s)%10$s)
     UNION ALL
     SELECT r.* FROM used AS u, pg_catalog.jsonb_populate_record(NULL::%1$s, u.image) AS r
     WHERE bemi.refuse_incomplete(u.incomplete)$q$,
@@ -963,8 +980,11 @@ BEGIN
      FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
     changes, bemi.scan_of(table_oid),
     (SELECT pg_catalog.string_agg(pg_catalog.format('f.bemi_key_%1$s = s.bemi_key_%1$s', k.ord), ' AND ')
-     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)))
-    USING schema_name, table_name, at, through;
+     FROM pg_catalog.unnest(keys) WITH ORDINALITY AS k(name, ord)),
+    bemi.key_after('r', keys, after, table_oid), bemi.key_after('t', keys, after, table_oid),
+    CASE WHEN size IS NOT NULL THEN pg_catalog.format(' ORDER BY %s LIMIT $6',
+      (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', k), ', ') FROM pg_catalog.unnest(keys) AS k)) ELSE '' END)
+    USING schema_name, table_name, at, through, after, size;
   EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
     GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
     PERFORM bemi.unfit_value(failure, table_oid);
@@ -985,6 +1005,36 @@ $$;
 
 COMMENT ON FUNCTION bemi.table_at(anyelement, timestamptz) IS
   'A whole table as typed rows, as it was after every transaction committed at or before a moment: SELECT * FROM bemi.table_at(NULL::todo, moment).';
+
+-- A page of table_at in primary key order: the size first rows whose key comes after the key
+-- values of after (an object of the key columns; NULL: from the first row). Its cost is the
+-- changes since the moment and one page of the table's key index, whatever the table's size
+-- (bemi-pg serve's table page). A table without a key has no order to page by.
+CREATE FUNCTION bemi.table_page_at(relation anyelement, at timestamptz, after jsonb, size integer) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  table_oid regclass := bemi.table_of(pg_catalog.pg_typeof(relation));
+  keys text[] := bemi.key_columns(table_oid);
+BEGIN
+  IF size IS NULL OR size < 1 THEN
+    RAISE EXCEPTION 'bemi: a page holds at least one row, not %', coalesce(size::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass the number of rows a page holds, such as 50.';
+  END IF;
+  IF keys IS NULL THEN
+    RAISE EXCEPTION 'bemi: % has no primary key to page by', table_oid
+      USING ERRCODE = 'feature_not_supported', HINT = 'Read the whole table: SELECT * FROM bemi.table_at(NULL::t, moment).';
+  END IF;
+  PERFORM bemi.check_trail(bemi.history_of(table_oid, at), at);
+  RETURN QUERY EXECUTE pg_catalog.format('SELECT t.* FROM bemi.table_from($1, $2, %L, NULL, $3, $4) AS t ORDER BY %s LIMIT $4',
+      'bemi.changes', (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', k), ', ') FROM pg_catalog.unnest(keys) AS k))
+    USING relation, at, after, size;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_page_at(anyelement, timestamptz, jsonb, integer) IS
+  'A page of a table as it was at a moment, in primary key order: SELECT * FROM bemi.table_page_at(NULL::todo, moment, ''{"id": 100}'', 50).';
 
 -- The moment right after a transaction committed, as the pair the time-travel functions take:
 -- its commit time, and its last change, so that of the transactions committed at the same

@@ -8,7 +8,8 @@ records the transaction, the server's clock and a snapshot. Then, once stored by
 path (bemi.ingest(), the streaming worker):
 
 - ``table_at`` and ``table_at_transaction`` at every snapshot give it exactly, or refuse with
-  0A000 where a partition event after the moment hides rows (never a wrong answer);
+  0A000 where a partition event after the moment hides rows (never a wrong answer), and so do
+  ``table_page_at``'s pages of two rows, walked in key order;
 - ``row_at`` and ``row_at_transaction`` of every key ever used, spelled another way, give the
   snapshot's row or NULL (or 0A000 as above);
 - reverting the transactions after the last partition event, newest first, restores every
@@ -26,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from bemi_pg.ingest import worker
 from tests.helpers.history import moment
@@ -95,6 +97,22 @@ def refused_or(admin: psycopg.Connection[Any], query: str, params: list[Any]) ->
         return None
 
 
+def paged(admin: psycopg.Connection[Any], table: str, at: Any) -> list[tuple[Any, ...]]:
+    """The table at a moment as table_page_at's pages of two rows give it, each page starting
+    after the last key of the one before; the rows in key order, each once."""
+    found: list[tuple[Any, ...]] = []
+    after = None
+    while True:
+        page = [tuple(r.values()) for r in admin.execute(
+            f"SELECT k, region, v FROM bemi.table_page_at(NULL::{table}, %s, %s, 2)",
+            [at, None if after is None else Jsonb({"k": after[0], "region": after[1]})])]
+        found += page
+        if len(page) < 2:
+            assert [r[:2] for r in found] == sorted(r[:2] for r in found)  # in key order
+            return sorted(found)
+        after = page[-1]
+
+
 def spelled(k: int, region: str) -> str:
     """A key as row_at takes it, not as the trail writes it."""
     return f'[ "{k}" ,"{region}" ]'
@@ -154,6 +172,8 @@ def test_edges_agree_with_snapshots(dsn: str, admin: psycopg.Connection[Any], pa
             hidden = any(e > at for e in events)
             by_time = refused_or(admin, f"SELECT k, region, v FROM bemi.table_at(NULL::{table}, %s)", [at])
             assert (by_time is None and hidden) or sorted(tuple(r.values()) for r in by_time) == rows, (at, by_time, rows)
+            if by_time is not None:
+                assert paged(admin, table, at) == rows, (at, rows)
             if xid is not None:
                 by_xid = refused_or(admin, f"SELECT k, region, v FROM bemi.table_at_transaction(NULL::{table}, %s)", [xid])
                 assert (by_xid is None and hidden) or sorted(tuple(r.values()) for r in by_xid) == rows

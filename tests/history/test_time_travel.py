@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from tests.helpers.history import fails, moment, rows
 from tests.helpers.trail import ingest
@@ -160,6 +161,36 @@ def test_composite_keys_and_odd_names(admin: psycopg.Connection[Any]) -> None:
     assert json.loads(key) == ["a b", 1]
     assert row_at(admin, '"user"', key, t1) == {"Org": "a b", "it's": 1, "note": "x"}
     assert table_at(admin, '"user"', t1) == [{"Org": "a b", "it's": 1, "note": "x"}]
+
+
+def test_a_table_at_a_moment_in_pages(admin: psycopg.Connection[Any]) -> None:
+    """bemi.table_page_at walks table_at in key order, a page after another, whatever the key's
+    names and types; a row changed since comes as it was, in its place by its key then."""
+    admin.execute("""CREATE TABLE "page's" ("Org" text, "n°" numeric, note text, PRIMARY KEY ("Org", "n°"))""")
+    admin.execute("""SELECT bemi.track('"page''s"')""")
+    admin.execute("""INSERT INTO "page's" SELECT 'org ' || (i % 3), i / 3, 'v' || i FROM generate_series(0, 29) AS i""")
+    t1 = moment(admin)
+    admin.execute("""UPDATE "page's" SET "n°" = "n°" + 100 WHERE "n°" < 2""")  # keys move to the end
+    admin.execute("""DELETE FROM "page's" WHERE note IN ('v7', 'v8')""")
+    admin.execute("""INSERT INTO "page's" VALUES ('org 0', 4.5, 'new')""")  # between two keys of then
+    ingest(admin)
+    whole = rows(admin, 'SELECT * FROM bemi.table_at(NULL::"page\'s", %s) AS t ORDER BY t."Org", t."n°"', [t1])
+    assert len(whole) == 30
+    pages, after = [], None
+    while True:
+        page = rows(admin, """SELECT * FROM bemi.table_page_at(NULL::"page's", %s, %s, 7)""", [t1, after])
+        pages.append(page)
+        if len(page) < 7:
+            break
+        after = Jsonb({k: str(page[-1][k]) for k in ("Org", "n°")})  # a numeric as its text
+    assert [len(p) for p in pages] == [7, 7, 7, 7, 2]
+    assert [r for p in pages for r in p] == whole
+    with fails("22023", "a page holds at least one row"):
+        rows(admin, """SELECT * FROM bemi.table_page_at(NULL::"page's", %s, NULL, 0)""", [t1])
+    admin.execute("CREATE TABLE log (line text)")
+    admin.execute("SELECT bemi.track('log')")
+    with fails("0A000", "has no primary key to page by"):
+        rows(admin, "SELECT * FROM bemi.table_page_at(NULL::log, now(), NULL, 10)")
 
 
 def test_tables_without_a_key(admin: psycopg.Connection[Any]) -> None:

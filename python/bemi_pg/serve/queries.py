@@ -279,17 +279,13 @@ def table_at(conn: Conn, schema: str, table: str, at: datetime, after: dict[str,
         "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
         "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY pg_catalog.array_position(i.indkey, a.attnum)",
         [relation])]
-    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in keys) if keys else sql.SQL("1")
-    where: sql.Composable = sql.SQL("")
-    params: list[Any] = [at]
-    if keys and after:
-        where = sql.SQL(" WHERE ({}) > (SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{}, %s) AS k)").format(
-            order, sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(k)) for k in keys), name)
-        params.append(Jsonb(after))
-    rows = [r["image"] for r in conn.execute(
-        sql.SQL("SELECT pg_catalog.to_jsonb(p.*) AS image FROM (SELECT t.* FROM bemi.table_at(NULL::{}, %s) AS t{} "
-                "ORDER BY {} LIMIT %s) AS p").format(
-            name, where, order), [*params, PAGE + 1])]
+    if keys:  # one page of the key's order, read along its index (bemi.table_page_at)
+        query = sql.SQL("SELECT pg_catalog.to_jsonb(t.*) AS image FROM bemi.table_page_at(NULL::{}, %s, %s, %s) AS t").format(name)
+        params: list[Any] = [at, Jsonb(after) if after else None, PAGE + 1]
+    else:
+        query = sql.SQL("SELECT pg_catalog.to_jsonb(t.*) AS image FROM bemi.table_at(NULL::{}, %s) AS t LIMIT %s").format(name)
+        params = [at, PAGE + 1]
+    rows = [r["image"] for r in conn.execute(query, params)]
     more = len(rows) > PAGE
     rows = rows[:PAGE]
     next_key = {k: rows[-1][k] for k in keys} if more and keys else None
