@@ -186,6 +186,24 @@ async def table_at_position_async(conn: psycopg.AsyncConnection[Any], table: Tab
     return await run_async(table_by_steps(table, "position", position), conn)
 
 
+# A row's versions (bemi.row_versions) with each image as a row of the table's type, in order:
+# for the framework helpers, which make instances of the rows. {key} is the key's placeholder;
+# the versions' own columns carry a "bemi_" prefix, to stay apart from the table's.
+VERSIONS_AS_ROWS = (
+    "SELECT v.valid_from AS bemi_valid_from, v.valid_to AS bemi_valid_to, v.change_id AS bemi_change_id, "
+    "v.transaction_id AS bemi_transaction_id, v.primary_key AS bemi_primary_key, r.* "
+    "FROM bemi.row_versions({relation}, {key}) WITH ORDINALITY AS v(valid_from, valid_to, change_id, transaction_id, "
+    "primary_key, image, n), jsonb_populate_record(NULL::{table}, bemi.known_values(v.image)) AS r ORDER BY v.n")
+VERSION_COLUMNS = ("valid_from", "valid_to", "change_id", "transaction_id", "primary_key")
+
+
+def version_of(row: Any, instance: Any) -> dict[str, Any]:
+    """One version for a framework helper: valid_from, valid_to, change_id, transaction_id and
+    primary_key as bemi.row_versions gives them (row: by the names of VERSIONS_AS_ROWS), and the
+    row as an instance of the model."""
+    return {**{name: row[f"bemi_{name}"] for name in VERSION_COLUMNS}, "instance": instance}
+
+
 def row_versions(conn: psycopg.Connection[Any], table: Table, primary_key: Key) -> list[dict[str, Any]]:
     """Every version of the row, oldest first, following its key moves (bemi.row_versions):
     dicts with valid_from, valid_to, change_id, transaction_id, primary_key and image."""
