@@ -2148,8 +2148,9 @@ REVOKE ALL ON bemi.wal FROM PUBLIC;
 --    bemi.shared_key_settled(), bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
 --    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(),
 --    bemi.table_history(), bemi.key_after(), bemi.table_from(), bemi.table_at(), bemi.table_page_at(),
---    bemi.transaction_moment(), bemi.row_at_transaction(),
---    bemi.table_at_transaction(), bemi.row_versions(), bemi.diff().
+--    bemi.row_at_commit(), bemi.table_at_commit(), bemi.transaction_moment(), bemi.row_at_transaction(),
+--    bemi.table_at_transaction(), bemi.position_gap(), bemi.position_moment(), bemi.row_at_position(),
+--    bemi.table_at_position(), bemi.row_versions(), bemi.diff().
 ------------------------------------------------------------------------------------------
 
 -- Time is commit time (committed_at, ties broken by id). A row's history, an UPDATE that
@@ -3177,6 +3178,25 @@ $$;
 COMMENT ON FUNCTION bemi.table_page_at(anyelement, timestamptz, jsonb, integer) IS
   'A page of a table as it was at a moment, in primary key order: SELECT * FROM bemi.table_page_at(NULL::todo, moment, ''{"id": 100}'', 50).';
 
+-- A row (as JSON) as it was right after the change with id through committed at at: of the
+-- transactions committed at that time (it happens) only those committed up to it count. The
+-- moment of bemi.transaction_moment or bemi.position_moment.
+CREATE FUNCTION bemi.row_at_commit(relation regclass, primary_key text, at timestamptz, through bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_from(relation, k.key, at, bemi.row_history(bemi.history_of(relation, at) || bemi.key_form(relation), k.key, at, through))
+        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k);
+
+-- The whole table as typed rows at the same moment.
+CREATE FUNCTION bemi.table_at_commit(relation anyelement, at timestamptz, through bigint) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), at), at);
+  RETURN QUERY SELECT * FROM bemi.table_from(relation, at, 'bemi.changes', through);
+END
+$$;
+
 -- The moment right after a transaction committed, as the pair the time-travel functions take:
 -- its commit time, and its last change, so that of the transactions committed at the same
 -- time (it happens) only those committed up to it count. Errors as bemi.transaction_changes.
@@ -3193,9 +3213,7 @@ $$;
 
 CREATE FUNCTION bemi.row_at_transaction(relation regclass, primary_key text, transaction_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE
-RETURN (SELECT bemi.row_from(relation, k.key, m.at,
-          bemi.row_history(bemi.history_of(relation, m.at) || bemi.key_form(relation), k.key, m.at, m.through))
-        FROM (SELECT bemi.trail_key(relation, primary_key) AS key) AS k, bemi.transaction_moment(transaction_id) AS m);
+RETURN (SELECT bemi.row_at_commit(relation, primary_key, m.at, m.through) FROM bemi.transaction_moment(transaction_id) AS m);
 
 COMMENT ON FUNCTION bemi.row_at_transaction(regclass, text, bigint) IS
   'A row (as JSON) as it was right after a transaction (bemi.changes.transaction_id) committed: exact where commit times are equal.';
@@ -3207,13 +3225,101 @@ AS $$
 DECLARE
   moment record := bemi.transaction_moment(transaction_id);
 BEGIN
-  PERFORM bemi.check_trail(bemi.history_of(bemi.table_of(pg_catalog.pg_typeof(relation)), moment.at), moment.at);
-  RETURN QUERY SELECT * FROM bemi.table_from(relation, moment.at, 'bemi.changes', moment.through);
+  RETURN QUERY SELECT * FROM bemi.table_at_commit(relation, moment.at, moment.through);
 END
 $$;
 
 COMMENT ON FUNCTION bemi.table_at_transaction(anyelement, bigint) IS
   'A whole table as typed rows, as it was right after a transaction committed: SELECT * FROM bemi.table_at_transaction(NULL::todo, 1234).';
+
+-- The cause of a gap in capture that holds a WAL position (bemi.gaps: from_lsn up to to_lsn,
+-- or on while it is open), of any slot whose trail is here; NULL: none.
+-- SECURITY DEFINER: it reads bemi.gaps for callers that may not, and tells them only a cause.
+CREATE FUNCTION bemi.position_gap(lsn pg_lsn) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT g.cause FROM bemi.gaps AS g
+  WHERE g.from_lsn <= position_gap.lsn AND (g.to_lsn IS NULL OR position_gap.lsn < g.to_lsn)
+  ORDER BY g.id DESC LIMIT 1;
+END;
+
+-- The moment right after the transaction of the change at a WAL position (bemi.changes.position)
+-- committed, as bemi.transaction_moment gives it, and that transaction. The trail keeps each
+-- change's own position, not its transaction's commit position (a transaction that wrote
+-- before another committed can commit after it), so a position no stored change has cannot be
+-- placed among the commits exactly: refused, as one in a gap in capture (ZB001), past the
+-- newest change stored (22023: not ingested yet, or no change) or none of a change (22023).
+-- database_name: of a trail database holding the trails of several, whose (NULL: any, when
+-- only one has a change there).
+CREATE FUNCTION bemi.position_moment(lsn pg_lsn, database_name text DEFAULT NULL,
+                                     OUT at timestamptz, OUT through bigint, OUT transaction_id bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  change record;
+  transactions bigint;
+  gap text;
+  newest pg_lsn;
+BEGIN
+  IF position_moment.lsn IS NULL THEN
+    RAISE EXCEPTION 'bemi: the position must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT pg_catalog.count(*) OVER () AS transactions, x.database, x.transaction_id, x.committed_at INTO change
+  FROM bemi.changes AS x WHERE x.position = position_moment.lsn AND (database_name IS NULL OR x.database = database_name)
+  GROUP BY x.database, x.transaction_id, x.committed_at;
+  transactions := coalesce(change.transactions, 0);
+  IF transactions > 1 THEN
+    RAISE EXCEPTION 'bemi: position % names changes of % transactions in the trail (of several databases)', position_moment.lsn, transactions
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Name the database: bemi.position_moment(lsn, database_name).';
+  ELSIF transactions = 0 THEN
+    gap := bemi.position_gap(position_moment.lsn);
+    IF gap IS NOT NULL THEN
+      RAISE EXCEPTION 'bemi: the trail may lack the change at position %: it lies in a gap in capture (%)', position_moment.lsn, gap
+        USING ERRCODE = 'ZB001', HINT = 'SELECT * FROM bemi.coverage shows the gaps; ask for a position after the last one.';
+    END IF;
+    SELECT x.position INTO newest FROM bemi.changes AS x WHERE database_name IS NULL OR x.database = database_name
+    ORDER BY x.position DESC LIMIT 1;
+    IF newest IS NULL OR position_moment.lsn > newest THEN
+      RAISE EXCEPTION 'bemi: the trail holds no change at position % (its newest change is at %)', position_moment.lsn,
+          coalesce(newest::text, 'none yet')
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'A change not ingested yet: wait for bemi-pg worker or run SELECT bemi.ingest(), then ask again.';
+    END IF;
+    RAISE EXCEPTION 'bemi: the trail holds no change at position %', position_moment.lsn
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'A position names a change (bemi.changes.position); the trail does not keep commit positions. It may also be of a table not tracked, or dropped by bemi.retain.';
+  END IF;
+  SELECT pg_catalog.max(x.committed_at), pg_catalog.max(x.id), change.transaction_id INTO at, through, transaction_id
+  FROM bemi.changes AS x WHERE x.transaction_id = change.transaction_id AND x.committed_at = change.committed_at
+    AND x.database = change.database;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.position_moment(pg_lsn, text) IS
+  'The moment right after the transaction of the change at a WAL position (bemi.changes.position) committed: (commit time, its last change id, the transaction).';
+
+CREATE FUNCTION bemi.row_at_position(relation regclass, primary_key text, lsn pg_lsn) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (SELECT bemi.row_at_commit(relation, primary_key, m.at, m.through) FROM bemi.position_moment(lsn) AS m);
+
+COMMENT ON FUNCTION bemi.row_at_position(regclass, text, pg_lsn) IS
+  'A row (as JSON) as it was right after the transaction of the change at a WAL position committed: exact where commit times are equal.';
+
+CREATE FUNCTION bemi.table_at_position(relation anyelement, lsn pg_lsn) RETURNS SETOF anyelement
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  moment record := bemi.position_moment(lsn);
+BEGIN
+  RETURN QUERY SELECT * FROM bemi.table_at_commit(relation, moment.at, moment.through);
+END
+$$;
+
+COMMENT ON FUNCTION bemi.table_at_position(anyelement, pg_lsn) IS
+  'A whole table as typed rows, as it was right after the transaction of the change at a WAL position committed: SELECT * FROM bemi.table_at_position(NULL::todo, ''0/1A2B3C'').';
 
 -- Every version of the row with a primary key, oldest first, following its key moves both
 -- ways: each with the commit time it began (NULL: before its first change the trail holds,
@@ -3305,6 +3411,8 @@ REVOKE ALL ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(
 GRANT EXECUTE ON FUNCTION bemi.history_of(regclass, timestamptz), bemi.check_trail(jsonb, timestamptz),
   bemi.pending_writes(regclass, integer), bemi.covered_from(name, oid, text, text), bemi.check_stored(regclass, bigint[]),
   bemi.check_pending(regclass) TO PUBLIC;
+REVOKE ALL ON FUNCTION bemi.position_gap(pg_lsn) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bemi.position_gap(pg_lsn) TO PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- 9. Revert: undo the net effect of changes, conflict-checked, in the caller's transaction.

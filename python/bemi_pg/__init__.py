@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from bemi_pg.context import context, current_context
 from bemi_pg.revert import Previewed, Reverted, revert, revert_async, revert_preview
-from bemi_pg.timetravel import (row_at, row_at_async, row_at_transaction, row_versions, table_at, table_at_async,
-                                table_at_transaction)
+from bemi_pg.timetravel import (row_at, row_at_async, row_at_position, row_at_position_async, row_at_transaction,
+                                row_at_transaction_async, row_versions, table_at, table_at_async, table_at_position,
+                                table_at_position_async, table_at_transaction, table_at_transaction_async)
 from bemi_pg.transaction import set_context, set_context_async, with_context
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = [
     "context", "current_context", "seed_example", "set_context", "set_context_async", "with_context",
     "Previewed", "Reverted", "revert", "revert_async", "revert_preview", "row_at", "row_at_async",
-    "row_at_transaction", "row_versions", "table_at", "table_at_async", "table_at_transaction",
+    "row_at_position", "row_at_position_async", "row_at_transaction", "row_at_transaction_async", "row_versions",
+    "table_at", "table_at_async", "table_at_position", "table_at_position_async", "table_at_transaction",
+    "table_at_transaction_async",
 ]
 __version__ = "1.0.0"
 

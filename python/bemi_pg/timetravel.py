@@ -4,6 +4,8 @@
     bemi_pg.table_at(conn, "todo", at)            # [{"id": 26, ...}, ...], typed values
     bemi_pg.row_at_transaction(conn, "todo", 26, 1234)   # right after transaction 1234 committed
     bemi_pg.table_at_transaction(conn, "todo", 1234)
+    bemi_pg.row_at_position(conn, "todo", 26, "0/1A2B3C")   # right after the transaction of the change there
+    bemi_pg.table_at_position(conn, "todo", "0/1A2B3C")
     bemi_pg.row_versions(conn, "todo", 26)        # [{"valid_from", "valid_to", "image", ...}, ...]
 
 Thin wrappers over ``bemi.row_at`` and ``bemi.table_at`` (docs/time-travel.md): a moment
@@ -117,22 +119,89 @@ async def table_at_async(conn: psycopg.AsyncConnection[Any], table: Table, at: M
     return await run_async(table_steps(table, at, trail is not None), conn, trail)
 
 
+# Time travel to the moment right after a transaction committed (by its transaction id), or
+# right after the transaction of the change at a WAL position (bemi.changes.position): the SQL
+# type each takes its moment as.
+BY = {"transaction": "bigint", "position": "pg_lsn"}
+
+
+def row_by_steps(table: Table, primary_key: Key, by: str, moment: int | str) -> Steps[dict[str, Any] | None]:
+    """bemi.row_at_transaction or bemi.row_at_position (by)."""
+    key, value = key_sql(primary_key)
+    (row,), = yield Query(sql.SQL("SELECT bemi.{}({}, {}, %s::{})").format(
+        sql.Identifier(f"row_at_{by}"), relation(table), key, sql.SQL(BY[by])), [value, moment])
+    return row  # type: ignore[no-any-return]
+
+
+def table_by_steps(table: Table, by: str, moment: int | str) -> Steps[list[dict[str, Any]]]:
+    """bemi.table_at_transaction or bemi.table_at_position (by)."""
+    (name,), = yield Query(sql.SQL(ROW_TYPE).format(relation(table)), None)
+    rows: list[dict[str, Any]] = yield Query(sql.SQL("SELECT * FROM bemi.{}(NULL::{}, %s::{})").format(
+        sql.Identifier(f"table_at_{by}"), sql.SQL(name), sql.SQL(BY[by])), [moment], rows=dict_row)
+    return rows
+
+
 def row_at_transaction(conn: psycopg.Connection[Any], table: Table, primary_key: Key, transaction_id: int) -> dict[str, Any] | None:
     """The row as it was right after a transaction (bemi.changes.transaction_id) committed:
     exact where several transactions share a commit time (bemi.row_at_transaction)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        (row,), = cur.execute(sql.SQL("SELECT bemi.row_at_transaction({}, %s::text, %s)").format(relation(table)),
-                              [key_text(primary_key), transaction_id]).fetchall()
-    return row  # type: ignore[no-any-return]
+    return run(row_by_steps(table, primary_key, "transaction", transaction_id), conn)
+
+
+async def row_at_transaction_async(conn: psycopg.AsyncConnection[Any], table: Table, primary_key: Key,
+                                   transaction_id: int) -> dict[str, Any] | None:
+    """``row_at_transaction`` for an ``AsyncConnection``."""
+    return await run_async(row_by_steps(table, primary_key, "transaction", transaction_id), conn)
 
 
 def table_at_transaction(conn: psycopg.Connection[Any], table: Table, transaction_id: int) -> list[dict[str, Any]]:
     """Every row of the table as it was right after a transaction committed, as dicts of typed values."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        (name,), = cur.execute(sql.SQL(ROW_TYPE).format(relation(table))).fetchall()
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql.SQL("SELECT * FROM bemi.table_at_transaction(NULL::{}, %s)").format(sql.SQL(name)),
-                           [transaction_id]).fetchall()
+    return run(table_by_steps(table, "transaction", transaction_id), conn)
+
+
+async def table_at_transaction_async(conn: psycopg.AsyncConnection[Any], table: Table, transaction_id: int) -> list[dict[str, Any]]:
+    """``table_at_transaction`` for an ``AsyncConnection``."""
+    return await run_async(table_by_steps(table, "transaction", transaction_id), conn)
+
+
+def row_at_position(conn: psycopg.Connection[Any], table: Table, primary_key: Key, position: str) -> dict[str, Any] | None:
+    """The row as it was right after the transaction of the change at a WAL position
+    (bemi.changes.position, e.g. "0/1A2B3C") committed (bemi.row_at_position)."""
+    return run(row_by_steps(table, primary_key, "position", position), conn)
+
+
+async def row_at_position_async(conn: psycopg.AsyncConnection[Any], table: Table, primary_key: Key,
+                                position: str) -> dict[str, Any] | None:
+    """``row_at_position`` for an ``AsyncConnection``."""
+    return await run_async(row_by_steps(table, primary_key, "position", position), conn)
+
+
+def table_at_position(conn: psycopg.Connection[Any], table: Table, position: str) -> list[dict[str, Any]]:
+    """Every row of the table as it was right after the transaction of the change at a WAL
+    position committed, as dicts of typed values (bemi.table_at_position)."""
+    return run(table_by_steps(table, "position", position), conn)
+
+
+async def table_at_position_async(conn: psycopg.AsyncConnection[Any], table: Table, position: str) -> list[dict[str, Any]]:
+    """``table_at_position`` for an ``AsyncConnection``."""
+    return await run_async(table_by_steps(table, "position", position), conn)
+
+
+# A row's versions (bemi.row_versions) with each image as a row of the table's type, in order:
+# for the framework helpers, which make instances of the rows. {key} is the key's placeholder;
+# the versions' own columns carry a "bemi_" prefix, to stay apart from the table's.
+VERSIONS_AS_ROWS = (
+    "SELECT v.valid_from AS bemi_valid_from, v.valid_to AS bemi_valid_to, v.change_id AS bemi_change_id, "
+    "v.transaction_id AS bemi_transaction_id, v.primary_key AS bemi_primary_key, r.* "
+    "FROM bemi.row_versions({relation}, {key}) WITH ORDINALITY AS v(valid_from, valid_to, change_id, transaction_id, "
+    "primary_key, image, n), jsonb_populate_record(NULL::{table}, bemi.known_values(v.image)) AS r ORDER BY v.n")
+VERSION_COLUMNS = ("valid_from", "valid_to", "change_id", "transaction_id", "primary_key")
+
+
+def version_of(row: Any, instance: Any) -> dict[str, Any]:
+    """One version for a framework helper: valid_from, valid_to, change_id, transaction_id and
+    primary_key as bemi.row_versions gives them (row: by the names of VERSIONS_AS_ROWS), and the
+    row as an instance of the model."""
+    return {**{name: row[f"bemi_{name}"] for name in VERSION_COLUMNS}, "instance": instance}
 
 
 def row_versions(conn: psycopg.Connection[Any], table: Table, primary_key: Key) -> list[dict[str, Any]]:

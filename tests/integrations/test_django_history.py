@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
+from io import StringIO
 from typing import Any
 
 import psycopg
 import pytest
+from django.core.management import call_command
 from django.db import connections, transaction
 from django.test import Client
 
-from bemi_pg.django import as_of
+from bemi_pg.django import as_of, versions
 from bemi_pg.django.models import BemiChange
-from tests.helpers.history import moment
+from tests.helpers.history import TYPED_KEYS, moment
 from tests.helpers.trail import drain, ingest
+from tests.integrations.django_project.keys.models import ByDay, ByDecimal, ByMoment, ByPair, ByUuid
 from tests.integrations.django_project.todos.models import Todo
 
 
@@ -93,3 +97,42 @@ def test_as_of_and_revert_with_a_trail_database(trail_alias: str, dsn: str, trai
     done = later.revert(source="default")
     assert sorted((r["primary_key"], r["action"]) for r in done) == [("1", "updated"), ("2", "inserted")]
     assert sorted(Todo.objects.values_list("id", "task", "is_completed")) == [(1, "Sleep", False), (2, "Eat", False)]
+
+
+KEYS = list(zip((ByUuid, ByDecimal, ByMoment, ByDay), TYPED_KEYS))
+
+
+@pytest.mark.parametrize(("model", "key"), KEYS, ids=[model.__name__ for model, _ in KEYS])
+def test_typed_keys_as_of_changes_and_versions(project: dict[str, Any], admin: psycopg.Connection[Any],
+                                               model: Any, key: Any) -> None:
+    """UUID, Decimal, datetime and date primary keys name their row's history, however the
+    instance holds its key: str(pk) is not the trail's text of it."""
+    call_command("bemi_track", "keys", stdout=StringIO())
+    before = moment(admin)
+    obj = model.objects.create(id=key, v="first")
+    at = moment(admin)
+    model.objects.filter(pk=key).update(v="second")
+    ingest(admin)
+
+    until = admin.execute("SELECT bemi.ingested_until() AS u").fetchone()["u"]  # type: ignore[index]
+    assert as_of(obj, at).v == "first" and as_of(model.objects.get(pk=key), until).v == "second"
+    with pytest.raises(model.DoesNotExist):
+        as_of(obj, before)
+    assert [(c.operation, c.after["v"]) for c in BemiChange.objects.for_instance(obj).order_by("id")] == [
+        ("CREATE", "first"), ("UPDATE", "second")]
+    found = versions(obj)
+    assert [(v["instance"].v, v["instance"].pk == key, v["valid_to"] is None) for v in found] == [
+        ("first", True, False), ("second", True, True)]
+    assert found[0]["valid_to"] == found[1]["valid_from"] > at
+    assert found[0]["primary_key"] == found[1]["primary_key"] == BemiChange.objects.for_instance(obj)[0].primary_key
+    assert found[0]["instance"]._state.adding
+
+
+def test_changes_of_a_composite_key(project: dict[str, Any], admin: psycopg.Connection[Any]) -> None:
+    call_command("bemi_track", "keys", stdout=StringIO())
+    pair = ByPair.objects.create(day=date(2020, 1, 1), n=7, v="first")
+    ByPair.objects.create(day=date(2020, 1, 1), n=8, v="other")
+    ByPair.objects.filter(n=7).update(v="second")
+    ingest(admin)
+    history = BemiChange.objects.for_instance(pair).order_by("id")
+    assert [(c.primary_key, c.after["v"]) for c in history] == [('["2020-01-01", 7]', "first"), ('["2020-01-01", 7]', "second")]

@@ -184,6 +184,8 @@ FOR_EVERYONE = {
     "bemi.covered_from(name,oid,text,text)",
     "bemi.check_stored(regclass,bigint[])",
     "bemi.wal_mark()",
+    # Time travel by WAL position: whether a gap in capture holds a position (its cause).
+    "bemi.position_gap(pg_lsn)",
 }
 
 

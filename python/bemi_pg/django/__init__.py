@@ -7,10 +7,11 @@
   carries its result, in autocommit mode, in ``transaction.atomic()`` and under
   ``ATOMIC_REQUESTS``. Outside requests, ``bemi_pg.context({...})`` does the same.
 - ``bemi_pg.django.models.BemiChange``: the audit trail as an unmanaged model, with
-  ``change.revert()``; ``bemi_pg.django.as_of(obj_or_model, at)``: time travel.
+  ``change.revert()``; ``bemi_pg.django.as_of(obj_or_model, at)``: time travel;
+  ``bemi_pg.django.versions(obj)``: a row's versions.
 """
 
-from bemi_pg.django.history import as_of
+from bemi_pg.django.history import as_of, versions
 from bemi_pg.django.middleware import BemiMiddleware
 
-__all__ = ["BemiMiddleware", "as_of"]
+__all__ = ["BemiMiddleware", "as_of", "versions"]

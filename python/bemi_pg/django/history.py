@@ -3,6 +3,7 @@
     from bemi_pg.django import as_of
     as_of(todo, at)              # the Todo as it was at ``at`` (unsaved; Todo.DoesNotExist if none)
     as_of(Todo, at)              # every Todo as of ``at``, a list of unsaved instances
+    versions(todo)               # [{"valid_from", "valid_to", ..., "instance": Todo}, ...], oldest first
     BemiChange.objects.for_instance(todo).revert()   # see bemi_pg.django.models
 
 Where the trail is kept in a database of its own (bemi-pg worker --trail-dsn), name its
@@ -24,7 +25,7 @@ import psycopg
 from django.db import connections, models, router, transaction
 
 from bemi_pg.revert import revert as revert_changes
-from bemi_pg.timetravel import key_text, relation, row_at
+from bemi_pg.timetravel import VERSIONS_AS_ROWS, key_text, relation, row_at, version_of
 from bemi_pg.steps import run
 from bemi_pg.trail_database import DROP_ROWS, TABLE_FROM, copy_table_history
 
@@ -83,6 +84,30 @@ def as_of(obj_or_model: Any, at: datetime, using: str | None = None, trail: str 
     if not found:
         raise model.DoesNotExist(f"{model._meta.object_name} {obj_or_model.pk} did not exist at {at.isoformat()}")
     return found[0]
+
+
+def trail_key(obj: models.Model, using: str | None = None) -> str:
+    """The instance's primary key in the text form the trail writes (bemi.changes.primary_key),
+    as the server reads it with the key columns' types (bemi.trail_key): a UUID, Decimal,
+    date or datetime (in any time zone) key, or a composite one, names its row's changes."""
+    model = type(obj)
+    db = using or router.db_for_read(model)
+    with connections[db].cursor() as cursor:
+        cursor.execute("SELECT bemi.trail_key(%s::regclass, %s)", [_table(model, db), key_text(obj.pk)])
+        (key,), = cursor.fetchall()
+    return key  # type: ignore[no-any-return]
+
+
+def versions(obj: M, using: str | None = None) -> list[dict[str, Any]]:
+    """Every version of the instance's row, oldest first, following its key moves
+    (bemi.row_versions): dicts with valid_from, valid_to, change_id, transaction_id and
+    primary_key as the SQL gives them, and "instance": the row then, an unsaved instance."""
+    model = type(obj)
+    db = using or router.db_for_read(model)
+    table = _table(model, db)
+    found = model.objects.using(db).raw(VERSIONS_AS_ROWS.format(relation="%s::regclass", key="%s", table=table),
+                                        [table, key_text(obj.pk)])
+    return [version_of(vars(instance), instance) for instance in _unsaved(found)]
 
 
 def revert(ids: list[int], on_conflict: str, using: str, source: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import models
 
-from bemi_pg.django.history import revert
+from bemi_pg.django.history import revert, trail_key
 
 
 class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
@@ -25,8 +25,10 @@ class BemiChangeQuerySet(models.QuerySet["BemiChange"]):
         return self.filter(table=model._meta.db_table)
 
     def for_instance(self, instance: models.Model) -> BemiChangeQuerySet:
-        """The changes of one row, identified by its model's table and primary key."""
-        return self.for_model(type(instance)).filter(primary_key=str(instance.pk))
+        """The changes of one row, identified by its model's table and primary key, compared as
+        values of the key's types (its text as the trail writes it: bemi_pg.django.history.trail_key,
+        read in the model's database)."""
+        return self.for_model(type(instance)).filter(primary_key=trail_key(instance))
 
     def created(self) -> BemiChangeQuerySet:
         return self.filter(operation=BemiChange.Operation.CREATE)

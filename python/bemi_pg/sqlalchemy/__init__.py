@@ -12,11 +12,11 @@ the trail as a mapped class, and time travel.
 - ``Change``: one row of bemi.changes as a mapped class (bemi_pg.sqlalchemy.models).
 - ``as_of(session, Model, key, at)``: a row as it was; ``table_as_of(session, Model, at)``:
   the whole table; ``revert(session, transaction_id=...)``: changes undone in the session's
-  transaction (bemi_pg.sqlalchemy.history).
+  transaction; ``versions(session, Model, key)``: a row's versions (bemi_pg.sqlalchemy.history).
 """
 
-from bemi_pg.sqlalchemy.history import as_of, revert, table_as_of
+from bemi_pg.sqlalchemy.history import as_of, revert, table_as_of, versions
 from bemi_pg.sqlalchemy.models import Change
 from bemi_pg.sqlalchemy.statements import register, unregister
 
-__all__ = ["Change", "as_of", "register", "revert", "table_as_of", "unregister"]
+__all__ = ["Change", "as_of", "register", "revert", "table_as_of", "unregister", "versions"]

@@ -4,6 +4,7 @@
     as_of(session, Todo, 26, at)      # the Todo as it was at ``at`` (transient), or None
     as_of(session, Todo, 26, at, trail=trail_session)   # the trail in a database of its own
     table_as_of(session, Todo, at)    # every Todo as of ``at``, transient instances
+    versions(session, Todo, 26)       # [{"valid_from", "valid_to", ..., "instance": Todo}, ...], oldest first
     revert(session, transaction_id=1234)   # in the session's transaction (bemi_pg.revert)
 
 Re-exported by ``bemi_pg.sqlalchemy``.
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from bemi_pg.revert import OnConflict, Reverted
 from bemi_pg.revert import revert as revert_changes
-from bemi_pg.timetravel import Key, key_text, row_at, table_at
+from bemi_pg.timetravel import VERSIONS_AS_ROWS, Key, key_text, row_at, table_at, version_of
 
 M = TypeVar("M")
 
@@ -71,6 +72,17 @@ def as_of(session: Session, model: type[M], primary_key: Key, at: datetime, trai
         {"table": name, "key": key_text(primary_key), "at": at},
     ).mappings().first()
     return None if row is None else instance(model, row)
+
+
+def versions(session: Session, model: type[M], primary_key: Key) -> list[dict[str, Any]]:
+    """Every version of the row of ``model`` with this primary key, oldest first, following its
+    key moves (bemi.row_versions): dicts with valid_from, valid_to, change_id, transaction_id and
+    primary_key as the SQL gives them, and "instance": the row then, a transient instance."""
+    name = table_name(session, model)
+    found = session.execute(
+        text(VERSIONS_AS_ROWS.format(relation="CAST(:table AS regclass)", key="CAST(:key AS text)", table=name)),
+        {"table": name, "key": key_text(primary_key)}).mappings()
+    return [version_of(row, instance(model, row)) for row in found]
 
 
 def driver(session: Session) -> psycopg.Connection[Any]:

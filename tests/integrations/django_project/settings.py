@@ -11,7 +11,7 @@ TIME_ZONE = "UTC"
 ROOT_URLCONF = "tests.integrations.django_project.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-INSTALLED_APPS = ["bemi_pg.django", "tests.integrations.django_project.todos"]
+INSTALLED_APPS = ["bemi_pg.django", "tests.integrations.django_project.todos", "tests.integrations.django_project.keys"]
 MIDDLEWARE = ["bemi_pg.django.BemiMiddleware"]
 BEMI_CONTEXT_FUNCTION = "tests.integrations.django_project.context.get_bemi_context"
 # The tests check contexts exactly, so without the statement's SQL (on by default);
