@@ -202,6 +202,11 @@ def test_security_definer_functions_pin_search_path_and_are_not_public(admin: ps
     for function in definers:
         assert "search_path=pg_catalog, pg_temp" in (function["proconfig"] or []), function["name"]
         assert not function["public"] or function["name"] in FOR_EVERYONE, function["name"]
+    # docs/security.md lists each with why it must run as the owner, and no other.
+    text = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    table = text[text.index("## search_path"):].split("\n\n## ")[0]
+    listed = set(re.findall(r"`(bemi\.[a-z_0-9]+)\(", table)) - {"bemi.check_trail"}
+    assert listed == {f["name"].partition("(")[0] for f in definers}
 
 
 # Look-alikes of every pg_catalog operator and simple function on the types bemi handles,
