@@ -106,6 +106,58 @@ BEGIN ATOMIC
   FROM bemi.column_rules(relid) AS r;
 END;
 
+CREATE TABLE bemi.type_changes (
+  type oid NOT NULL,
+  since pg_lsn NOT NULL,
+  PRIMARY KEY (type, since)
+);
+
+COMMENT ON TABLE bemi.type_changes IS 'When composite types changed their attributes: values written before are stored as text.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.type_changes', '');
+
+-- The event trigger: ALTER TYPE names the type (RENAME ATTRIBUTE) or its row type's relation.
+CREATE FUNCTION bemi.remember_types() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO bemi.type_changes (type, since)
+  SELECT DISTINCT coalesce(r.reltype, c.objid), pg_catalog.pg_current_wal_insert_lsn()
+  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+  LEFT JOIN pg_catalog.pg_class AS r ON c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND r.oid = c.objid
+  WHERE c.classid IN ('pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
+  ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- Event triggers need a superuser: elsewhere a type changed with changes pending is not seen.
+DO $$
+BEGIN
+  IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    CREATE EVENT TRIGGER bemi_remember_types ON ddl_command_end WHEN TAG IN ('ALTER TYPE')
+      EXECUTE FUNCTION bemi.remember_types();
+  END IF;
+END
+$$;
+
+REVOKE ALL ON bemi.type_changes FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.remember_types() FROM PUBLIC;
+
+CREATE FUNCTION bemi.type_changed_at(type oid) RETURNS pg_lsn
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE within(oid) AS (
+    SELECT type_changed_at.type
+    UNION
+    SELECT x.oid FROM within AS w JOIN pg_catalog.pg_type AS t ON t.oid = w.oid,
+      LATERAL (SELECT t.typbasetype WHERE t.typtype = 'd'
+               UNION ALL SELECT t.typelem WHERE t.typelem <> 0 AND t.typlen = -1
+               UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                         WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped) AS x(oid)
+  )
+  SELECT pg_catalog.max(c.since) FROM bemi.type_changes AS c JOIN within AS w ON w.oid = c.type;
+END;
+
 CREATE OR REPLACE FUNCTION bemi.convert_sql(r bemi.staged_relations, row_filter text DEFAULT 'true', as_text boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql STABLE
@@ -123,6 +175,26 @@ DECLARE
     ELSE r.key_columns END;
   masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', masked,
     pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(masked)]));
+  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
+  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
+    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
+      ELSE r.type_names[i] IS NULL END);
+  -- Columns of a type whose attributes changed after a staged change was written: read now,
+  -- its values would take the new attributes' names, so they too are kept as text, marked, in
+  -- the changes written before the change of type (before cutoff).
+  changed pg_lsn[] := CASE WHEN r.type_names IS NULL AND EXISTS (SELECT FROM bemi.type_changes)
+    THEN ARRAY(SELECT bemi.type_changed_at(r.types[i]) FROM pg_catalog.generate_subscripts(r.columns, 1) AS i ORDER BY i) END;
+  altered integer[] := ARRAY(SELECT i FROM pg_catalog.generate_subscripts(changed, 1) AS i
+    WHERE changed[i] > (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation));
+  cutoff pg_lsn := (SELECT pg_catalog.max(changed[i]) FROM pg_catalog.unnest(altered) AS i);
+  as_written oid[] := ARRAY(SELECT CASE WHEN i = ANY (altered) THEN 'pg_catalog.text'::pg_catalog.regtype::oid ELSE r.types[i] END
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i ORDER BY i);
+  problem text := CASE WHEN as_text THEN '''''' ELSE pg_catalog.format(
+    'nullif(pg_catalog.concat_ws(''; '', %L, CASE WHEN s.position < %L::pg_lsn THEN %L END), '''')',
+    'bemi: the type of ' || gone || ' no longer exists: stored as text', cutoff,
+    'bemi: the type of ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i) FROM pg_catalog.unnest(altered) AS i)
+      || ' changed its attributes since: stored as text') END;
   old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
     ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', masked) END;
   new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
@@ -133,20 +205,19 @@ DECLARE
     'NOT (s.operation = ''U'' AND NOT s.old_key_only AND s.new_missing IS NULL '
     'AND pg_catalog.jsonb_object(r.columns, s.old_values) - %1$L::text[] = pg_catalog.jsonb_object(r.columns, s.new_values) - %1$L::text[])',
     ignore_columns) ELSE 'true' END;
-  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
-  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
-    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
-    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
-      ELSE r.type_names[i] IS NULL END);
-  problem text := CASE WHEN as_text THEN ''
-    WHEN gone IS NOT NULL THEN 'bemi: the type of ' || gone || ' no longer exists: stored as text' END;
 BEGIN
+  IF cutoff IS NOT NULL AND NOT as_text THEN
+    old_image := pg_catalog.format('CASE WHEN s.position < %L::pg_lsn THEN %s ELSE %s END', cutoff,
+      bemi.image_sql(r.columns, as_written, r.typmods, r.type_names, 's.old_values', masked), old_image);
+    new_image := pg_catalog.format('CASE WHEN s.position < %L::pg_lsn THEN %s ELSE %s END', cutoff,
+      bemi.image_sql(r.columns, as_written, r.typmods, r.type_names, 's.new_values', masked), new_image);
+  END IF;
   RETURN pg_catalog.format($q$
     SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
       CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
       coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
       coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
-      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
+      %3$s::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
       CASE WHEN s.operation = 'U' AND %5$s IS DISTINCT FROM %6$s THEN %5$s END AS previous_key
     FROM bemi.staged s JOIN bemi.staged_relations r ON r.relation = s.relation
     CROSS JOIN LATERAL (SELECT

@@ -265,7 +265,8 @@ $$;
 --    IDENTITY FULL) and is a member of the publication the slot decodes.
 --    Holds: bemi.tracked, bemi.tracking, bemi.keys and the functions that keep them
 --    (primary_key, key_columns, remember_key, key_columns_at, the event trigger
---    bemi_remember_keys), bemi.members, bemi.virtual_columns, bemi.replica_identity,
+--    bemi_remember_keys), bemi.type_changes (remember_types, the event trigger
+--    bemi_remember_types), bemi.members, bemi.virtual_columns, bemi.replica_identity,
 --    bemi.create_publication, bemi.track, bemi.untrack.
 ------------------------------------------------------------------------------------------
 
@@ -437,6 +438,45 @@ BEGIN
   IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     CREATE EVENT TRIGGER bemi_remember_keys ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
       EXECUTE FUNCTION bemi.remember_keys();
+  END IF;
+END
+$$;
+
+-- When a type's attributes changed (ALTER TYPE ... ADD, DROP, ALTER or RENAME ATTRIBUTE): a
+-- composite value is written to the WAL as its attributes' values in order, without their
+-- names, so a change written before reads under the new names (a swap of x and y would store
+-- (1,2) as {"x":2,"y":1}). Changes written before since are stored as text, marked
+-- (bemi.type_changed_at, bemi.convert_sql).
+CREATE TABLE bemi.type_changes (
+  type oid NOT NULL,
+  since pg_lsn NOT NULL,
+  PRIMARY KEY (type, since)
+);
+
+COMMENT ON TABLE bemi.type_changes IS 'When composite types changed their attributes: values written before are stored as text.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.type_changes', '');
+
+-- The event trigger: ALTER TYPE names the type (RENAME ATTRIBUTE) or its row type's relation.
+CREATE FUNCTION bemi.remember_types() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO bemi.type_changes (type, since)
+  SELECT DISTINCT coalesce(r.reltype, c.objid), pg_catalog.pg_current_wal_insert_lsn()
+  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+  LEFT JOIN pg_catalog.pg_class AS r ON c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND r.oid = c.objid
+  WHERE c.classid IN ('pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
+  ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- Event triggers need a superuser: elsewhere a type changed with changes pending is not seen.
+DO $$
+BEGIN
+  IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    CREATE EVENT TRIGGER bemi_remember_types ON ddl_command_end WHEN TAG IN ('ALTER TYPE')
+      EXECUTE FUNCTION bemi.remember_types();
   END IF;
 END
 $$;
@@ -645,8 +685,8 @@ $$;
 COMMENT ON FUNCTION bemi.untrack(regclass) IS
   'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
 
-REVOKE ALL ON bemi.tracking, bemi.untracked, bemi.keys FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys() FROM PUBLIC;
+REVOKE ALL ON bemi.tracking, bemi.untracked, bemi.keys, bemi.type_changes FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys(), bemi.remember_types() FROM PUBLIC;
 COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
 
@@ -1369,7 +1409,7 @@ $$;
 --    them into typed JSON with the server's own input functions and stores them once.
 --    Holds: bemi.changes, bemi.partition_interval(), bemi.period_start(), bemi.partitions,
 --    bemi.index_partition(), bemi.create_partitions(), bemi.staged_relations, bemi.staged,
---    bemi.read_type(), bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
+--    bemi.read_type(), bemi.type_changed_at(), bemi.column_type(), bemi.portable_type(), bemi.describe_relation(), bemi.image_sql(),
 --    bemi.primary_key_sql(), bemi.context_json(), bemi.staged_contexts(), bemi.convert_sql(),
 --    bemi.store(), bemi.wal_mark(), bemi.flushed_past(), bemi.check_slot(), bemi.ingest(), bemi.peek(),
 --    bemi.ingested_until(), bemi.wal.
@@ -1607,6 +1647,23 @@ BEGIN
 END
 $$;
 
+-- The last time a type, or a type within it (a domain's base, an array's element, a
+-- composite's attributes, at any depth), changed its attributes (bemi.type_changes); NULL: never.
+CREATE FUNCTION bemi.type_changed_at(type oid) RETURNS pg_lsn
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  WITH RECURSIVE within(oid) AS (
+    SELECT type_changed_at.type
+    UNION
+    SELECT x.oid FROM within AS w JOIN pg_catalog.pg_type AS t ON t.oid = w.oid,
+      LATERAL (SELECT t.typbasetype WHERE t.typtype = 'd'
+               UNION ALL SELECT t.typelem WHERE t.typelem <> 0 AND t.typlen = -1
+               UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                         WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped) AS x(oid)
+  )
+  SELECT pg_catalog.max(c.since) FROM bemi.type_changes AS c JOIN within AS w ON w.oid = c.type;
+END;
+
 -- The type a column is read as: bemi.read_type of its type. In a trail database, of the type
 -- the source named, when this database has a type of that name, else text.
 CREATE FUNCTION bemi.column_type(type oid, typmod integer, source_name text DEFAULT NULL) RETURNS text
@@ -1751,6 +1808,26 @@ DECLARE
     ELSE r.key_columns END;
   masks text := pg_catalog.format('pg_catalog.jsonb_object(%L::text[], %L::text[])', masked,
     pg_catalog.array_fill('[masked]'::text, ARRAY[pg_catalog.cardinality(masked)]));
+  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
+  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
+    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
+      ELSE r.type_names[i] IS NULL END);
+  -- Columns of a type whose attributes changed after a staged change was written: read now,
+  -- its values would take the new attributes' names, so they too are kept as text, marked, in
+  -- the changes written before the change of type (before cutoff).
+  changed pg_lsn[] := CASE WHEN r.type_names IS NULL AND EXISTS (SELECT FROM bemi.type_changes)
+    THEN ARRAY(SELECT bemi.type_changed_at(r.types[i]) FROM pg_catalog.generate_subscripts(r.columns, 1) AS i ORDER BY i) END;
+  altered integer[] := ARRAY(SELECT i FROM pg_catalog.generate_subscripts(changed, 1) AS i
+    WHERE changed[i] > (SELECT pg_catalog.min(s.position) FROM bemi.staged s WHERE s.relation = r.relation));
+  cutoff pg_lsn := (SELECT pg_catalog.max(changed[i]) FROM pg_catalog.unnest(altered) AS i);
+  as_written oid[] := ARRAY(SELECT CASE WHEN i = ANY (altered) THEN 'pg_catalog.text'::pg_catalog.regtype::oid ELSE r.types[i] END
+    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i ORDER BY i);
+  problem text := CASE WHEN as_text THEN '''''' ELSE pg_catalog.format(
+    'nullif(pg_catalog.concat_ws(''; '', %L, CASE WHEN s.position < %L::pg_lsn THEN %L END), '''')',
+    'bemi: the type of ' || gone || ' no longer exists: stored as text', cutoff,
+    'bemi: the type of ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i) FROM pg_catalog.unnest(altered) AS i)
+      || ' changed its attributes since: stored as text') END;
   old_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.old_values) || ' || masks
     ELSE bemi.image_sql(r.columns, r.types, r.typmods, r.type_names, 's.old_values', masked) END;
   new_image text := CASE WHEN as_text THEN 'pg_catalog.jsonb_object(r.columns, s.new_values) || ' || masks
@@ -1761,20 +1838,19 @@ DECLARE
     'NOT (s.operation = ''U'' AND NOT s.old_key_only AND s.new_missing IS NULL '
     'AND pg_catalog.jsonb_object(r.columns, s.old_values) - %1$L::text[] = pg_catalog.jsonb_object(r.columns, s.new_values) - %1$L::text[])',
     ignore_columns) ELSE 'true' END;
-  -- Columns whose type is gone since (dropped with changes pending): their values are kept as text, marked.
-  gone text := (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.columns[i]), ', ' ORDER BY i)
-    FROM pg_catalog.generate_subscripts(r.columns, 1) AS i
-    WHERE CASE WHEN r.type_names IS NULL THEN NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = r.types[i])
-      ELSE r.type_names[i] IS NULL END);
-  problem text := CASE WHEN as_text THEN ''
-    WHEN gone IS NOT NULL THEN 'bemi: the type of ' || gone || ' no longer exists: stored as text' END;
 BEGIN
+  IF cutoff IS NOT NULL AND NOT as_text THEN
+    old_image := pg_catalog.format('CASE WHEN s.position < %L::pg_lsn THEN %s ELSE %s END', cutoff,
+      bemi.image_sql(r.columns, as_written, r.typmods, r.type_names, 's.old_values', masked), old_image);
+    new_image := pg_catalog.format('CASE WHEN s.position < %L::pg_lsn THEN %s ELSE %s END', cutoff,
+      bemi.image_sql(r.columns, as_written, r.typmods, r.type_names, 's.new_values', masked), new_image);
+  END IF;
   RETURN pg_catalog.format($q$
     SELECT s.seq, $4::text AS database, r.schema, r."table", CASE s.operation WHEN 'D' THEN %5$s WHEN 'T' THEN NULL ELSE %6$s END AS primary_key,
       CASE s.operation WHEN 'I' THEN 'CREATE' WHEN 'U' THEN 'UPDATE' WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS operation,
       coalesce(i.before, '{}') AS before, coalesce(i.after, '{}') AS after,
       coalesce($1 -> s.context, '{}') AS context, s.committed_at, s.transaction_id, s.position, s.ordinal,
-      %3$L::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
+      %3$s::text AS problem, s.old_key_only OR s.new_missing IS NOT NULL AS partial,
       CASE WHEN s.operation = 'U' AND %5$s IS DISTINCT FROM %6$s THEN %5$s END AS previous_key
     FROM bemi.staged s JOIN bemi.staged_relations r ON r.relation = s.relation
     CROSS JOIN LATERAL (SELECT

@@ -3,7 +3,8 @@
 --    IDENTITY FULL) and is a member of the publication the slot decodes.
 --    Holds: bemi.tracked, bemi.tracking, bemi.keys and the functions that keep them
 --    (primary_key, key_columns, remember_key, key_columns_at, the event trigger
---    bemi_remember_keys), bemi.members, bemi.virtual_columns, bemi.replica_identity,
+--    bemi_remember_keys), bemi.type_changes (remember_types, the event trigger
+--    bemi_remember_types), bemi.members, bemi.virtual_columns, bemi.replica_identity,
 --    bemi.create_publication, bemi.track, bemi.untrack.
 ------------------------------------------------------------------------------------------
 
@@ -175,6 +176,45 @@ BEGIN
   IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
     CREATE EVENT TRIGGER bemi_remember_keys ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
       EXECUTE FUNCTION bemi.remember_keys();
+  END IF;
+END
+$$;
+
+-- When a type's attributes changed (ALTER TYPE ... ADD, DROP, ALTER or RENAME ATTRIBUTE): a
+-- composite value is written to the WAL as its attributes' values in order, without their
+-- names, so a change written before reads under the new names (a swap of x and y would store
+-- (1,2) as {"x":2,"y":1}). Changes written before since are stored as text, marked
+-- (bemi.type_changed_at, bemi.convert_sql).
+CREATE TABLE bemi.type_changes (
+  type oid NOT NULL,
+  since pg_lsn NOT NULL,
+  PRIMARY KEY (type, since)
+);
+
+COMMENT ON TABLE bemi.type_changes IS 'When composite types changed their attributes: values written before are stored as text.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.type_changes', '');
+
+-- The event trigger: ALTER TYPE names the type (RENAME ATTRIBUTE) or its row type's relation.
+CREATE FUNCTION bemi.remember_types() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO bemi.type_changes (type, since)
+  SELECT DISTINCT coalesce(r.reltype, c.objid), pg_catalog.pg_current_wal_insert_lsn()
+  FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
+  LEFT JOIN pg_catalog.pg_class AS r ON c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND r.oid = c.objid
+  WHERE c.classid IN ('pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
+  ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- Event triggers need a superuser: elsewhere a type changed with changes pending is not seen.
+DO $$
+BEGIN
+  IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    CREATE EVENT TRIGGER bemi_remember_types ON ddl_command_end WHEN TAG IN ('ALTER TYPE')
+      EXECUTE FUNCTION bemi.remember_types();
   END IF;
 END
 $$;
@@ -383,8 +423,8 @@ $$;
 COMMENT ON FUNCTION bemi.untrack(regclass) IS
   'Stops tracking a table: removes its trigger and publication membership, restores its replica identity; its history stays.';
 
-REVOKE ALL ON bemi.tracking, bemi.untracked, bemi.keys FROM PUBLIC;
-REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys() FROM PUBLIC;
+REVOKE ALL ON bemi.tracking, bemi.untracked, bemi.keys, bemi.type_changes FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.remember_key(oid), bemi.key_columns_at(oid, pg_lsn), bemi.remember_keys(), bemi.remember_types() FROM PUBLIC;
 COMMENT ON FUNCTION bemi.track(regclass, text[], text[]) IS
   'Tracks a table (idempotent): REPLICA IDENTITY FULL, the context trigger and the publication, on every partition and child too; optional column rules.';
 

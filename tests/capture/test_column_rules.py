@@ -3,6 +3,7 @@ in the trail), on partitions and after ALTER TABLE; and bemi.erase for erasure r
 
 from __future__ import annotations
 
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -10,6 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from bemi_pg.ingest.worker import Options
+from bemi_pg.ingest.worker import run as run_worker
 from tests.helpers.trail import changes, drain, ingest
 
 
@@ -125,6 +128,32 @@ def test_values_of_a_type_dropped_with_changes_pending_are_stored_as_text_and_ma
     assert first["after"] == {"id": 1, "n": "5", "keep": 6}
     assert first["problem"] == "bemi: the type of n no longer exists: stored as text"
     assert second == {"after": {"id": 2, "keep": 7}, "problem": None}
+
+
+@pytest.mark.parametrize("path", ["sql", "worker"])
+def test_values_of_a_type_whose_attributes_changed_with_changes_pending_are_stored_as_text_and_marked(
+        path: str, dsn: str, admin: psycopg.Connection[Any]) -> None:
+    """The WAL holds a composite value's attributes in order, without names: read after a
+    swap of the names, (1,2) came out as {"x": 2, "y": 1}. Written before the ALTER TYPE, it is
+    kept as the text it was written as, marked; so is an array of the type, or a composite
+    holding it; written after, it is read with the names it has."""
+    admin.execute("CREATE TYPE pair AS (x int, y int)")
+    admin.execute("CREATE TYPE outer_pair AS (p pair, label text)")
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, p pair, ps pair[], o outer_pair, n int)")
+    admin.execute("SELECT bemi.track('t')")
+    admin.execute("INSERT INTO t VALUES (1, '(1,2)', ARRAY['(3,4)']::pair[], '(\"(5,6)\",a)', 7)")
+    admin.execute("ALTER TYPE pair RENAME ATTRIBUTE x TO tmp")
+    admin.execute("ALTER TYPE pair RENAME ATTRIBUTE y TO x")
+    admin.execute("ALTER TYPE pair RENAME ATTRIBUTE tmp TO y")
+    admin.execute("INSERT INTO t VALUES (2, '(1,2)', NULL, NULL, 8)")
+    if path == "sql":
+        ingest(admin)
+    else:
+        run_worker(Options(dsn, drain=True, interval=0.05), threading.Event(), lambda _: None)
+    first, second = changes(admin, "after", "problem")
+    assert first["after"] == {"id": 1, "p": "(1,2)", "ps": '{"(3,4)"}', "o": '("(5,6)",a)', "n": 7}
+    assert first["problem"] == "bemi: the type of p, ps, o changed its attributes since: stored as text"
+    assert second["after"]["p"] == {"y": 1, "x": 2} and second["problem"] is None
 
 
 def test_rules_are_checked(admin: psycopg.Connection[Any]) -> None:
