@@ -2846,21 +2846,25 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
-CREATE OR REPLACE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+CREATE FUNCTION bemi.keys_by_value(history jsonb, primary_key text) RETURNS text[]
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT ARRAY[trail_keys.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> trail_keys.primary_key), '{}')
+  SELECT ARRAY[keys_by_value.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> keys_by_value.primary_key), '{}')
   FROM bemi.changes AS c, LATERAL (VALUES (c.primary_key), (c.previous_key)) AS k(key)
-  WHERE history ->> 'key_by_value' IS NOT NULL AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+  WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
     AND (NOT history ? 'database' OR c.database = history ->> 'database')
     AND CASE
       WHEN history ->> 'key_by_value' = 'number' THEN CASE
         WHEN k.key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
-          AND trail_keys.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
-        THEN k.key::numeric = trail_keys.primary_key::numeric ELSE false END
-      WHEN k.key LIKE '[%' AND trail_keys.primary_key LIKE '[%' THEN k.key::jsonb = trail_keys.primary_key::jsonb
+          AND keys_by_value.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+        THEN k.key::numeric = keys_by_value.primary_key::numeric ELSE false END
+      WHEN k.key LIKE '[%' AND keys_by_value.primary_key LIKE '[%' THEN k.key::jsonb = keys_by_value.primary_key::jsonb
       ELSE false END;
 END;
+
+CREATE OR REPLACE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+LANGUAGE sql STABLE
+RETURN CASE WHEN history ->> 'key_by_value' IS NULL THEN ARRAY[primary_key] ELSE bemi.keys_by_value(history, primary_key) END;
 
 CREATE OR REPLACE FUNCTION bemi.key_event(history jsonb, keys text[], at timestamptz, latest boolean, through bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE

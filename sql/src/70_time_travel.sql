@@ -3,7 +3,7 @@
 --    Holds: bemi.image_key(), bemi.message_relids(), bemi.pending_writes(), bemi.covered_from(),
 --    bemi.history_of(), bemi.check_trail(), bemi.check_pending(), bemi.check_stored(), bemi.refuse_incomplete(),
 --    bemi.known_values(), bemi.scan_of(), bemi.key_match(), bemi.key_values(), bemi.trail_key(), bemi.key_form(),
---    bemi.same_key(), bemi.row_event(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
+--    bemi.same_key(), bemi.row_event(), bemi.keys_by_value(), bemi.trail_keys(), bemi.key_event(), bemi.shared_key_event(),
 --    bemi.shared_key_settled(), bemi.row_history(), bemi.in_partition(), bemi.partition_verdict(),
 --    bemi.row_from(), bemi.row_at(), bemi.unfit_value(), bemi.check_count(), bemi.check_presence(), bemi.table_of(),
 --    bemi.table_history(), bemi.key_after(), bemi.table_from(), bemi.table_at(), bemi.table_page_at(),
@@ -475,25 +475,32 @@ BEGIN ATOMIC
   LIMIT 1;
 END;
 
--- Where the trail is: the texts under which the trail holds a key given in its text form
--- (bemi.trail_key): that text, and where the history says the key is compared by value
--- (bemi.key_form), every text of the table's changes equal to it as a number ('1', '1.0') or as
--- JSON (several columns). Those cost a scan of the table's changes.
-CREATE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+-- A key and every text of the table's changes equal to it as a number ('1', '1.0') or as JSON
+-- (several columns): a scan of the table's changes, so a function of its own, planned only for
+-- keys with a numeric column (planned inside trail_keys, the scan of a large trail made every
+-- row_at pay for compiling it: JIT, 0.8 s at 10M changes, though it never ran).
+CREATE FUNCTION bemi.keys_by_value(history jsonb, primary_key text) RETURNS text[]
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-  SELECT ARRAY[trail_keys.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> trail_keys.primary_key), '{}')
+  SELECT ARRAY[keys_by_value.primary_key] || coalesce(pg_catalog.array_agg(DISTINCT k.key) FILTER (WHERE k.key <> keys_by_value.primary_key), '{}')
   FROM bemi.changes AS c, LATERAL (VALUES (c.primary_key), (c.previous_key)) AS k(key)
-  WHERE history ->> 'key_by_value' IS NOT NULL AND c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
+  WHERE c.schema = history ->> 'schema' AND c."table" = history ->> 'table'
     AND (NOT history ? 'database' OR c.database = history ->> 'database')
     AND CASE
       WHEN history ->> 'key_by_value' = 'number' THEN CASE
         WHEN k.key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
-          AND trail_keys.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
-        THEN k.key::numeric = trail_keys.primary_key::numeric ELSE false END
-      WHEN k.key LIKE '[%' AND trail_keys.primary_key LIKE '[%' THEN k.key::jsonb = trail_keys.primary_key::jsonb
+          AND keys_by_value.primary_key ~ '^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|NaN|-?Infinity)$'
+        THEN k.key::numeric = keys_by_value.primary_key::numeric ELSE false END
+      WHEN k.key LIKE '[%' AND keys_by_value.primary_key LIKE '[%' THEN k.key::jsonb = keys_by_value.primary_key::jsonb
       ELSE false END;
 END;
+
+-- Where the trail is: the texts under which the trail holds a key given in its text form
+-- (bemi.trail_key): that text, and where the history says the key is compared by value
+-- (bemi.key_form), every text of the table's changes equal to it (bemi.keys_by_value).
+CREATE FUNCTION bemi.trail_keys(history jsonb, primary_key text) RETURNS text[]
+LANGUAGE sql STABLE
+RETURN CASE WHEN history ->> 'key_by_value' IS NULL THEN ARRAY[primary_key] ELSE bemi.keys_by_value(history, primary_key) END;
 
 -- Where the trail is: the latest (or first, latest = false) change of a row under any of the
 -- texts its key has in the trail (bemi.trail_keys), as JSON (bemi.row_event's columns); NULL.
