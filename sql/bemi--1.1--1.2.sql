@@ -20,7 +20,8 @@
 -- 7. The trail knows what it covers (docs/time-travel.md): bemi.gaps and bemi.coverage record
 --    what capture missed; bemi.ingested_until() is exact (bemi.wal_mark); time travel refuses
 --    moments a gap or a pending write makes uncertain; revert refuses part-stored transactions;
---    the slot is a failover slot from 17 on.
+--    the slot is a failover slot from 17 on. Where the trail is stored is recorded
+--    (bemi.trail_location): nothing stores into a second trail (ZB003).
 
 ------------------------------------------------------------------------------------------
 -- 6. Column rules (first: bemi.track and bemi.store below use them).
@@ -530,6 +531,8 @@ BEGIN
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
   IF source_database IS NOT NULL THEN  -- a trail database: the changes are another database's
     columns := 'database, ' || columns;
+  ELSE  -- this database's own trail: not while it is stored in a trail database
+    PERFORM bemi.refuse_trail_elsewhere(bemi.slot_name());
   END IF;
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
@@ -1959,6 +1962,9 @@ BEGIN
     RETURN bemi.open_gap(slot, cause, NULL, from_lsn, NULL, NULL, NULL, detail);
   ELSIF bemi.close_gaps(slot, to_lsn, pg_catalog.clock_timestamp()) > 0 THEN
     RETURN NULL;
+  ELSIF EXISTS (SELECT FROM bemi.gaps g WHERE g.slot_name = note_gap.slot AND g.relation IS NULL
+                AND g.cause = note_gap.cause AND g.to_lsn = note_gap.to_lsn) THEN
+    RETURN NULL;  -- recorded already (by a worker that stopped before it went on)
   END IF;
   RETURN bemi.open_gap(slot, cause, NULL, from_lsn, NULL, to_lsn, pg_catalog.clock_timestamp(), detail);
 END
@@ -2181,6 +2187,8 @@ BEGIN
   END IF;
   -- One ingest at a time; a second one waits here, then carries on after the first.
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  -- Not while the trail is stored in a trail database (bemi-pg worker --trail-dsn).
+  PERFORM bemi.refuse_trail_elsewhere(slot);
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) AND EXISTS (
     SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
     -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).
@@ -2395,6 +2403,137 @@ $$;
 REVOKE ALL ON bemi.progress, bemi.gaps, bemi.coverage FROM PUBLIC;
 REVOKE ALL ON FUNCTION bemi.open_gap(name, text, oid, pg_lsn, timestamptz, pg_lsn, timestamptz, text),
   bemi.close_gaps(name, pg_lsn, timestamptz, oid), bemi.coverage_report(name), bemi.note_gap(name, text, pg_lsn, pg_lsn, text) FROM PUBLIC;
+
+-- Where the trail is stored (bemi-pg worker --trail-dsn): nothing stores into a second trail.
+-- Where the trail of a slot is stored when it is not here: in a trail database (bemi-pg worker
+-- --trail-dsn), named by its server's system identifier and its name, recorded when a worker
+-- starts storing there. While a row says so, nothing stores into this database's own trail
+-- (bemi.ingest(), a worker without --trail-dsn) nor into another trail database: the trail
+-- never splits. No row: the trail is here. bemi.trail_here() brings it back.
+CREATE TABLE bemi.trail_location (
+  slot_name name PRIMARY KEY,
+  system_identifier bigint NOT NULL,
+  database name NOT NULL,
+  since timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
+COMMENT ON TABLE bemi.trail_location IS
+  'Per slot: the trail database its trail is stored in (system identifier and name) and since when; no row: here.';
+SELECT pg_catalog.pg_extension_config_dump('bemi.trail_location', '');
+
+-- Where the trail of a slot is stored (no row: here).
+-- SECURITY DEFINER: every worker, whatever its grants, and bemi-pg status must know where the
+-- trail is; it tells a server's system identifier and a database name.
+CREATE FUNCTION bemi.trail_stored_in(slot name DEFAULT bemi.slot_name())
+RETURNS TABLE (system_identifier bigint, database name, since timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+  SELECT l.system_identifier, l.database, l.since FROM bemi.trail_location l WHERE l.slot_name = trail_stored_in.slot;
+END;
+
+COMMENT ON FUNCTION bemi.trail_stored_in(name) IS
+  'The trail database the trail of a slot is stored in (no row: here, in this database).';
+
+-- Raises (ZB003) unless the trail of the slot is stored where the caller would store it: here
+-- (system_identifier NULL), or in the trail database named. Not recorded anywhere: here.
+CREATE FUNCTION bemi.refuse_trail_elsewhere(slot name, system_identifier bigint DEFAULT NULL, database name DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  place record;
+BEGIN
+  SELECT l.system_identifier, l.database, l.since INTO place FROM bemi.trail_location l WHERE l.slot_name = slot;
+  IF FOUND AND (place.system_identifier, place.database)
+      IS DISTINCT FROM (refuse_trail_elsewhere.system_identifier, refuse_trail_elsewhere.database) THEN
+    RAISE EXCEPTION 'bemi: the trail of database "%" is stored in the trail database "%" (system identifier %) since %: storing it % would split it',
+      pg_catalog.current_database(), place.database, place.system_identifier, place.since,
+      CASE WHEN refuse_trail_elsewhere.database IS NULL THEN 'here'
+        ELSE pg_catalog.format('in "%s" (system identifier %s)', refuse_trail_elsewhere.database, refuse_trail_elsewhere.system_identifier) END
+      USING ERRCODE = 'ZB003',
+            HINT = 'Run bemi-pg worker with --trail-dsn naming that database. To bring the trail back here, stop the worker and, as the extension''s owner, SELECT bemi.trail_here(); (or bemi-pg worker --trail-here).';
+  END IF;
+END
+$$;
+
+-- The trail database a worker stores into (bemi-pg worker --trail-dsn), recorded as it starts:
+-- true when the trail moves there now (it was here), false when it is there already; refused
+-- (ZB003) when another trail database holds it. After a bemi.ingest() under way, which stores
+-- here; the next one refuses.
+-- SECURITY DEFINER: the worker's role records where it stores; it may not write bemi.trail_location.
+CREATE FUNCTION bemi.move_trail_to(system_identifier bigint, database name) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF system_identifier IS NULL OR database IS NULL THEN
+    RAISE EXCEPTION 'bemi: a trail database is named by its system identifier and its name, both given'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  PERFORM bemi.refuse_trail_elsewhere(bemi.slot_name(), system_identifier, database);
+  INSERT INTO bemi.trail_location (slot_name, system_identifier, database)
+  VALUES (bemi.slot_name(), move_trail_to.system_identifier, move_trail_to.database)
+  ON CONFLICT (slot_name) DO NOTHING;
+  RETURN FOUND;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.move_trail_to(bigint, name) IS
+  'Records that the trail of this database''s slot is stored in a trail database from now on (bemi-pg worker --trail-dsn).';
+
+-- Brings the trail of this database's slot back here from the trail database it was stored
+-- in: the changes stored there are not in this trail, a gap (trail moved) up to where the
+-- slot is confirmed, and this trail goes on from there. Refused while a worker ingests (stop
+-- it first; one stopping is waited for, 5 seconds at most). Returns where this trail goes on;
+-- NULL when the trail was here already.
+CREATE FUNCTION bemi.trail_here() RETURNS pg_lsn
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  slot name := bemi.slot_name();
+  place record;
+  confirmed pg_lsn;
+BEGIN
+  PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  -- A worker that was just stopped lets go of its lock and the slot within moments.
+  FOR attempt IN 1..100 LOOP
+    EXIT WHEN pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('bemi.worker'))
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot AND s.active);
+    IF attempt = 100 THEN
+      RAISE EXCEPTION 'bemi: a worker is ingesting database "%": stop it before bringing the trail back', pg_catalog.current_database()
+        USING ERRCODE = 'object_in_use';
+    END IF;
+    PERFORM pg_catalog.pg_sleep(0.05);
+  END LOOP;
+  DELETE FROM bemi.trail_location l WHERE l.slot_name = slot RETURNING l.system_identifier, l.database INTO place;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  SELECT s.confirmed_flush_lsn INTO confirmed FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+  IF confirmed > (SELECT p.lsn FROM bemi.progress p WHERE p.slot_name = slot) THEN
+    PERFORM bemi.open_gap(slot, 'trail moved', NULL, NULL, NULL, confirmed, pg_catalog.clock_timestamp(),
+      pg_catalog.format('the trail was stored in the trail database %I (system identifier %s) up to %s: those changes are there, not here',
+        place.database, place.system_identifier, confirmed));
+    UPDATE bemi.progress p SET lsn = confirmed, part_of = NULL, part_stored = 0, part_transaction = NULL
+    WHERE p.slot_name = slot;
+  END IF;
+  RETURN confirmed;
+END
+$$;
+
+COMMENT ON FUNCTION bemi.trail_here() IS
+  'Brings the trail of this database''s slot back here from its trail database (a gap, trail moved, for what is stored there).';
+
+REVOKE ALL ON bemi.trail_location FROM PUBLIC;
+REVOKE ALL ON FUNCTION bemi.trail_stored_in(name), bemi.refuse_trail_elsewhere(name, bigint, name),
+  bemi.move_trail_to(bigint, name), bemi.trail_here() FROM PUBLIC;
+-- Where the trail is, no secret: every worker role and bemi-pg status read it.
+GRANT EXECUTE ON FUNCTION bemi.trail_stored_in(name) TO PUBLIC;
+
 REVOKE ALL ON FUNCTION bemi.wal_mark(), bemi.flushed_past(pg_lsn), bemi.check_slot(name) FROM PUBLIC;
 -- A time and a WAL position are no secret: any worker role may take a mark.
 GRANT EXECUTE ON FUNCTION bemi.wal_mark() TO PUBLIC;

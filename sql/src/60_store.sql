@@ -492,6 +492,8 @@ BEGIN
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
   IF source_database IS NOT NULL THEN  -- a trail database: the changes are another database's
     columns := 'database, ' || columns;
+  ELSE  -- this database's own trail: not while it is stored in a trail database
+    PERFORM bemi.refuse_trail_elsewhere(bemi.slot_name());
   END IF;
   SELECT pg_catalog.string_agg(bemi.convert_sql(x), ' UNION ALL ') INTO queries
   FROM bemi.staged_relations x WHERE x.relation IN (SELECT s.relation FROM bemi.staged s);
@@ -669,6 +671,8 @@ BEGIN
   END IF;
   -- One ingest at a time; a second one waits here, then carries on after the first.
   PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('bemi.ingest'));
+  -- Not while the trail is stored in a trail database (bemi-pg worker --trail-dsn).
+  PERFORM bemi.refuse_trail_elsewhere(slot);
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot) AND EXISTS (
     SELECT FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = 'bemi' AND s.database = pg_catalog.current_database()) THEN
     -- After ALTER EXTENSION bemi UPDATE from 1.0: move to the 1.1 slot (before any write here).

@@ -122,6 +122,13 @@ def test_a_trail_database_is_read_where_it_is(dsn: str, trail: str, admin: psyco
         until = trail_conn.execute("SELECT max(bemi.ingested_until(slot_name)) FROM bemi.progress").fetchone()
     assert until is not None and datetime.fromisoformat(got["ingested_until"]) == until[0]
     assert got["trail_database"] != got["database"] and got["tracked"] == ["public.t"] and got["slot"] is not None
+    with psycopg.connect(trail) as trail_conn:
+        place = trail_conn.execute("SELECT system_identifier, current_database() FROM pg_control_system()").fetchone()
+    assert place is not None
+    assert {k: got["trail_stored_in"][k] for k in ("system_identifier", "database", "read_here")} == {
+        "system_identifier": place[0], "database": place[1], "read_here": True}
+    assert local["trail_stored_in"]["read_here"] is False
+    assert local["warnings"][-1].startswith(f"the trail is stored in the trail database {place[1]} ")
 
 
 def documented_monitoring_role() -> str:

@@ -217,6 +217,14 @@ def application_names(dsn: str) -> list[str]:
             "AND application_name LIKE 'bemi-pg worker (%'"))
 
 
+def second_pid(dsn: str) -> int:
+    """The session of the worker waiting for the lock."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'bemi-pg worker (waiting)'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_a_second_worker_waits_for_the_first(dsn: str, tmp_path: Path, workers: list[Worker]) -> None:
     """The second worker waits (its state, and the first one's, in pg_stat_activity) and takes
     over when the first stops; with --no-wait it exits as before."""
@@ -229,6 +237,14 @@ def test_a_second_worker_waits_for_the_first(dsn: str, tmp_path: Path, workers: 
     workers.append(second)
     assert wait_for(lambda: "holds this database's lock; waiting for it" in second.stdout())
     assert application_names(dsn) == ["bemi-pg worker (streaming)", "bemi-pg worker (waiting)"]
+    shown = subprocess.run([*BEMI_PG, "--dsn", dsn, "status", "--json"], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    states = {w["pid"]: w["state"] for w in json.loads(shown.stdout)["workers"]}
+    assert second_pid(dsn) in states and states[second_pid(dsn)] == "waiting", states
+    assert sorted(states.values()) == ["streaming", "streaming", "waiting"]  # the first: its stream and its lock
+    text = subprocess.run([*BEMI_PG, "--dsn", dsn, "status"], capture_output=True, text=True)
+    line = next(line for line in text.stdout.splitlines() if line.startswith("worker "))
+    assert "waiting since " in line and f"pid {second_pid(dsn)}, bemi-pg worker (waiting)" in line, line
     refused = subprocess.run([*BEMI_PG, "--dsn", dsn, "worker", "--no-wait"], capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr == "error: another bemi-pg worker is already ingesting this database; not starting a second\n"
@@ -241,6 +257,56 @@ def test_a_second_worker_waits_for_the_first(dsn: str, tmp_path: Path, workers: 
     assert wait_for(lambda: application_names(dsn) == ["bemi-pg worker (streaming)"])
     assert second.stop() == 0, second.stderr()
     assert_each_once(dsn, range(15))
+
+
+# ---------------------------------------------------------------------------------------
+# A slot invalidated: max_slot_wal_keep_size exceeded.
+
+def gaps(dsn: str) -> list[tuple[str, Any, bool]]:
+    with psycopg.connect(dsn) as conn:
+        return [(cause, from_lsn, is_open) for cause, from_lsn, is_open in
+                conn.execute("SELECT cause, from_lsn::text, open FROM bemi.coverage_report()")]
+
+
+def test_a_slot_invalidated_by_max_slot_wal_keep_size(server: Server, tmp_path: Path) -> None:
+    """The slot loses the WAL it needed (WAL written past max_slot_wal_keep_size, a checkpoint):
+    the worker records an open 'slot lost' gap from what the trail holds and exits 3; status
+    reports it; bemi.drop_slot() and bemi.create_slot() resume capture and close the gap."""
+    dsn = server.new_database()
+    tracked_table(dsn)
+    write(dsn, range(0, 3))
+    done = subprocess.run([*BEMI_PG, "--dsn", dsn, "worker", "--drain"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stored_to = conn.execute("SELECT lsn::text FROM bemi.progress").fetchone()[0]  # type: ignore[index]
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("SELECT pg_reload_conf()")
+        write(dsn, range(3, 5))  # lost with the WAL
+        conn.execute("CREATE TABLE filler (v text)")
+        while conn.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = bemi.slot_name()"
+                           ).fetchone() != ("lost",):
+            conn.execute("INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 1000)")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+    done = subprocess.run([*BEMI_PG, "--dsn", dsn, "worker", "--drain"], capture_output=True, text=True)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "was invalidated (the WAL it needed is gone)" in done.stderr and stored_to in done.stderr, done.stderr
+    assert gaps(dsn) == [("slot lost", stored_to, True)]
+    shown = subprocess.run([*BEMI_PG, "--dsn", dsn, "status", "--json"], capture_output=True, text=True)
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    report = json.loads(shown.stdout)
+    assert [(g["cause"], g["from_lsn"], g["open"]) for g in report["gaps"]] == [("slot lost", stored_to, True)]
+    assert report["slot"]["wal_status"] == "lost"
+    assert any(w.startswith("capture has an open gap (slot lost") for w in report["warnings"]), report["warnings"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT bemi.drop_slot()")
+        start = conn.execute("SELECT bemi.create_slot()::text").fetchone()[0]  # type: ignore[index]
+    write(dsn, range(5, 7))
+    done = subprocess.run([*BEMI_PG, "--dsn", dsn, "worker", "--drain"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_lsn::text, open FROM bemi.coverage_report()").fetchall() == [(start, False)]
+        assert [k for (k,) in conn.execute("SELECT primary_key::int FROM bemi.changes ORDER BY id")] == [0, 1, 2, 5, 6]
 
 
 # ---------------------------------------------------------------------------------------

@@ -186,6 +186,9 @@ FOR_EVERYONE = {
     "bemi.wal_mark()",
     # Time travel by WAL position: whether a gap in capture holds a position (its cause).
     "bemi.position_gap(pg_lsn)",
+    # Where the trail is stored (a trail database's system identifier and name): every worker
+    # refuses to store into a second trail, whatever its grants, and bemi-pg status says where.
+    "bemi.trail_stored_in(name)",
 }
 
 

@@ -29,7 +29,9 @@ exit status:
   0    done
   1    an error (printed on stderr as "error: ...")
   2    done, with warnings (status: something needs care)
-  3    usage: unknown options or options that do not fit together
+  3    usage: unknown options or options that do not fit together;
+       worker: the slot is lost (the gap is recorded in the trail)
+  4    worker: the trail is stored in another database (nothing stored)
   130  interrupted (Ctrl-C)
 
 See docs/monitoring.md for bemi-pg status and the monitoring role."""

@@ -13,6 +13,7 @@ docs/monitoring.md lists the fields and a role that may run it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from contextlib import nullcontext
 from typing import Any
@@ -125,14 +126,17 @@ def require_bemi(conn: psycopg.Connection[Any]) -> None:
 
 def worker_state(row: dict[str, Any]) -> str:
     """streaming (holds the slot over replication), ingesting (bemi.ingest() or the SQL
-    worker's lock), waiting (for another worker's lock), or connected."""
+    worker's lock), the state a worker names its session after ("bemi-pg worker (waiting)":
+    waiting for another worker's lock; starting, catching-up, streaming: docs/ingest.md),
+    waiting (for a lock), or connected."""
+    name = row["application_name"] or ""
     if row["holds_slot"] and row["backend_type"] == "walsender":
         return "streaming"
-    if row["holds_slot"] or row["application_name"] is None or not row["application_name"].startswith("bemi-pg worker"):
+    if row["holds_slot"] or not name.startswith("bemi-pg worker"):
         return "ingesting"
-    if row["wait_event_type"] == "Lock" or "wait" in row["application_name"]:
-        return "waiting"
-    return "connected"
+    if named := re.fullmatch(r"bemi-pg worker \((.+)\)", name):
+        return named[1]
+    return "waiting" if row["wait_event_type"] == "Lock" else "connected"
 
 
 def workers(conn: psycopg.Connection[Any], slot: str) -> list[dict[str, Any]]:
@@ -190,7 +194,18 @@ def status_report(conn: psycopg.Connection[Any], trail: psycopg.Connection[Any] 
         "tracked": [r["relation"] for r in conn.execute(TRACKED)],
         "not_full_identity": [f"{r['relation']} ({r['identity']})" for r in conn.execute(NOT_FULL)],
         "gaps": [{**g, "from_at": iso(g["from_at"]), "to_at": iso(g["to_at"])} for g in coverage.gaps(conn, slot)],
+        "trail_stored_in": stored_in(conn, slot, trail),
     }
+
+
+def stored_in(conn: psycopg.Connection[Any], slot: str, trail: psycopg.Connection[Any] | None) -> dict[str, Any] | None:
+    """The trail database the source records its trail is stored in (None: the source), and
+    whether it is the one this report read (trail)."""
+    found = coverage.recorded(conn, slot)
+    if found is None:
+        return None
+    place, since = found
+    return {**vars(place), "since": iso(since), "read_here": trail is not None and coverage.identity(trail) == place}
 
 
 def warnings_of(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -219,6 +234,11 @@ def warnings_of(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
         found.append("tracked tables without REPLICA IDENTITY FULL (their before images are incomplete): "
                      + ", ".join(report["not_full_identity"]) + "; run bemi.track() on them again")
     found.extend(coverage.warnings(report["gaps"]))
+    where = report["trail_stored_in"]
+    if where is not None and not where["read_here"]:
+        found.append(f"the trail is stored in the trail database {where['database']} (system identifier "
+                     f"{where['system_identifier']}) since {where['since']}, not the one read here: pass --trail-dsn "
+                     "naming it")
     if report["wal_level"] != "logical":
         found.append(f"wal_level is {report['wal_level']}: nothing can be decoded until it is logical")
     return found

@@ -36,6 +36,9 @@ def add_arguments(w: argparse.ArgumentParser) -> None:
     w.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                    help="while another worker holds this database's lock, wait for it (the default) or exit "
                         "with an error (--no-wait; the default with --drain)")
+    w.add_argument("--trail-here", action="store_true",
+                   help="bring the trail back into this database from the trail database it is stored in, "
+                        "then ingest here (bemi.trail_here(): the extension's owner, no worker running)")
     w.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     w.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="the address to serve metrics on (default 127.0.0.1; 0.0.0.0 for every interface)")
@@ -110,19 +113,22 @@ def work(args: argparse.Namespace, log: logging.Logger) -> int:
     signal.signal(signal.SIGHUP, hangup)
     wait = not args.drain if args.wait is None else args.wait
     trail = trail_dsn(args)
+    if trail and args.trail_here:
+        raise Failure("--trail-here brings the trail into the source's own database: it does not go with --trail-dsn")
     options = ingest_worker.Options(dsn=worker_dsn(args, source_dsn(args)), batch=args.batch,
                                     interval=args.interval, drain=args.drain, sql=args.sql,
-                                    trail_dsn=trail and worker_dsn(args, trail), wait=wait)
+                                    trail_dsn=trail and worker_dsn(args, trail), wait=wait,
+                                    trail_here=args.trail_here)
     try:
         totals = ingest_worker.run(options, stop, metrics=metrics, wake=wake)
     except ingest_worker.Failure as error:
         raise Failure(str(error)) from error
-    except coverage.SlotLost as error:  # the gap is recorded; a distinct exit status says so
+    except coverage.Stop as error:  # a lost slot (gap recorded), a trail stored elsewhere: its own exit status
         if args.log_format == "text":
             print(f"error: {error}", file=sys.stderr, flush=True)
         else:
             log.error(str(error))
-        return coverage.EXIT_GAP
+        return error.exit_status
     seconds = time.monotonic() - totals.started
     log.info(f"worker: {'drained' if args.drain and not stop.is_set() else 'stopped after'} {totals.changes} changes "
              f"in {seconds:.1f} s ({totals.changes / max(seconds, 1e-6):,.0f}/s)",

@@ -54,6 +54,7 @@ class Options:
     sql: bool = False  # use bemi.ingest() instead of streaming
     trail_dsn: str | None = None  # store the trail in this database instead (prepared with bemi-pg install --trail-only)
     wait: bool = True  # wait while another worker holds the lock (else: exit with an error)
+    trail_here: bool = False  # bring the trail back into the source's own database first (bemi.trail_here())
     lock_poll: float = 5.0  # seconds between attempts to take the lock while waiting
     probe_every: float = 5.0  # seconds between probe connections (how a smart shutdown is noticed)
     max_backoff: float = 10.0  # seconds: the longest wait before connecting again
@@ -147,7 +148,8 @@ SLOT = "SELECT bemi.slot_name() AS name, EXISTS (SELECT FROM pg_replication_slot
 # What the SQL path needs in the source; what a trail in another database needs of the source.
 SOURCE_PRIVILEGES = """
 SELECT has_function_privilege('bemi.ingest(integer)', 'EXECUTE') AS ingest,
-  has_function_privilege('bemi.describe_relation(oid, oid[], integer[], pg_lsn)', 'EXECUTE') AS describe
+  has_function_privilege('bemi.describe_relation(oid, oid[], integer[], pg_lsn)', 'EXECUTE') AS describe,
+  coalesce(has_function_privilege(to_regprocedure('bemi.move_trail_to(bigint, name)'), 'EXECUTE'), true) AS move
 """
 # What storing needs, wherever the trail is.
 STORE_PRIVILEGES = """
@@ -202,10 +204,10 @@ def preflight(options: Options) -> Plan:
             raise Failure("--trail-dsn needs the streaming worker: bemi.ingest() stores in its own database")
         if unreadable:
             raise Failure(f"--trail-dsn needs the streaming worker, and {unreadable}")
-        if not info["replication"] or not may["describe"]:
+        if not info["replication"] or not may["describe"] or not may["move"]:
             raise Failure(f'role "{role}" may not stream database "{database}" into a trail database: that needs, '
-                          "there, the REPLICATION attribute and EXECUTE on bemi.describe_relation (see "
-                          "docs/trail-database.md)")
+                          "there, the REPLICATION attribute and EXECUTE on bemi.describe_relation and "
+                          "bemi.move_trail_to (see docs/trail-database.md)")
         stored = trail_privileges(options.trail_dsn)
         missing = [what for what, ok in (("EXECUTE on bemi.store", stored["store"]), (
             "INSERT on bemi.staged and bemi.staged_relations", stored["stage"]),
@@ -257,22 +259,46 @@ def check_trail(options: Options) -> None:
                           "bemi-pg install --trail-only --dsn <trail URL>")
 
 
-def check_coverage(options: Options) -> None:
-    """The slot against the trail's progress, before streaming: gaps are recorded in the trail
-    (bemi_pg.ingest.coverage); a lost slot stops the worker (coverage.SlotLost)."""
+CoverageStep = Callable[[psycopg.Connection[Any], psycopg.Connection[Any], str, "coverage.Place | None",
+                         Callable[[str], None]], None]
+
+
+def check_coverage(options: Options, step: CoverageStep = coverage.check_slot) -> None:
+    """The slot and where the trail is stored against the trail's progress (bemi_pg.ingest.coverage):
+    ``coverage.check_slot`` before the worker's lock (a lost slot stops the worker), and
+    ``coverage.settle`` under it (a move of the trail, and gaps, recorded)."""
     with _connect(options.dsn, autocommit=True) as origin:
         row = origin.execute("SELECT to_regprocedure('bemi.slot_name()') IS NOT NULL AND "
                              "to_regclass('bemi.progress') IS NOT NULL").fetchone()
         if not (row and row[0]):
             return  # preflight says what is missing
-        # A role that only calls bemi.ingest() may not read the progress row: bemi.ingest and
-        # bemi.create_slot keep the record then.
-        row = origin.execute("SELECT has_table_privilege('bemi.progress', 'SELECT')").fetchone()
-        if not (row and row[0]):
-            return
         (slot,) = origin.execute("SELECT bemi.slot_name()::text").fetchone()  # type: ignore[misc]
         with _connect(options.trail_dsn or options.dsn) as trail:
-            coverage.check(origin, trail, slot, bool(options.trail_dsn), lambda line: warn(line))
+            here = coverage.identity(trail) if options.trail_dsn else None
+            # A role that only calls bemi.ingest() may not read the progress row: bemi.ingest and
+            # bemi.create_slot keep the record then, and bemi.ingest refuses a trail stored elsewhere.
+            row = trail.execute("SELECT has_table_privilege('bemi.progress', 'SELECT')").fetchone()
+            if not (row and row[0]):
+                coverage.refuse_elsewhere(origin, slot, here)
+                return
+            step(origin, trail, slot, here, lambda line: warn(line))
+
+
+def bring_trail_here(options: Options) -> None:
+    """--trail-here: bemi.trail_here() in the source, before the worker takes its lock."""
+    with _connect(options.dsn, autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT bemi.trail_here()::text").fetchone()
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise Failure(f'role "{conn.info.user}" may not bring the trail back (bemi.trail_here()): run '
+                          "bemi-pg worker --trail-here as the extension's owner") from error
+        except psycopg.errors.ObjectInUse as error:
+            raise Failure(one_line(error).removeprefix("bemi: ")) from error
+    if row is None or row[0] is None:
+        info("worker: the trail of this database is stored here already (--trail-here)")
+    else:
+        info(f"worker: the trail is back here, going on from {row[0]}; what the trail database stored before is "
+             "there, recorded here as a gap (trail moved)", resumes=row[0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,6 +326,8 @@ def run(options: Options, stop: threading.Event, say: Callable[[str], None] | No
     watch.start()
     metrics.state.state("starting")
     try:
+        if options.trail_here:
+            bring_trail_here(options)
         while not stop.is_set():
             try:
                 if options.trail_dsn:
@@ -317,10 +345,13 @@ def run(options: Options, stop: threading.Event, say: Callable[[str], None] | No
                 session = SqlSession if plan.sql else StreamSession
                 session(options, plan, totals, stop, metrics, watch).run()
                 break
-            except (Failure, coverage.SlotLost):
+            except (Failure, coverage.Stop):
                 metrics.errors.labels(kind="fatal").inc()
                 raise
             except psycopg.Error as error:
+                if error.sqlstate == coverage.TRAIL_ELSEWHERE:  # moved while this worker waited or ran
+                    metrics.errors.labels(kind="fatal").inc()
+                    raise coverage.TrailElsewhere(one_line(error).removeprefix("bemi: ")) from error
                 if not is_transient(error, connected):
                     metrics.errors.labels(kind="fatal").inc()
                     raise Failure(one_line(error)) from error
@@ -506,6 +537,7 @@ class SqlSession(Session):
         with _connect(self.options.dsn, autocommit=True) as conn, cancelled_on(self.stop, conn):
             if not self.lock(conn):
                 return
+            check_coverage(self.options, coverage.settle)
             self.set_state("catching-up")
             target = self.drain_target(conn)
             info(f"worker: ingesting from slot {self.plan.slot} of {self.plan.database} through bemi.ingest "
@@ -551,6 +583,7 @@ class StreamSession(Session):
         with _connect(options.dsn, application_name="bemi-pg worker (starting)", autocommit=True) as origin:
             if not self.lock(origin):
                 return
+            check_coverage(options, coverage.settle)
             with _connect(trail_dsn, application_name="bemi-pg store") as conn, \
                     _connect(trail_dsn, application_name="bemi-pg store") as second:
                 self.stream(origin, conn, second)
