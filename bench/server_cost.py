@@ -54,12 +54,14 @@ CASES: list[tuple[str, Variant, Statements]] = [
     ("plain", PLAIN, transaction()),
     ("full identity", FULL_IDENTITY, transaction()),
     ("bemi, no context", BEMI, transaction()),
+    ("bemi, use_context with BEGIN", BEMI, transaction("CALL bemi.use_context('{context}')")),
     ("bemi, set_context with BEGIN", BEMI, transaction("SELECT bemi.set_context('{context}')")),
     ("bemi, comment on each write", BEMI, transaction(comment="\n/*Bemi {context} Bemi*/")),
     ("row-trigger emit", ROW_TRIGGER, transaction(leading="/*Bemi {context} Bemi*/ ")),
     ("audit table", AUDIT, transaction("SELECT set_config('bench.context', '{context}', true)")),
     ("statement: SELECT 1", PLAIN, statement("SELECT 1")),
     ("statement: SELECT bemi.set_context(...)", PLAIN, statement("SELECT bemi.set_context('{context}')")),
+    ("statement: CALL bemi.use_context(...)", PLAIN, statement("CALL bemi.use_context('{context}')")),
 ]
 
 
@@ -97,7 +99,8 @@ def instructions(template: str, work: str, variant: Variant, statements: Stateme
                            "-c", "wal_level=logical", "postgres"],
                           input=script, capture_output=True, text=True)
     collected = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or not collected or "ERROR" in done.stdout:
+    # A single-user backend reports errors on stderr, and goes on with the next statement.
+    if done.returncode != 0 or not collected or " ERROR: " in done.stdout + done.stderr:
         raise RuntimeError(f"single-user run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return int(collected.group(1))
 
