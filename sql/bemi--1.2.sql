@@ -85,22 +85,26 @@ COMMENT ON FUNCTION bemi.set_context(jsonb) IS
 
 -- use_context is set_context for the request path, what bemi_pg.with_context sends with BEGIN:
 -- CALL of a procedure, not SELECT of a function, runs no planner and no executor for the
--- statement (docs/benchmarks.md: about 25k instructions less), and the context stays the text
--- it came as (no jsonb input and output). Its own work is two expressions: the check that the
--- context is one plain JSON object of at most the size limit, and the marked set_config.
--- Everything else (NULL, {}, a bad or oversized context, a context set after a write of this
--- transaction, which must be emitted at once) goes to set_context, which raises the same errors.
+-- statement (docs/benchmarks.md: about 25k instructions less), and the context is kept as the
+-- text it came as (parsed to check it, never printed back). Its own work is two expressions:
+-- the check that the context is one plain JSON object of at most the size limit, and the
+-- marked set_config. Everything else (NULL, {}, a bad or oversized context, a context set
+-- after a write, which must be emitted at once) goes to set_context, which raises the same
+-- errors.
 CREATE PROCEDURE bemi.use_context(context text)
 LANGUAGE plpgsql
 AS $$
 BEGIN
-  -- An object with a key has a colon, the empty object none.
+  -- An object with a key has a colon, the empty object none. jsonb, not json: it refuses what
+  -- set_context refuses (\u0000, a number beyond numeric, a lone surrogate), which json lets
+  -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
+  -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
   IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
-     OR pg_catalog.json_typeof(context::pg_catalog.json) OPERATOR(pg_catalog.<>) 'object'
+     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
      OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
         (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
           THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
-     OR pg_catalog.starts_with(pg_catalog.current_setting('bemi.emitted', true), bemi.transaction_mark()) THEN
+     OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
     PERFORM bemi.set_context(context::pg_catalog.jsonb);
     RETURN;
   END IF;
