@@ -123,11 +123,15 @@ class _Block:
         # mode, which BEGIN ... COMMIT makes one transaction all the same, and switch back after.
         self.manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         self.savepoint: bytes | None = None
+        self.opened = False  # whether there is a transaction or savepoint of this block to end
         self.token: Token[dict[int, dict[str, Any]]] | None = None
 
     def entering(self) -> bytes:
         conn = self.conn
-        if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        status = conn.pgconn.transaction_status
+        # In a failed transaction the SAVEPOINT fails too: nothing of this block to roll back.
+        self.opened = status != pq.TransactionStatus.INERROR
+        if status == pq.TransactionStatus.IDLE:
             opening = _begin(conn)
         else:
             self.savepoint = sql.Identifier(f"bemi_{next(_SAVEPOINTS)}").as_bytes(conn)
@@ -148,12 +152,15 @@ class _Block:
         """Makes this block's context the one nested blocks merge into."""
         self.token = _active.set({**_active.get({}), id(self.conn): self.merged})
 
-    def leaving(self, error: BaseException | None) -> bytes | None:
-        """Ends the block: commits it, or (error) rolls it back. None: the transaction's COMMIT or
-        ROLLBACK, sent by psycopg itself (as its own transactions do), or nothing at all when
-        the connection can no longer be used."""
+    def deactivate(self) -> None:
         assert self.token is not None
         _active.reset(self.token)
+
+    def leaving(self, error: BaseException | None) -> bytes | None:
+        """Ends the block: commits it, or (error, also one of entering: a context the server
+        refused) rolls it back. None: the transaction's COMMIT or ROLLBACK, sent by psycopg
+        itself (as its own transactions do), or nothing at all when there is nothing to end or
+        the connection can no longer be used."""
         if self.savepoint is None or not self._can_end(error):
             return None
         release = b"RELEASE SAVEPOINT " + self.savepoint
@@ -168,7 +175,7 @@ class _Block:
         return self.savepoint is None and self._can_end(error)
 
     def _can_end(self, error: BaseException | None) -> bool:
-        return error is None or not (self.conn.closed or self.conn.broken)
+        return self.opened and (error is None or not (self.conn.closed or self.conn.broken))
 
     def restores_autocommit(self) -> bool:
         conn = self.conn
@@ -188,13 +195,18 @@ class _SyncBlock(_Block):
                 cursor.execute(self.entering(), prepare=False)
             except psycopg.errors.UndefinedFunction as error:
                 cursor.execute(self.entering_again(error), prepare=False)
-        except BaseException:
-            self._restore()
+        except BaseException as error:
+            self._end(error)
             raise
         self.activate()
         return conn
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
+        self.deactivate()
+        self._end(error)
+        return _is_ours(error)
+
+    def _end(self, error: BaseException | None) -> None:
         conn = self.conn
         try:
             command = self.leaving(error)
@@ -204,7 +216,6 @@ class _SyncBlock(_Block):
                 conn.commit() if error is None else conn.rollback()
         finally:
             self._restore()
-        return _is_ours(error)
 
     def _restore(self) -> None:
         if self.restores_autocommit():
@@ -224,14 +235,19 @@ class _AsyncBlock(_Block):
                 await cursor.execute(self.entering(), prepare=False)
             except psycopg.errors.UndefinedFunction as error:
                 await cursor.execute(self.entering_again(error), prepare=False)
-        except BaseException:
-            await self._restore()
+        except BaseException as error:
+            await self._end(error)
             raise
         self.activate()
         return conn
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         tb: TracebackType | None) -> bool:
+        self.deactivate()
+        await self._end(error)
+        return _is_ours(error)
+
+    async def _end(self, error: BaseException | None) -> None:
         conn = self.conn
         try:
             command = self.leaving(error)
@@ -241,7 +257,6 @@ class _AsyncBlock(_Block):
                 await (conn.commit() if error is None else conn.rollback())
         finally:
             await self._restore()
-        return _is_ours(error)
 
     async def _restore(self) -> None:
         if self.restores_autocommit():
