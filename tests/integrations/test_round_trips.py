@@ -179,6 +179,19 @@ def test_an_extension_before_use_context_is_sent_set_context(old_install: str, w
                                 ("CREATE", "4", step)]
 
 
+def test_an_extension_before_use_context_in_a_transaction_the_caller_owns(old_install: str) -> None:
+    """The first block of the connection is a savepoint: the failed CALL is rolled back to it,
+    the caller's transaction goes on."""
+    with psycopg.connect(old_install, autocommit=True, row_factory=dict_row) as admin:
+        admin.execute("CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL)")
+        admin.execute("SELECT bemi.track('todo')")
+        with psycopg.connect(old_install) as conn, conn.transaction():
+            conn.execute(INSERT, [1])
+            with bemi_pg.with_context(conn, ALICE):
+                conn.execute(INSERT, [2])
+        assert trail(admin) == [("CREATE", "1", {}), ("CREATE", "2", ALICE)]
+
+
 @pytest.mark.usefixtures("todo")
 def test_rollback_ends_the_block_like_conn_transaction(dsn: str, admin: psycopg.Connection[Any]) -> None:
     with psycopg.connect(dsn) as conn:
