@@ -37,6 +37,7 @@ class Target:
     goal: str
     measured: str
     met: bool
+    missed_by: str = ""  # for a bound on one number: how far short of it, e.g. "0.05 (6 %)"
 
 
 @dataclass
@@ -56,6 +57,15 @@ class Results:
 
     def target(self, workload: str, goal: str, measured: str, met: bool) -> None:
         self.targets.append(Target(workload, goal, measured, met))
+
+    def bound(self, workload: str, goal: str, measured: str, value: float, limit: float, *,
+              at_most: bool = False) -> None:
+        """A target that bounds one number (at least ``limit``, or at most): met, or missed by
+        how much, as a difference and as a share of the limit."""
+        met = value <= limit if at_most else value >= limit
+        gap = abs(value - limit)
+        missed_by = "" if met else f"{format_value(gap, '')} ({gap / abs(limit):.0%})"
+        self.targets.append(Target(workload, goal, measured, met, missed_by))
 
     def write_json(self, path: Path) -> None:
         write_atomically(path, json.dumps(asdict(self), indent=2, default=float) + "\n")
@@ -107,9 +117,9 @@ def table(results: Results) -> str:
 
 
 def targets_table(results: Results) -> str:
-    rows = [["target", "goal", "measured", ""]] + [
-        [t.workload, t.goal, t.measured, "met" if t.met else "MISSED"] for t in results.targets]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows = [["target", "goal", "measured", "", "missed by"]] + [
+        [t.workload, t.goal, t.measured, "met" if t.met else "MISSED", t.missed_by] for t in results.targets]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join(" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
@@ -121,7 +131,7 @@ def markdown(results: Results) -> str:
     for row in results.rows:
         out.append(f"| {row.label} | {row.unit} | {row.ratio_to} | "
                    + " | ".join(format_cell(row.cells.get(k), row.unit) for k, _ in cols) + " |")
-    out += ["", "| target | goal | measured | |", "|---|---|---|---|"]
-    out += [f"| {t.workload} | {t.goal} | {t.measured} | {'met' if t.met else '**missed**'} |"
+    out += ["", "| target | goal | measured | | missed by |", "|---|---|---|---|---|"]
+    out += [f"| {t.workload} | {t.goal} | {t.measured} | {'met' if t.met else '**missed**'} | {t.missed_by} |"
             for t in results.targets]
     return "\n".join(out) + "\n"

@@ -34,6 +34,7 @@ INSERT = "INSERT INTO todo (task, owner, priority, payload) VALUES ('task of {n}
 UPDATE = "UPDATE todo SET is_completed = true WHERE id = (SELECT lastval())"
 
 Statements = Callable[[int], list[str]]
+Case = tuple[str, Variant, Statements]  # (name, the variant whose table it writes, its statements)
 
 
 def transaction(first: str | None = None, comment: str = "", leading: str = "") -> Statements:
@@ -50,16 +51,18 @@ def statement(text: str) -> Statements:
     return lambda n: [text.format(context=CONTEXT.format(n=n))]
 
 
-CASES: list[tuple[str, Variant, Statements]] = [
+CASES: list[Case] = [
     ("plain", PLAIN, transaction()),
     ("full identity", FULL_IDENTITY, transaction()),
     ("bemi, no context", BEMI, transaction()),
+    ("bemi, use_context with BEGIN", BEMI, transaction("CALL bemi.use_context('{context}')")),
     ("bemi, set_context with BEGIN", BEMI, transaction("SELECT bemi.set_context('{context}')")),
     ("bemi, comment on each write", BEMI, transaction(comment="\n/*Bemi {context} Bemi*/")),
     ("row-trigger emit", ROW_TRIGGER, transaction(leading="/*Bemi {context} Bemi*/ ")),
     ("audit table", AUDIT, transaction("SELECT set_config('bench.context', '{context}', true)")),
     ("statement: SELECT 1", PLAIN, statement("SELECT 1")),
     ("statement: SELECT bemi.set_context(...)", PLAIN, statement("SELECT bemi.set_context('{context}')")),
+    ("statement: CALL bemi.use_context(...)", PLAIN, statement("CALL bemi.use_context('{context}')")),
 ]
 
 
@@ -97,9 +100,30 @@ def instructions(template: str, work: str, variant: Variant, statements: Stateme
                            "-c", "wal_level=logical", "postgres"],
                           input=script, capture_output=True, text=True)
     collected = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or not collected or "ERROR" in done.stdout:
+    # A single-user backend reports errors on stderr, and goes on with the next statement.
+    if done.returncode != 0 or not collected or " ERROR: " in done.stdout + done.stderr:
         raise RuntimeError(f"single-user run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return int(collected.group(1))
+
+
+def costs(cases: list[Case], transactions: int = 300, log: Callable[[str], None] = print) -> dict[str, float]:
+    """k instructions per transaction of each case (the first is what the ratios logged are to),
+    each logged as it is counted."""
+    workdir = tempfile.mkdtemp(prefix="bemi-cost-")
+    counted: dict[str, float] = {}
+    try:
+        if as_postgres():
+            shutil.chown(workdir, "postgres")
+        template, work = os.path.join(workdir, "template"), os.path.join(workdir, "work")
+        build(template, workdir)
+        for name, variant, statements in cases:
+            low = instructions(template, work, variant, statements, 100)
+            high = instructions(template, work, variant, statements, transactions)
+            counted[name] = per = (high - low) / (transactions - 100) / 1000
+            log(f"{name:42s} {per:15.1f}  x{per / next(iter(counted.values())):.3f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return counted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,22 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("valgrind"):
         print("error: valgrind is needed (apt-get install valgrind)", file=sys.stderr)
         return 1
-    workdir = tempfile.mkdtemp(prefix="bemi-cost-")
-    try:
-        if as_postgres():
-            shutil.chown(workdir, "postgres")
-        template, work = os.path.join(workdir, "template"), os.path.join(workdir, "work")
-        build(template, workdir)
-        base = 0.0
-        print(f"{'case':42s} {'k instructions':>15s}  ratio to plain")
-        for name, variant, statements in CASES:
-            low = instructions(template, work, variant, statements, 100)
-            high = instructions(template, work, variant, statements, args.transactions)
-            per = (high - low) / (args.transactions - 100) / 1000
-            base = base or per
-            print(f"{name:42s} {per:15.1f}  x{per / base:.3f}", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'case':42s} {'k instructions':>15s}  ratio to plain")
+    costs(CASES, args.transactions, log=lambda line: print(line, flush=True))
     return 0
 
 

@@ -63,7 +63,7 @@ class Variant:
 PLAIN = Variant("plain", "plain", "")
 FULL_IDENTITY = Variant("full_identity", "full identity", "ALTER TABLE {schema}.todo REPLICA IDENTITY FULL")
 BEMI = Variant("bemi", "bemi", "SELECT bemi.track('{schema}.todo')",
-               context_statement="SELECT bemi.set_context(%s::jsonb)")
+               context_statement="CALL bemi.use_context(%s)")
 # Row images come from the WAL here too, so the table logs whole rows like bemi's.
 ROW_TRIGGER = Variant(
     "row_trigger", "row-trigger emit",

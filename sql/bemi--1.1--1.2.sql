@@ -1069,8 +1069,9 @@ BEGIN
   END IF;
   -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
   -- evaluates it as a simple expression, without running a query.
-  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||)
-    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true), 17);
+  -- It is stored as '' (unmarked: nothing set), so that a marked bemi.context always holds one.
+  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN ''
+    ELSE bemi.transaction_mark() OPERATOR(pg_catalog.||) body END, true), 17);
   setting := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
   IF setting OPERATOR(pg_catalog.<>) '' AND setting OPERATOR(pg_catalog.<>) body THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi', CASE WHEN body OPERATOR(pg_catalog.=) '' THEN '{}' ELSE body END);
@@ -1078,6 +1079,30 @@ BEGIN
   END IF;
 END
 $$;
+
+CREATE PROCEDURE bemi.use_context(context text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  -- An object with a key has a colon, the empty object none. jsonb, not json: it refuses what
+  -- set_context refuses (\u0000, a number beyond numeric, a lone surrogate), which json lets
+  -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
+  -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
+  IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
+     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
+     OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
+        (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
+          THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
+     OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
+    PERFORM bemi.set_context(context::pg_catalog.jsonb);
+    RETURN;
+  END IF;
+  context := pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||) context, true);
+END
+$$;
+
+COMMENT ON PROCEDURE bemi.use_context(text) IS
+  'set_context for the request path: CALL bemi.use_context(''{"user_id": 7}'') (a JSON object as text; NULL clears).';
 
 CREATE OR REPLACE FUNCTION bemi.context() RETURNS jsonb
 LANGUAGE sql STABLE
@@ -1169,24 +1194,31 @@ CREATE OR REPLACE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  pending pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.context', true));
-  emitted pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
+  pending pg_catalog.text := pg_catalog.current_setting('bemi.context', true);
+  emitted pg_catalog.text := pg_catalog.current_setting('bemi.emitted', true);
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
-  IF pending OPERATOR(pg_catalog.=) '' THEN
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pg_catalog.starts_with(pending, bemi.transaction_mark()) THEN
+    IF pending OPERATOR(pg_catalog.<>) COALESCE(emitted, '') THEN
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi', pg_catalog.substr(pending, 17));
+      query := pg_catalog.set_config('bemi.emitted', pending, true);
+    END IF;
+  ELSE
+    pending := '';
+    emitted := bemi.marked(emitted);
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
     IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0
        OR pg_catalog.strpos(E'Ee \t\n', pg_catalog.left(query, 1)) OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
-  END IF;
-  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
-  IF pending OPERATOR(pg_catalog.<>) emitted THEN
-    written := pg_catalog.pg_logical_emit_message(true, 'bemi',
-      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+    IF pending OPERATOR(pg_catalog.<>) emitted THEN
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+        CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
+      query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+    END IF;
   END IF;
   IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
     PERFORM bemi.partition_event(TG_RELID, 'truncate');

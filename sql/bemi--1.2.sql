@@ -25,7 +25,8 @@ GRANT USAGE ON SCHEMA bemi TO PUBLIC;
 ------------------------------------------------------------------------------------------
 -- 1. Context: the application says who, where and how, once per transaction.
 --    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
---    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.set_context(jsonb), bemi.context().
+--    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.set_context(jsonb), bemi.use_context(text),
+--    bemi.context().
 ------------------------------------------------------------------------------------------
 
 -- What marks the settings of this transaction: its start time, to the microsecond, as the 16
@@ -68,8 +69,9 @@ BEGIN
   END IF;
   -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
   -- evaluates it as a simple expression, without running a query.
-  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||)
-    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true), 17);
+  -- It is stored as '' (unmarked: nothing set), so that a marked bemi.context always holds one.
+  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN ''
+    ELSE bemi.transaction_mark() OPERATOR(pg_catalog.||) body END, true), 17);
   setting := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
   IF setting OPERATOR(pg_catalog.<>) '' AND setting OPERATOR(pg_catalog.<>) body THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi', CASE WHEN body OPERATOR(pg_catalog.=) '' THEN '{}' ELSE body END);
@@ -80,6 +82,38 @@ $$;
 
 COMMENT ON FUNCTION bemi.set_context(jsonb) IS
   'Sets the application context of the current transaction (a JSON object; NULL clears).';
+
+-- use_context is set_context for the request path, what bemi_pg.with_context sends with BEGIN:
+-- CALL of a procedure, not SELECT of a function, runs no planner and no executor for the
+-- statement (docs/benchmarks.md: about 25k instructions less), and the context is kept as the
+-- text it came as (parsed to check it, never printed back). Its own work is two expressions:
+-- the check that the context is one plain JSON object of at most the size limit, and the
+-- marked set_config. Everything else (NULL, {}, a bad or oversized context, a context set
+-- after a write, which must be emitted at once) goes to set_context, which raises the same
+-- errors.
+CREATE PROCEDURE bemi.use_context(context text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  -- An object with a key has a colon, the empty object none. jsonb, not json: it refuses what
+  -- set_context refuses (\u0000, a number beyond numeric, a lone surrogate), which json lets
+  -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
+  -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
+  IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
+     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
+     OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
+        (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
+          THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
+     OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
+    PERFORM bemi.set_context(context::pg_catalog.jsonb);
+    RETURN;
+  END IF;
+  context := pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||) context, true);
+END
+$$;
+
+COMMENT ON PROCEDURE bemi.use_context(text) IS
+  'set_context for the request path: CALL bemi.use_context(''{"user_id": 7}'') (a JSON object as text; NULL clears).';
 
 -- Only a context this transaction set counts.
 CREATE FUNCTION bemi.context() RETURNS jsonb
@@ -223,35 +257,46 @@ BEGIN
 END
 $$;
 
--- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
--- the context: one current_query() read and one strpos per statement, never per row.
+-- The common path first: a context this transaction set (bemi.context holds this
+-- transaction's mark and the context after it; set_context stores a cleared one as '') is
+-- emitted unless it is what was emitted last (bemi.emitted holds the same marked text then).
+-- Otherwise, without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/
+-- comment is the context: one current_query() read and one strpos per statement, never per row.
 -- bemi.context and bemi.emitted count only when they hold this transaction's mark
--- (bemi.marked). Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions
--- instead of running a query for each, and each is set up once per transaction, so there are
--- few. Remembering what was emitted (a transaction-local set_config, only when emitting) is
--- what keeps emissions to the changes of context.
+-- (bemi.marked). Remembering what was emitted (a transaction-local set_config, only when
+-- emitting) is what keeps emissions to the changes of context. Assignments, not PERFORM:
+-- PL/pgSQL evaluates them as simple expressions instead of running a query for each. Setting
+-- those up, once per transaction for each function they call, is most of what the trigger
+-- costs (docs/benchmarks.md), so the common path evaluates few.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  pending pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.context', true));
-  emitted pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
+  pending pg_catalog.text := pg_catalog.current_setting('bemi.context', true);
+  emitted pg_catalog.text := pg_catalog.current_setting('bemi.emitted', true);
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
-  IF pending OPERATOR(pg_catalog.=) '' THEN
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pg_catalog.starts_with(pending, bemi.transaction_mark()) THEN
+    IF pending OPERATOR(pg_catalog.<>) COALESCE(emitted, '') THEN
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi', pg_catalog.substr(pending, 17));
+      query := pg_catalog.set_config('bemi.emitted', pending, true);
+    END IF;
+  ELSE
+    pending := '';
+    emitted := bemi.marked(emitted);
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
     IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0
        OR pg_catalog.strpos(E'Ee \t\n', pg_catalog.left(query, 1)) OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
-  END IF;
-  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
-  IF pending OPERATOR(pg_catalog.<>) emitted THEN
-    written := pg_catalog.pg_logical_emit_message(true, 'bemi',
-      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+    IF pending OPERATOR(pg_catalog.<>) emitted THEN
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+        CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
+      query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+    END IF;
   END IF;
   IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
     PERFORM bemi.partition_event(TG_RELID, 'truncate');

@@ -21,6 +21,11 @@ from typing import Any, TypeVar, cast
 Context = Mapping[str, Any]
 
 
+# One encoder for every context: json.dumps with options builds a new one each call, which
+# was a tenth of what with_context costs the client.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def dump_context(context: Context | None) -> str | None:
     """The JSON text of a context, checked before anything is sent.
 
@@ -31,7 +36,7 @@ def dump_context(context: Context | None) -> str | None:
     if not isinstance(context, Mapping):
         raise TypeError(f"bemi: context must be a mapping (a JSON object), not {type(context).__name__}")
     try:
-        return json.dumps(dict(context), allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(dict(context))
     except (TypeError, ValueError) as error:
         raise TypeError(f"bemi: context is not JSON-serialisable: {error}") from error
 

@@ -1,25 +1,31 @@
 """The transaction context: a transaction (or savepoint) that carries the application context.
 
 ``with_context`` opens a transaction (a savepoint inside one) and sets the context in the
-same round trip: ``BEGIN; SELECT bemi.set_context('...'::jsonb)`` goes out as one
-simple-protocol query, the context quoted client-side by psycopg (``sql.Literal``), never
-spliced into SQL text by hand. A transaction with a context therefore costs the round trips
-of one without. Simple-protocol queries are never prepared, so the per-request context
-cannot fill psycopg's prepared-statement cache, and PgBouncer in transaction mode sees an
-ordinary transaction. On a connection not in autocommit mode (where psycopg would first send
-a BEGIN of its own), the block runs with ``autocommit`` on, which its BEGIN ... COMMIT makes
-one transaction all the same, and switches it back when the transaction is over.
-``set_context``, for a transaction the caller already owns, sends
-``SELECT bemi.set_context($1)`` with a bound parameter.
+same round trip: ``BEGIN; CALL bemi.use_context('...')`` goes out as one simple-protocol
+query, the context quoted client-side by psycopg (``sql.Literal``), never spliced into SQL
+text by hand. A transaction with a context therefore costs the round trips of one without.
+Simple-protocol queries are never prepared, so the per-request context cannot fill psycopg's
+prepared-statement cache, and PgBouncer in transaction mode sees an ordinary transaction. On a
+connection not in autocommit mode (where psycopg would first send a BEGIN of its own), the
+block runs with ``autocommit`` on, which its BEGIN ... COMMIT makes one transaction all the
+same, and switches it back when the transaction is over.
+
+``use_context`` is set_context without the planner (docs/benchmarks.md). An extension older
+than it (1.0, 1.1) fails the first block of a connection, which is then done again with
+``SELECT bemi.set_context`` in one more round trip; the connection is sent set_context from
+then on. ``set_context``, for a transaction the caller already owns, sends
+``SELECT bemi.set_context($1)`` with a bound parameter (a failed CALL there would abort the
+caller's transaction).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+import weakref
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Any, TypeVar, overload
 
 import psycopg
@@ -73,32 +79,18 @@ def _merged(conn: object, context: Context) -> tuple[dict[str, Any], dict[str, A
     return merged, outer, dump_context(merged)
 
 
-@contextmanager
-def _activate(conn: object, context: dict[str, Any]) -> Iterator[None]:
-    token = _active.set({**_active.get({}), id(conn): context})
-    try:
-        yield
-    finally:
-        _active.reset(token)
-
-
 _SAVEPOINTS = itertools.count(1)
 
-
-@dataclass(frozen=True)
-class _Block:
-    """How one with_context block starts and ends, each one simple-protocol query: a savepoint's
-    own commands, or None for the transaction's COMMIT and ROLLBACK (sent by psycopg itself,
-    as its own transactions do)."""
-
-    enter: bytes
-    commit: bytes | None
-    rollback: bytes | None
+# Connections whose extension predates bemi.use_context (1.0, 1.1): they are sent set_context.
+_without_use_context: weakref.WeakSet[psycopg.BaseConnection[Any]] = weakref.WeakSet()
 
 
-def _set_context_literal(conn: psycopg.BaseConnection[Any], payload: str | None) -> bytes:
+def _set_context_command(conn: psycopg.BaseConnection[Any], payload: str | None) -> bytes:
     # The fixed text is bytes already; only the context goes through psycopg's quoting.
-    return b"SELECT bemi.set_context(" + sql.Literal(payload).as_bytes(conn) + b"::jsonb)"
+    literal = sql.Literal(payload).as_bytes(conn)
+    if conn in _without_use_context:
+        return b"SELECT bemi.set_context(" + literal + b"::jsonb)"
+    return b"CALL bemi.use_context(" + literal + b")"
 
 
 def _begin(conn: psycopg.BaseConnection[Any]) -> bytes:
@@ -113,143 +105,162 @@ def _begin(conn: psycopg.BaseConnection[Any]) -> bytes:
     return " ".join(parts).encode()
 
 
-def _block(conn: psycopg.BaseConnection[Any], payload: str | None, outer: dict[str, Any] | None) -> _Block:
-    """A transaction when none is open, else a savepoint; the context set on the way in."""
-    set_it = _set_context_literal(conn, payload)
-    if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-        return _Block(_begin(conn) + b"; " + set_it, None, None)
-    name = sql.Identifier(f"bemi_{next(_SAVEPOINTS)}").as_bytes(conn)
-    release = b"RELEASE SAVEPOINT " + name
-    # A released savepoint keeps the inner context: the outer one is put back in the same
-    # round trip. A rolled-back one takes its set_context with it.
-    commit = release if outer is None else release + b"; " + _set_context_literal(conn, dump_context(outer))
-    return _Block(b"SAVEPOINT " + name + b"; " + set_it, commit,
-                  b"ROLLBACK TO SAVEPOINT " + name + b"; RELEASE SAVEPOINT " + name)
-
-
-def _is_ours(error: BaseException) -> bool:
+def _is_ours(error: BaseException | None) -> bool:
     """psycopg.Rollback() without a transaction means "roll back the innermost block": this one."""
     return isinstance(error, psycopg.Rollback) and error.transaction is None
 
 
-# A with_context block written once, as the steps it asks of its connection (psycopg's
-# transaction.py writes its transactions the same way); the sync and async wrappers below only
-# carry each step out.
-
-@dataclass(frozen=True)
-class _Send:
-    """A simple-protocol query; None: the transaction's COMMIT (commit) or ROLLBACK, sent by
-    psycopg itself."""
-
-    command: bytes | None
-    commit: bool = True
-
-
-@dataclass(frozen=True)
-class _Autocommit:
-    """Switches the connection's autocommit mode."""
-
-    on: bool
-
-
-_Step = _Send | _Autocommit
-
-
-class _WithContext:
-    """One with_context block: the steps that enter it, leave it, and put the connection's
-    autocommit mode back."""
+class _Block:
+    """One with_context block: what it sends to enter and to leave, each one simple-protocol
+    query, written once for the sync and async blocks below, which only send it. A transaction
+    when none is open, else a savepoint; the context set on the way in."""
 
     def __init__(self, conn: psycopg.BaseConnection[Any], context: Context) -> None:
-        self.conn = conn
         self.merged, self.outer, self.payload = _merged(conn, context)
         _check_open(conn)
+        self.conn = conn
         # A non-autocommit connection would send its own BEGIN first: run the block in autocommit
         # mode, which BEGIN ... COMMIT makes one transaction all the same, and switch back after.
         self.manual = not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-        self.block: _Block | None = None
+        self.savepoint: bytes | None = None
+        self.opened = False  # whether there is a transaction or savepoint of this block to end
+        self.token: Token[dict[int, dict[str, Any]]] | None = None
 
-    def enter(self) -> Iterator[_Step]:
-        if self.manual:
-            yield _Autocommit(True)
-        self.block = _block(self.conn, self.payload, self.outer)
-        yield _Send(self.block.enter)
-
-    def exit(self, error: BaseException | None) -> Iterator[_Step]:
-        """Commits the block, or (error) rolls it back when the connection can still be used."""
-        assert self.block is not None
-        if error is None:
-            yield _Send(self.block.commit, commit=True)
-        elif not (self.conn.closed or self.conn.broken):
-            yield _Send(self.block.rollback, commit=False)
-
-    def restore(self) -> Iterator[_Step]:
+    def entering(self) -> bytes:
         conn = self.conn
-        if self.manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            yield _Autocommit(False)
-
-
-def _carry_out(cursor: psycopg.Cursor[Any], steps: Iterator[_Step]) -> None:
-    for step in steps:
-        if isinstance(step, _Autocommit):
-            cursor.connection.autocommit = step.on
-        elif step.command is not None:
-            cursor.execute(step.command, prepare=False)
-        elif step.commit:
-            cursor.connection.commit()
+        status = conn.pgconn.transaction_status
+        # In a failed transaction the SAVEPOINT fails too: nothing of this block to roll back.
+        self.opened = status != pq.TransactionStatus.INERROR
+        if status == pq.TransactionStatus.IDLE:
+            opening = _begin(conn)
         else:
-            cursor.connection.rollback()
+            self.savepoint = sql.Identifier(f"bemi_{next(_SAVEPOINTS)}").as_bytes(conn)
+            opening = b"SAVEPOINT " + self.savepoint
+        return opening + b"; " + _set_context_command(conn, self.payload)
+
+    def entering_again(self, error: psycopg.errors.UndefinedFunction) -> bytes:
+        """After ``entering`` found no bemi.use_context (an extension before 1.2): the same with
+        set_context, the failed opening undone first, in one round trip; the connection is sent
+        set_context from now on. Any other missing function is the caller's error."""
+        if self.conn in _without_use_context:
+            raise error
+        _without_use_context.add(self.conn)
+        undo = b"ROLLBACK; " + _begin(self.conn) if self.savepoint is None else b"ROLLBACK TO SAVEPOINT " + self.savepoint
+        return undo + b"; " + _set_context_command(self.conn, self.payload)
+
+    def activate(self) -> None:
+        """Makes this block's context the one nested blocks merge into."""
+        self.token = _active.set({**_active.get({}), id(self.conn): self.merged})
+
+    def deactivate(self) -> None:
+        assert self.token is not None
+        _active.reset(self.token)
+
+    def leaving(self, error: BaseException | None) -> bytes | None:
+        """Ends the block: commits it, or (error, also one of entering: a context the server
+        refused) rolls it back. None: the transaction's COMMIT or ROLLBACK, sent by psycopg
+        itself (as its own transactions do), or nothing at all when there is nothing to end or
+        the connection can no longer be used."""
+        if self.savepoint is None or not self._can_end(error):
+            return None
+        release = b"RELEASE SAVEPOINT " + self.savepoint
+        if error is not None:
+            return b"ROLLBACK TO SAVEPOINT " + self.savepoint + b"; " + release
+        # A released savepoint keeps the inner context: the outer one is put back in the same
+        # round trip. A rolled-back one takes its context with it.
+        return release if self.outer is None else release + b"; " + _set_context_command(self.conn, dump_context(self.outer))
+
+    def ends_transaction(self, error: BaseException | None) -> bool:
+        """Whether leaving needs psycopg's own COMMIT or ROLLBACK."""
+        return self.savepoint is None and self._can_end(error)
+
+    def _can_end(self, error: BaseException | None) -> bool:
+        return self.opened and (error is None or not (self.conn.closed or self.conn.broken))
+
+    def restores_autocommit(self) -> bool:
+        conn = self.conn
+        return self.manual and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
-async def _carry_out_async(cursor: psycopg.AsyncCursor[Any], steps: Iterator[_Step]) -> None:
-    for step in steps:
-        if isinstance(step, _Autocommit):
-            await cursor.connection.set_autocommit(step.on)
-        elif step.command is not None:
-            await cursor.execute(step.command, prepare=False)
-        elif step.commit:
-            await cursor.connection.commit()
-        else:
-            await cursor.connection.rollback()
+class _SyncBlock(_Block):
+    conn: psycopg.Connection[Any]
 
-
-@contextmanager
-def _sync_with_context(conn: psycopg.Connection[Row], context: Context) -> Iterator[psycopg.Connection[Row]]:
-    block = _WithContext(conn, context)
-    cursor = conn.cursor()
-    try:
-        _carry_out(cursor, block.enter())
+    def __enter__(self) -> psycopg.Connection[Any]:
+        conn = self.conn
+        if self.manual:
+            conn.autocommit = True
         try:
-            with _activate(conn, block.merged):
-                yield conn
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self.entering(), prepare=False)
+            except psycopg.errors.UndefinedFunction as error:
+                cursor.execute(self.entering_again(error), prepare=False)
         except BaseException as error:
-            _carry_out(cursor, block.exit(error))
-            if not _is_ours(error):
-                raise
-        else:
-            _carry_out(cursor, block.exit(None))
-    finally:
-        _carry_out(cursor, block.restore())
+            self._end(error)
+            raise
+        self.activate()
+        return conn
 
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> bool:
+        self.deactivate()
+        self._end(error)
+        return _is_ours(error)
 
-@asynccontextmanager
-async def _async_with_context(
-    conn: psycopg.AsyncConnection[Row], context: Context
-) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
-    block = _WithContext(conn, context)
-    cursor = conn.cursor()
-    try:
-        await _carry_out_async(cursor, block.enter())
+    def _end(self, error: BaseException | None) -> None:
+        conn = self.conn
         try:
-            with _activate(conn, block.merged):
-                yield conn
+            command = self.leaving(error)
+            if command is not None:
+                conn.execute(command, prepare=False)
+            elif self.ends_transaction(error):
+                conn.commit() if error is None else conn.rollback()
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        if self.restores_autocommit():
+            self.conn.autocommit = False
+
+
+class _AsyncBlock(_Block):
+    conn: psycopg.AsyncConnection[Any]
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        conn = self.conn
+        if self.manual:
+            await conn.set_autocommit(True)
+        try:
+            cursor = conn.cursor()
+            try:
+                await cursor.execute(self.entering(), prepare=False)
+            except psycopg.errors.UndefinedFunction as error:
+                await cursor.execute(self.entering_again(error), prepare=False)
         except BaseException as error:
-            await _carry_out_async(cursor, block.exit(error))
-            if not _is_ours(error):
-                raise
-        else:
-            await _carry_out_async(cursor, block.exit(None))
-    finally:
-        await _carry_out_async(cursor, block.restore())
+            await self._end(error)
+            raise
+        self.activate()
+        return conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        self.deactivate()
+        await self._end(error)
+        return _is_ours(error)
+
+    async def _end(self, error: BaseException | None) -> None:
+        conn = self.conn
+        try:
+            command = self.leaving(error)
+            if command is not None:
+                await conn.execute(command, prepare=False)
+            elif self.ends_transaction(error):
+                await (conn.commit() if error is None else conn.rollback())
+        finally:
+            await self._restore()
+
+    async def _restore(self) -> None:
+        if self.restores_autocommit():
+            await self.conn.set_autocommit(False)
 
 
 @overload
@@ -268,7 +279,7 @@ def with_context(conn: Any, context: Context) -> Any:
     rolls it back without propagating; do not call ``conn.commit()`` inside the block.
     """
     if isinstance(conn, psycopg.AsyncConnection):
-        return _async_with_context(conn, context)
+        return _AsyncBlock(conn, context)
     if isinstance(conn, psycopg.Connection):
-        return _sync_with_context(conn, context)
+        return _SyncBlock(conn, context)
     raise TypeError(f"bemi: with_context needs a psycopg connection, not {type(conn).__name__}")

@@ -1,7 +1,8 @@
 ------------------------------------------------------------------------------------------
 -- 1. Context: the application says who, where and how, once per transaction.
 --    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
---    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.set_context(jsonb), bemi.context().
+--    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.set_context(jsonb), bemi.use_context(text),
+--    bemi.context().
 ------------------------------------------------------------------------------------------
 
 -- What marks the settings of this transaction: its start time, to the microsecond, as the 16
@@ -44,8 +45,9 @@ BEGIN
   END IF;
   -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
   -- evaluates it as a simple expression, without running a query.
-  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||)
-    CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN '' ELSE body END, true), 17);
+  -- It is stored as '' (unmarked: nothing set), so that a marked bemi.context always holds one.
+  body := pg_catalog.substr(pg_catalog.set_config('bemi.context', CASE WHEN body IS NULL OR body OPERATOR(pg_catalog.=) '{}' THEN ''
+    ELSE bemi.transaction_mark() OPERATOR(pg_catalog.||) body END, true), 17);
   setting := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
   IF setting OPERATOR(pg_catalog.<>) '' AND setting OPERATOR(pg_catalog.<>) body THEN
     written := pg_catalog.pg_logical_emit_message(true, 'bemi', CASE WHEN body OPERATOR(pg_catalog.=) '' THEN '{}' ELSE body END);
@@ -56,6 +58,38 @@ $$;
 
 COMMENT ON FUNCTION bemi.set_context(jsonb) IS
   'Sets the application context of the current transaction (a JSON object; NULL clears).';
+
+-- use_context is set_context for the request path, what bemi_pg.with_context sends with BEGIN:
+-- CALL of a procedure, not SELECT of a function, runs no planner and no executor for the
+-- statement (docs/benchmarks.md: about 25k instructions less), and the context is kept as the
+-- text it came as (parsed to check it, never printed back). Its own work is two expressions:
+-- the check that the context is one plain JSON object of at most the size limit, and the
+-- marked set_config. Everything else (NULL, {}, a bad or oversized context, a context set
+-- after a write, which must be emitted at once) goes to set_context, which raises the same
+-- errors.
+CREATE PROCEDURE bemi.use_context(context text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  -- An object with a key has a colon, the empty object none. jsonb, not json: it refuses what
+  -- set_context refuses (\u0000, a number beyond numeric, a lone surrogate), which json lets
+  -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
+  -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
+  IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
+     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
+     OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
+        (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
+          THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
+     OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
+    PERFORM bemi.set_context(context::pg_catalog.jsonb);
+    RETURN;
+  END IF;
+  context := pg_catalog.set_config('bemi.context', bemi.transaction_mark() OPERATOR(pg_catalog.||) context, true);
+END
+$$;
+
+COMMENT ON PROCEDURE bemi.use_context(text) IS
+  'set_context for the request path: CALL bemi.use_context(''{"user_id": 7}'') (a JSON object as text; NULL clears).';
 
 -- Only a context this transaction set counts.
 CREATE FUNCTION bemi.context() RETURNS jsonb

@@ -133,35 +133,46 @@ BEGIN
 END
 $$;
 
--- Without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/ comment is
--- the context: one current_query() read and one strpos per statement, never per row.
+-- The common path first: a context this transaction set (bemi.context holds this
+-- transaction's mark and the context after it; set_context stores a cleared one as '') is
+-- emitted unless it is what was emitted last (bemi.emitted holds the same marked text then).
+-- Otherwise, without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/
+-- comment is the context: one current_query() read and one strpos per statement, never per row.
 -- bemi.context and bemi.emitted count only when they hold this transaction's mark
--- (bemi.marked). Assignments, not PERFORM: PL/pgSQL evaluates them as simple expressions
--- instead of running a query for each, and each is set up once per transaction, so there are
--- few. Remembering what was emitted (a transaction-local set_config, only when emitting) is
--- what keeps emissions to the changes of context.
+-- (bemi.marked). Remembering what was emitted (a transaction-local set_config, only when
+-- emitting) is what keeps emissions to the changes of context. Assignments, not PERFORM:
+-- PL/pgSQL evaluates them as simple expressions instead of running a query for each. Setting
+-- those up, once per transaction for each function they call, is most of what the trigger
+-- costs (docs/benchmarks.md), so the common path evaluates few.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  pending pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.context', true));
-  emitted pg_catalog.text := bemi.marked(pg_catalog.current_setting('bemi.emitted', true));
+  pending pg_catalog.text := pg_catalog.current_setting('bemi.context', true);
+  emitted pg_catalog.text := pg_catalog.current_setting('bemi.emitted', true);
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
-  IF pending OPERATOR(pg_catalog.=) '' THEN
+  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
+  IF pg_catalog.starts_with(pending, bemi.transaction_mark()) THEN
+    IF pending OPERATOR(pg_catalog.<>) COALESCE(emitted, '') THEN
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi', pg_catalog.substr(pending, 17));
+      query := pg_catalog.set_config('bemi.emitted', pending, true);
+    END IF;
+  ELSE
+    pending := '';
+    emitted := bemi.marked(emitted);
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
     IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0
        OR pg_catalog.strpos(E'Ee \t\n', pg_catalog.left(query, 1)) OPERATOR(pg_catalog.>) 0 THEN
       pending := bemi.comment_context(query, emitted);
     END IF;
-  END IF;
-  -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
-  IF pending OPERATOR(pg_catalog.<>) emitted THEN
-    written := pg_catalog.pg_logical_emit_message(true, 'bemi',
-      CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-    query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+    IF pending OPERATOR(pg_catalog.<>) emitted THEN
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+        CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
+      query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+    END IF;
   END IF;
   IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
     PERFORM bemi.partition_event(TG_RELID, 'truncate');

@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import bemi_pg
+from tests.helpers.context import setters
 from tests.helpers.trail import changes, ingest
 
 OUTER = {"user_id": 7}
@@ -35,27 +36,39 @@ def context_after_failed_call(conn: psycopg.Connection[Any], call: str, params: 
         return conn.execute("SELECT bemi.context()").fetchone()[0]  # type: ignore[index]
 
 
+@setters
 @pytest.mark.parametrize("value, kind", [
     ('"a string"', "string"), ("[1, 2]", "array"), ("42", "number"), ("true", "boolean"), ("null", "null"),
+    ('["a:b"]', "array"),
 ])
-def test_set_context_rejects_non_objects(conn: psycopg.Connection[Any], value: str, kind: str) -> None:
-    assert context_after_failed_call(conn, "SELECT bemi.set_context(%s::jsonb)", [value], "22023",
+def test_a_context_not_an_object_is_refused(conn: psycopg.Connection[Any], setter: str, value: str, kind: str) -> None:
+    assert context_after_failed_call(conn, setter, [value], "22023",
                                      f"^bemi: context must be a JSON object, not {kind}") == OUTER
 
 
-@pytest.mark.parametrize("text, sqlstate", [('{"user_id": ', "22P02"), ("{'a': 1}", "22P02"), ('{"a": "\\u0000"}', "22P05")])
-def test_set_context_rejects_invalid_json_text(conn: psycopg.Connection[Any], text: str, sqlstate: str) -> None:
-    assert context_after_failed_call(conn, "SELECT bemi.set_context(%s)", [text], sqlstate, "(?i)json") == OUTER
+# What the json type lets through but jsonb (so the trail) cannot hold is refused too.
+@setters
+@pytest.mark.parametrize("text, sqlstate", [
+    ('{"user_id": ', "22P02"), ("{'a': 1}", "22P02"), ('{"a": "\\u0000"}', "22P05"), ('{"a": "\\ud800"}', "22P02"),
+    ('{"a": 1e1000000}', "22003"),
+])
+def test_a_context_not_valid_jsonb_is_refused(conn: psycopg.Connection[Any], setter: str, text: str,
+                                               sqlstate: str) -> None:
+    assert context_after_failed_call(conn, setter, [text], sqlstate, "(?i)json|numeric") == OUTER
 
 
-def test_set_context_rejects_oversize_and_the_limit_is_a_setting(conn: psycopg.Connection[Any]) -> None:
-    big = {"blob": "x" * 70_000}
-    assert context_after_failed_call(conn, "SELECT bemi.set_context(%s)", [Jsonb(big)], "22023",
+@setters
+def test_an_oversize_context_is_refused_and_the_limit_is_a_setting(conn: psycopg.Connection[Any], setter: str) -> None:
+    big = json.dumps({"blob": "x" * 70_000})
+    assert context_after_failed_call(conn, setter, [big], "22023",
                                      r"^bemi: context is \d+ bytes, over the limit of 65536 bytes") == OUTER
     with bemi_pg.with_context(conn, OUTER):
         conn.execute("SET LOCAL bemi.max_context_bytes = 100000")
-        bemi_pg.set_context(conn, big)
-        assert conn.execute("SELECT bemi.context()").fetchone() == (big,)
+        conn.execute(setter, [big])
+        assert conn.execute("SELECT bemi.context()").fetchone() == (json.loads(big),)
+        conn.execute("SET LOCAL bemi.max_context_bytes = 20")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="over the limit of 20 bytes"), conn.transaction():
+            conn.execute(setter, ['{"user_id": 7, "e": "mail"}'])
 
 
 def test_deeply_nested_and_unicode_contexts_round_trip(conn: psycopg.Connection[Any], admin: psycopg.Connection[Any]) -> None:

@@ -107,6 +107,31 @@ def test_bad_context_raises_type_error_before_sending(conn: psycopg.Connection[A
     assert conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
+def test_a_context_the_server_refuses_leaves_the_connection_as_it_was(dsn: str, conn: psycopg.Connection[Any],
+                                                                      admin: psycopg.Connection[Any],
+                                                                      todo: None) -> None:
+    big = {"blob": "x" * 70_000}  # over bemi.max_context_bytes: refused with 22023
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        with bemi_pg.with_context(conn, big):
+            pass
+    assert (conn.autocommit, conn.info.transaction_status) == (False, pq.TransactionStatus.IDLE)
+    with bemi_pg.with_context(conn, {"user_id": 1}):
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            with bemi_pg.with_context(conn, big):
+                pass
+        conn.execute("INSERT INTO todo VALUES (1, 'x')")  # the outer block goes on, with its context
+    assert contexts(admin) == [("1", {"user_id": 1})]
+
+    async def refused() -> tuple[bool, pq.TransactionStatus]:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                async with bemi_pg.with_context(aconn, big):
+                    pass
+            return aconn.autocommit, aconn.info.transaction_status
+
+    assert asyncio.run(refused()) == (False, pq.TransactionStatus.IDLE)
+
+
 def test_set_context_outside_a_transaction_is_refused(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         with pytest.raises(psycopg.ProgrammingError, match="needs an open transaction"):

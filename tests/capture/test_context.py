@@ -6,6 +6,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.helpers.context import setters
 from tests.helpers.trail import changes, ingest
 
 
@@ -21,9 +22,10 @@ def todo(admin: psycopg.Connection[Any]) -> None:
     admin.execute("SELECT bemi.track('todo')")
 
 
-def test_context_is_transaction_local(conn: psycopg.Connection[Any]) -> None:
+@setters
+def test_context_is_transaction_local(conn: psycopg.Connection[Any], setter: str) -> None:
     with conn.transaction():
-        conn.execute("""SELECT bemi.set_context('{"user_id": 1}')""")
+        conn.execute(setter, ['{"user_id": 1}'])
         assert conn.execute("SELECT bemi.context()").fetchone() == ({"user_id": 1},)
     assert conn.execute("SELECT bemi.context()").fetchone() == (None,)
 
@@ -39,21 +41,43 @@ def test_ten_thousand_row_insert_emits_one_message(conn: psycopg.Connection[Any]
     assert {r["context"]["job"] for r in changes(admin, "context")} == {"import"}
 
 
+@setters
 def test_same_context_is_emitted_once_per_transaction(conn: psycopg.Connection[Any], admin: psycopg.Connection[Any],
-                                                      todo: None) -> None:
+                                                      todo: None, setter: str) -> None:
     with conn.transaction():
-        conn.execute("""SELECT bemi.set_context('{"a": 1}')""")
+        conn.execute(setter, ['{"a": 1}'])
         conn.execute("INSERT INTO todo (task) VALUES ('x')")
         conn.execute("UPDATE todo SET task = 'y'")
-        conn.execute("""SELECT bemi.set_context('{"a": 2}')""")
+        # After a write, a new context is emitted at once (a write whose trigger is disabled
+        # must not carry the one before), and the next write does not emit it again.
+        conn.execute(setter, ['{"a": 2}'])
         conn.execute("DELETE FROM todo")
-        conn.execute("""SELECT bemi.set_context(NULL)""")
+        conn.execute(setter, [None])
         conn.execute("INSERT INTO todo (task) VALUES ('z')")
-    assert messages(admin) == ['{"a": 1}', '{"a": 2}', "{}"]
+        conn.execute(setter, ['{"a": 3}'])
+        conn.execute("INSERT INTO todo (task) VALUES ('w')")
+        conn.execute(setter, ["{}"])
+        conn.execute("INSERT INTO todo (task) VALUES ('v')")
+    assert messages(admin) == ['{"a": 1}', '{"a": 2}', "{}", '{"a": 3}', "{}"]
     ingest(admin)
     assert [(r["operation"], r["context"]) for r in changes(admin, "operation", "context")] == [
-        ("CREATE", {"a": 1}), ("UPDATE", {"a": 1}), ("DELETE", {"a": 2}), ("CREATE", {}),
+        ("CREATE", {"a": 1}), ("UPDATE", {"a": 1}), ("DELETE", {"a": 2}), ("CREATE", {}), ("CREATE", {"a": 3}),
+        ("CREATE", {}),
     ]
+
+
+@setters
+@pytest.mark.parametrize("cleared", [None, "{}"])
+def test_a_cleared_context_writes_no_message(conn: psycopg.Connection[Any], admin: psycopg.Connection[Any],
+                                             todo: None, setter: str, cleared: str | None) -> None:
+    with conn.transaction():
+        conn.execute(setter, ['{"a": 1}'])
+        conn.execute(setter, [cleared])
+        assert conn.execute("SELECT bemi.context()").fetchone() == (None,)
+        conn.execute("INSERT INTO todo (task) VALUES ('x')")
+    assert messages(admin) == []
+    ingest(admin)
+    assert [r["context"] for r in changes(admin, "context")] == [{}]
 
 
 def test_statements_without_context_write_no_message(conn: psycopg.Connection[Any], admin: psycopg.Connection[Any],
@@ -65,10 +89,11 @@ def test_statements_without_context_write_no_message(conn: psycopg.Connection[An
     assert [r["context"] for r in changes(admin, "context")] == [{}]
 
 
-def test_read_only_transaction_stays_read_only(conn: psycopg.Connection[Any], todo: None) -> None:
+@setters
+def test_read_only_transaction_stays_read_only(conn: psycopg.Connection[Any], todo: None, setter: str) -> None:
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
-        conn.execute("""SELECT bemi.set_context('{"a": 1}')""")
-        conn.execute("SELECT * FROM todo").fetchall()
+        conn.execute(setter, ['{"a": 1}'])
+        assert conn.execute("SELECT count(*), bemi.context() FROM todo").fetchone() == (0, {"a": 1})
         row = conn.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()
     assert row == (None,)

@@ -18,6 +18,7 @@ from django.db import connection, connections, transaction
 from django.test import Client, override_settings
 from fastapi import FastAPI, Request
 from psycopg import pq
+from psycopg.rows import dict_row
 from sqlalchemy import insert, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -93,7 +94,7 @@ def test_with_context_sends_the_context_with_begin(dsn: str, wire: Wire, admin: 
         assert conn.autocommit is autocommit
     assert len(plain) == len(tracked) == 4
     assert plain[0] == ["BEGIN"] and plain[-1] == tracked[-1] == ["COMMIT"]
-    assert tracked[0] == ["""BEGIN; SELECT bemi.set_context('{"user_id":1,"endpoint":"/alice"}'::jsonb)"""]
+    assert tracked[0] == ["""BEGIN; CALL bemi.use_context('{"user_id":1,"endpoint":"/alice"}')"""]
     assert tracked[1:3] == plain[1:3]
     assert trail(admin) == [("CREATE", "1", {}), ("UPDATE", "1", {}), ("CREATE", "2", ALICE), ("UPDATE", "2", ALICE)]
 
@@ -116,7 +117,7 @@ def test_nested_blocks_enter_and_leave_in_one_round_trip_each(dsn: str, wire: Wi
     assert control == ["BEGIN", "SAVEPOINT", "RELEASE SAVEPOINT", "SAVEPOINT", "ROLLBACK TO SAVEPOINT", "COMMIT"]
     assert len(trips) == 10  # the six above and four INSERTs: nothing else
     # The released savepoint put the outer context back in the same round trip.
-    assert trips[4][0].endswith("""; SELECT bemi.set_context('{"user_id":1,"endpoint":"/alice"}'::jsonb)""")
+    assert trips[4][0].endswith("""; CALL bemi.use_context('{"user_id":1,"endpoint":"/alice"}')""")
     assert trail(admin) == [("CREATE", "1", ALICE), ("CREATE", "2", {**ALICE, "step": 2}), ("CREATE", "3", ALICE)]
 
 
@@ -138,6 +139,57 @@ def test_async_with_context_sends_the_context_with_begin(dsn: str, wire: Wire,
         "BEGIN", "INSERT INTO todo (id, task) VALUES ($1, 'task')", "SAVEPOINT",
         "UPDATE todo SET is_completed = true WHERE id = $1", "RELEASE SAVEPOINT", "COMMIT"]
     assert trail(admin) == [("CREATE", "1", ALICE), ("UPDATE", "1", {**ALICE, "step": 2})]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_extension_before_use_context_is_sent_set_context(old_install: str, wire: Wire, mode: str) -> None:
+    """bemi 1.0 and 1.1 have no bemi.use_context: the first block of a connection finds it
+    missing and is done again with set_context in one more round trip; later blocks, nested
+    ones too, send set_context at once."""
+    with psycopg.connect(old_install, autocommit=True, row_factory=dict_row) as admin:
+        admin.execute("CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL)")
+        admin.execute("SELECT bemi.track('todo')")
+
+        async def blocks() -> None:
+            async with await psycopg.AsyncConnection.connect(via(old_install, wire.port)) as conn:
+                for first in (1, 3):
+                    async with bemi_pg.with_context(conn, ALICE):
+                        await conn.execute(INSERT, [first])
+                        async with bemi_pg.with_context(conn, {"step": 2}):
+                            await conn.execute(INSERT, [first + 1])
+
+        wire.clear()
+        if mode == "async":
+            asyncio.run(blocks())
+        else:
+            with psycopg.connect(via(old_install, wire.port)) as conn:
+                for first in (1, 3):
+                    with bemi_pg.with_context(conn, ALICE):
+                        conn.execute(INSERT, [first])
+                        with bemi_pg.with_context(conn, {"step": 2}):
+                            conn.execute(INSERT, [first + 1])
+        trips = wire.trips()
+        assert [opening(trip) for trip in trips if "INSERT" not in trip[0]] == [
+            "BEGIN", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT", "COMMIT",
+            "BEGIN", "SAVEPOINT", "RELEASE SAVEPOINT", "COMMIT"]
+        assert [statement for statement in statements(trips) if "use_context" in statement] == [
+            """BEGIN; CALL bemi.use_context('{"user_id":1,"endpoint":"/alice"}')"""]
+        step = {**ALICE, "step": 2}
+        assert trail(admin) == [("CREATE", "1", ALICE), ("CREATE", "2", step), ("CREATE", "3", ALICE),
+                                ("CREATE", "4", step)]
+
+
+def test_an_extension_before_use_context_in_a_transaction_the_caller_owns(old_install: str) -> None:
+    """The first block of the connection is a savepoint: the failed CALL is rolled back to it,
+    the caller's transaction goes on."""
+    with psycopg.connect(old_install, autocommit=True, row_factory=dict_row) as admin:
+        admin.execute("CREATE TABLE todo (id int PRIMARY KEY, task text NOT NULL)")
+        admin.execute("SELECT bemi.track('todo')")
+        with psycopg.connect(old_install) as conn, conn.transaction():
+            conn.execute(INSERT, [1])
+            with bemi_pg.with_context(conn, ALICE):
+                conn.execute(INSERT, [2])
+        assert trail(admin) == [("CREATE", "1", {}), ("CREATE", "2", ALICE)]
 
 
 @pytest.mark.usefixtures("todo")

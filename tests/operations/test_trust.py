@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from tests.helpers.context import setters
 from tests.helpers.trail import HOSTILE_SETTINGS, changes, ingest
 
 
@@ -152,7 +153,8 @@ def contexts(admin: psycopg.Connection[Any]) -> dict[str, Any]:
     return {r["primary_key"]: r["context"] for r in changes(admin, "primary_key", "context")}
 
 
-def test_a_context_set_at_session_level_is_never_taken(dsn: str, admin: psycopg.Connection[Any]) -> None:
+@setters
+def test_a_context_set_at_session_level_is_never_taken(dsn: str, admin: psycopg.Connection[Any], setter: str) -> None:
     admin.execute("CREATE TABLE t (id int PRIMARY KEY); SELECT bemi.track('t')")
     with psycopg.connect(dsn, autocommit=True) as session:
         # What a pooled server connection may carry from another client's session.
@@ -166,11 +168,14 @@ def test_a_context_set_at_session_level_is_never_taken(dsn: str, admin: psycopg.
         session.execute("INSERT INTO t VALUES (1)")
         assert session.execute("SELECT bemi.context()").fetchone() == (None,)
         with session.transaction():
-            session.execute("SELECT bemi.set_context('{\"user\": \"mine\"}')")
+            session.execute(setter, ['{"user": "mine"}'])
             session.execute("INSERT INTO t VALUES (2)")
             assert session.execute("SELECT bemi.context()").fetchone() == ({"user": "mine"},)
         session.execute("INSERT INTO t VALUES (3)")
-    assert contexts(admin) == {"1": {}, "2": {"user": "mine"}, "3": {}}
+        # Outside a transaction block, the call is a transaction of its own: its context ends with it.
+        session.execute(setter, ['{"user": "gone"}'])
+        session.execute("INSERT INTO t VALUES (4)")
+    assert contexts(admin) == {"1": {}, "2": {"user": "mine"}, "3": {}, "4": {}}
 
 
 def test_a_comment_context_belongs_to_its_own_statement(dsn: str, admin: psycopg.Connection[Any]) -> None:
@@ -200,25 +205,27 @@ def test_a_malformed_comment_never_fails_the_statement(admin: psycopg.Connection
     assert contexts(admin) == {"1": {}}
 
 
-def test_disabled_triggers_and_replica_mode_never_leave_a_stale_context(dsn: str, admin: psycopg.Connection[Any]) -> None:
+@setters
+def test_disabled_triggers_and_replica_mode_never_leave_a_stale_context(dsn: str, admin: psycopg.Connection[Any],
+                                                                        setter: str) -> None:
     admin.execute("CREATE TABLE t (id int PRIMARY KEY); SELECT bemi.track('t')")
     with psycopg.connect(dsn) as conn:
         with conn.transaction():
-            conn.execute("SELECT bemi.set_context('{\"who\": \"A\"}')")
+            conn.execute(setter, ['{"who": "A"}'])
             conn.execute("INSERT INTO t VALUES (1)")
             conn.execute("SET LOCAL session_replication_role = replica")
-            conn.execute("SELECT bemi.set_context('{\"who\": \"B\"}')")
+            conn.execute(setter, ['{"who": "B"}'])
             conn.execute("INSERT INTO t VALUES (2)")
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute('INSERT INTO t VALUES (3) /*Bemi {"who": "C"} Bemi*/')
         with conn.transaction():
-            conn.execute("SELECT bemi.set_context('{\"who\": \"D\"}')")
+            conn.execute(setter, ['{"who": "D"}'])
             conn.execute("INSERT INTO t VALUES (4)")
             conn.execute("ALTER TABLE t DISABLE TRIGGER bemi_context")
-            conn.execute("SELECT bemi.set_context('{\"who\": \"E\"}')")
+            conn.execute(setter, ['{"who": "E"}'])
             conn.execute("INSERT INTO t VALUES (5)")
-            conn.execute("SELECT bemi.set_context(NULL)")
+            conn.execute(setter, [None])
             conn.execute("INSERT INTO t VALUES (6)")
     assert contexts(admin) == {"1": {"who": "A"}, "2": {"who": "B"}, "3": {"who": "C"}, "4": {"who": "D"},
                                "5": {"who": "E"}, "6": {}}
