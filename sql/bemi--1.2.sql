@@ -3362,14 +3362,14 @@ BEGIN
       -- A change that takes the key from a row that got it after the moment (an earlier change
       -- gave that key that image) is not the one, unless the two rows are alike in every value:
       -- then either is. Told in one sort of the sides, not a search of them per change.
-      SELECT DISTINCT ON (%3$s) %3$s, s.id, bemi.known_values(s.image) AS image, s.incomplete FROM (
+      SELECT DISTINCT ON (%3$s) %3$s, s.id, s.image, s.incomplete FROM (
         SELECT s.*, pg_catalog.bool_or(s.delta = 1) OVER (PARTITION BY %3$s, s.image ORDER BY s.committed_at, s.id, s.delta
                                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS given_after
         FROM sides AS s) AS s
       WHERE s.delta = -1
       ORDER BY %3$s, coalesce(s.given_after, false), s.committed_at, s.id
     ), used AS (
-      SELECT f.image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
+      SELECT bemi.known_values(f.image) AS image, pg_catalog.array_agg(f.id) FILTER (WHERE f.incomplete) OVER () AS incomplete
       FROM touched AS s LEFT JOIN firsts AS f ON %7$s
       WHERE bemi.check_presence(((EXISTS (SELECT FROM %6$s AS t WHERE %4$s))::integer - s.net)::integer, f.id IS NOT NULL)
     )
