@@ -218,9 +218,11 @@ def same_trail_both_ways(dsn: str, workload: Any, database: dict[str, str] | Non
         assert totals.changes == len(streamed)
         conn.execute("DELETE FROM bemi.changes WHERE id > %s", [since])
         replace_slot_with(conn, copy)
-        with database_settings(conn, database or {}), psycopg.connect(dsn, autocommit=True) as session:
-            # bemi.ingest() is one statement of its caller's: the caller's statement_timeout applies.
-            session.execute("SET statement_timeout = 0")
+        # bemi.ingest() is one statement of its caller's: the caller's statement_timeout applies, so
+        # the session starts without one (a SET would itself run under the database's 1 ms, whose
+        # timer, firing just after it, cancelled the next statement on a loaded machine).
+        with database_settings(conn, database or {}), \
+                psycopg.connect(dsn, autocommit=True, options="-c statement_timeout=0") as session:
             ingest(session)
         through_sql = trail(conn, since)
 
