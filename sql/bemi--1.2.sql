@@ -501,17 +501,19 @@ CREATE TABLE bemi.type_changes (
 COMMENT ON TABLE bemi.type_changes IS 'When composite types changed their attributes: values written before are stored as text.';
 SELECT pg_catalog.pg_extension_config_dump('bemi.type_changes', '');
 
--- The event trigger: ALTER TYPE names the type (RENAME ATTRIBUTE) or its row type's relation.
+-- The event trigger: an ALTER TYPE that adds, drops, alters or renames an attribute names the
+-- composite type's relation; one that names the type itself (OWNER TO, RENAME TO, SET SCHEMA,
+-- an enum's ADD or RENAME VALUE) leaves the attributes as they were.
 CREATE FUNCTION bemi.remember_types() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   INSERT INTO bemi.type_changes (type, since)
-  SELECT DISTINCT coalesce(r.reltype, c.objid), pg_catalog.pg_current_wal_insert_lsn()
+  SELECT DISTINCT r.reltype, pg_catalog.pg_current_wal_insert_lsn()
   FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
-  LEFT JOIN pg_catalog.pg_class AS r ON c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND r.oid = c.objid
-  WHERE c.classid IN ('pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_type'::pg_catalog.regclass)
+  JOIN pg_catalog.pg_class AS r ON r.oid = c.objid AND r.relkind = 'c'
+  WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
   ON CONFLICT DO NOTHING;
 END
 $$;

@@ -139,19 +139,23 @@ def test_values_of_a_type_whose_attributes_changed_with_changes_pending_are_stor
     holding it; written after, it is read with the names it has."""
     admin.execute("CREATE TYPE pair AS (x int, y int)")
     admin.execute("CREATE TYPE outer_pair AS (p pair, label text)")
-    admin.execute("CREATE TABLE t (id int PRIMARY KEY, p pair, ps pair[], o outer_pair, n int)")
+    admin.execute("CREATE TYPE mood AS ENUM ('calm')")
+    admin.execute("CREATE TABLE t (id int PRIMARY KEY, p pair, ps pair[], o outer_pair, n int, m mood)")
     admin.execute("SELECT bemi.track('t')")
-    admin.execute("INSERT INTO t VALUES (1, '(1,2)', ARRAY['(3,4)']::pair[], '(\"(5,6)\",a)', 7)")
+    admin.execute("INSERT INTO t VALUES (1, '(1,2)', ARRAY['(3,4)']::pair[], '(\"(5,6)\",a)', 7, 'calm')")
+    # Changes of a type that leave its attributes as they were: its values are read as ever.
+    admin.execute("ALTER TYPE mood ADD VALUE 'glad'")
+    admin.execute("ALTER TYPE pair OWNER TO CURRENT_USER")
     admin.execute("ALTER TYPE pair RENAME ATTRIBUTE x TO tmp")
     admin.execute("ALTER TYPE pair RENAME ATTRIBUTE y TO x")
     admin.execute("ALTER TYPE pair RENAME ATTRIBUTE tmp TO y")
-    admin.execute("INSERT INTO t VALUES (2, '(1,2)', NULL, NULL, 8)")
+    admin.execute("INSERT INTO t VALUES (2, '(1,2)', NULL, NULL, 8, 'glad')")
     if path == "sql":
         ingest(admin)
     else:
         run_worker(Options(dsn, drain=True, interval=0.05), threading.Event(), lambda _: None)
     first, second = changes(admin, "after", "problem")
-    assert first["after"] == {"id": 1, "p": "(1,2)", "ps": '{"(3,4)"}', "o": '("(5,6)",a)', "n": 7}
+    assert first["after"] == {"id": 1, "p": "(1,2)", "ps": '{"(3,4)"}', "o": '("(5,6)",a)', "n": 7, "m": "calm"}
     assert first["problem"] == "bemi: the type of p, ps, o changed its attributes since: stored as text"
     assert second["after"]["p"] == {"y": 1, "x": 2} and second["problem"] is None
 
