@@ -100,10 +100,10 @@ BEGIN
   -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
   -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
   IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
-     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
      OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
         (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
           THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
+     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
      OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
     PERFORM bemi.set_context(context::pg_catalog.jsonb);
     RETURN;
@@ -130,56 +130,64 @@ COMMENT ON FUNCTION bemi.context() IS 'The application context in effect now, or
 ------------------------------------------------------------------------------------------
 
 -- The context of a statement's trailing /*Bemi {...} Bemi*/ comment, as written; '' when there
--- is none that counts. For EXECUTE of a statement prepared with PREPARE, the PREPARE's comment. The rules (docs/frameworks.md): the comment must end the query string
--- (a string literal cannot end with */, so data cannot pose as context); it counts only when
--- the query string holds one statement (no ; before it: current_query() is the whole string,
--- so in "INSERT ...; INSERT ... /*Bemi ... Bemi*/" no statement could be told its own), and
--- not when it sits behind a -- on its line. A comment written exactly like emitted (what this
+-- is none that counts. For EXECUTE of a statement prepared with PREPARE, the PREPARE's comment.
+-- The rules (docs/frameworks.md): the comment must end the query string (a string literal
+-- cannot end with */, so data cannot pose as context); it counts only when the query string
+-- holds one statement (no ; before it: current_query() is the whole string, so in
+-- "INSERT ...; INSERT ... /*Bemi ... Bemi*/" no statement could be told its own), and not when
+-- it sits behind a -- on its line. A comment written exactly like emitted (what this
 -- transaction last emitted), the usual case for the second and later writes of a
--- transaction, is returned without parsing it again. A bad comment is a WARNING, never an error.
+-- transaction, is returned without parsing it again. A bad comment is a WARNING, never an
+-- error. Its cost is per statement (docs/benchmarks.md): the query string is searched byte by
+-- byte (split_part, and strpos for what it does not hold), never counted in characters, and
+-- only the comment's own text is trimmed and cut.
 CREATE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
-  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
-  tail pg_catalog.text;
-  opening pg_catalog.int4;
+  body pg_catalog.text := pg_catalog.split_part(query, '/*Bemi', -1);
   head pg_catalog.text;
-  body pg_catalog.text;
+  setting pg_catalog.text;
+  limit_bytes pg_catalog.int4;
   parsed pg_catalog.jsonb;
 BEGIN
-  IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.=) 0 THEN
+  IF body OPERATOR(pg_catalog.=) query THEN  -- no /*Bemi in it
     query := bemi.statement_text(query);
-  END IF;
-  tail := pg_catalog.rtrim(query, E' \t\r\n;');
-  IF pg_catalog.right(tail, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
-    RETURN '';
-  END IF;
-  -- The last /*Bemi of the query: found from its end, as "imeB*/" in the reversed query.
-  opening := pg_catalog.strpos(pg_catalog.reverse(tail), 'imeB*/');
-  IF opening OPERATOR(pg_catalog.<) 7 THEN  -- /*Bemi*/
-    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
-      USING ERRCODE = 'invalid_text_representation';
-    RETURN '';
-  END IF;
-  head := pg_catalog.left(tail, pg_catalog.length(tail) OPERATOR(pg_catalog.-) opening OPERATOR(pg_catalog.-) 5);
-  -- Outside string literals, quoted names and block comments, the query before the comment
-  -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
-  IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
-     OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
-    head := pg_catalog.regexp_replace(head,
-      $re$[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/$re$, '', 'g');
-    IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
-       OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+    body := pg_catalog.split_part(query, '/*Bemi', -1);
+    IF body OPERATOR(pg_catalog.=) query THEN
       RETURN '';
     END IF;
   END IF;
-  body := pg_catalog.btrim(pg_catalog.substr(tail, pg_catalog.length(head) OPERATOR(pg_catalog.+) 7,
-    opening OPERATOR(pg_catalog.-) 7), E' \t\r\n');
+  -- What follows the query's last /*Bemi: the comment's body, Bemi*/, then only blanks and ;.
+  body := pg_catalog.rtrim(body, E' \t\r\n;');
+  IF pg_catalog.right(body, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
+    IF body OPERATOR(pg_catalog.=) '*/' THEN  -- /*Bemi*/
+      RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
+        USING ERRCODE = 'invalid_text_representation';
+    END IF;
+    RETURN '';
+  END IF;
+  -- Outside string literals, quoted names and block comments, the query before the comment
+  -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
+  IF pg_catalog.strpos(query, ';') OPERATOR(pg_catalog.>) 0 OR pg_catalog.strpos(query, '--') OPERATOR(pg_catalog.>) 0 THEN
+    head := pg_catalog.left(query, pg_catalog.length(query)
+      OPERATOR(pg_catalog.-) pg_catalog.length(pg_catalog.split_part(query, '/*Bemi', -1)) OPERATOR(pg_catalog.-) 6);
+    IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+       OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+      head := pg_catalog.regexp_replace(head,
+        $re$[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|"(?:[^"]|"")*"|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/$re$, '', 'g');
+      IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
+         OR pg_catalog.strpos(pg_catalog.split_part(head, E'\n', -1), '--') OPERATOR(pg_catalog.>) 0 THEN
+        RETURN '';
+      END IF;
+    END IF;
+  END IF;
+  body := pg_catalog.btrim(pg_catalog.left(body, -6), E' \t\r\n');
   IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
     RETURN body;
   END IF;
+  setting := pg_catalog.current_setting('bemi.max_context_bytes', true);
+  limit_bytes := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
   IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
     RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
@@ -261,41 +269,42 @@ $$;
 -- transaction's mark and the context after it; set_context stores a cleared one as '') is
 -- emitted unless it is what was emitted last (bemi.emitted holds the same marked text then).
 -- Otherwise, without a set_context in the transaction, the statement's own /*Bemi ... Bemi*/
--- comment is the context: one current_query() read and one strpos per statement, never per row.
--- bemi.context and bemi.emitted count only when they hold this transaction's mark
--- (bemi.marked). Remembering what was emitted (a transaction-local set_config, only when
--- emitting) is what keeps emissions to the changes of context. Assignments, not PERFORM:
--- PL/pgSQL evaluates them as simple expressions instead of running a query for each. Setting
--- those up, once per transaction for each function they call, is most of what the trigger
--- costs (docs/benchmarks.md), so the common path evaluates few.
+-- comment is the context: one current_query() read and one byte search per statement, never
+-- per row. bemi.context and bemi.emitted count only when they hold this transaction's mark.
+-- Remembering what was emitted (a transaction-local set_config, only when emitting) is what
+-- keeps emissions to the changes of context. Assignments, not PERFORM: PL/pgSQL evaluates them
+-- as simple expressions instead of running a query for each. Setting those up, once per
+-- transaction for each function they call, is most of what the trigger costs
+-- (docs/benchmarks.md), so the common path evaluates few, and the mark once. STABLE: the
+-- trigger changes no table (partition_event, which emits a message, is its own function), so
+-- PL/pgSQL evaluates its expressions without a new snapshot for each.
 CREATE FUNCTION bemi.context_trigger() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
   pending pg_catalog.text := pg_catalog.current_setting('bemi.context', true);
   emitted pg_catalog.text := pg_catalog.current_setting('bemi.emitted', true);
+  mark pg_catalog.text := bemi.transaction_mark();
   query pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
   -- Operators are qualified: this runs with the writer's search_path (docs/security.md).
-  IF pg_catalog.starts_with(pending, bemi.transaction_mark()) THEN
+  IF pg_catalog.starts_with(pending, mark) THEN
     IF pending OPERATOR(pg_catalog.<>) COALESCE(emitted, '') THEN
-      written := pg_catalog.pg_logical_emit_message(true, 'bemi', pg_catalog.substr(pending, 17));
-      query := pg_catalog.set_config('bemi.emitted', pending, true);
+      written := pg_catalog.pg_logical_emit_message(true, 'bemi',
+        pg_catalog.substr(pg_catalog.set_config('bemi.emitted', pending, true), 17));
     END IF;
   ELSE
-    pending := '';
-    emitted := bemi.marked(emitted);
+    emitted := CASE WHEN pg_catalog.starts_with(emitted, mark) THEN pg_catalog.substr(emitted, 17) ELSE '' END;
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
-    IF pg_catalog.strpos(query, '/*Bemi') OPERATOR(pg_catalog.>) 0
-       OR pg_catalog.strpos(E'Ee \t\n', pg_catalog.left(query, 1)) OPERATOR(pg_catalog.>) 0 THEN
-      pending := bemi.comment_context(query, emitted);
-    END IF;
+    pending := CASE WHEN pg_catalog.split_part(query, '/*Bemi', -1) OPERATOR(pg_catalog.<>) query
+        OR pg_catalog.strpos(E'Ee \t\n', pg_catalog.left(query, 1)) OPERATOR(pg_catalog.>) 0
+      THEN bemi.comment_context(query, emitted) ELSE '' END;
     IF pending OPERATOR(pg_catalog.<>) emitted THEN
       written := pg_catalog.pg_logical_emit_message(true, 'bemi',
         CASE WHEN pending OPERATOR(pg_catalog.=) '' THEN '{}' ELSE pending END);
-      query := pg_catalog.set_config('bemi.emitted', bemi.transaction_mark() OPERATOR(pg_catalog.||) pending, true);
+      query := pg_catalog.set_config('bemi.emitted', mark OPERATOR(pg_catalog.||) pending, true);
     END IF;
   END IF;
   IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN

@@ -76,10 +76,10 @@ BEGIN
   -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
   -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
   IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
-     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
      OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
         (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
           THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
+     OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
      OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
     PERFORM bemi.set_context(context::pg_catalog.jsonb);
     RETURN;
