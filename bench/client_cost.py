@@ -1,12 +1,14 @@
-"""Client CPU per transaction block: what ``bemi_pg.with_context`` costs the application's
-process over ``conn.transaction()``, sync and async.
+"""Client CPU per transaction: what ``bemi_pg.with_context`` costs the application's process
+over ``conn.transaction()``, sync and async, and what the Django and SQLAlchemy integrations
+cost a W1 transaction (insert a todo, complete it) over the same code without bemi.
 
     python -m bench.client_cost [--iterations 4000]
 
-Each block is empty (BEGIN, the context, COMMIT), so what differs is the client's own work:
-building the statement, quoting the context, the nesting bookkeeping. ``time.process_time``
-counts this process's CPU only, not the waits for the server; the best of three runs of
-``--iterations`` blocks counts, the kinds of block taking turns. ``make bench`` runs it too
+Each with_context block is empty (BEGIN, the context, COMMIT), so what differs is the
+client's own work: building the statement, quoting the context, the nesting bookkeeping. The
+framework transactions (bench/frameworks.py, a tenth as many) differ by the comment each write
+carries. ``time.process_time`` counts this process's CPU only, not the waits for the server;
+the best of three runs counts, the kinds taking turns. ``make bench`` runs it too
 (bench/run.py).
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import psycopg
 
 import bemi_pg
-from bench import server
+from bench import frameworks, server, variants
 from bench.frameworks import request_context
 
 RUNS = 3
@@ -77,9 +79,31 @@ def client_cost(dsn: str, iterations: int = 4000) -> dict[str, float]:
     return {f"{mode} {name}": seconds / iterations * 1e6 for mode, fewest in runs.items() for name, seconds in fewest.items()}
 
 
+def framework_cost(dsn: str, transactions: int = 400) -> dict[str, float]:
+    """µs of client CPU per W1 transaction through each integration: {"django untracked": ...,
+    "django tracked": ..., and the same for sqlalchemy}. Needs the bench's variants."""
+    costs: dict[str, float] = {}
+    for name, framework in (("django", frameworks.django), ("sqlalchemy", frameworks.sqlalchemy)):
+        with framework(dsn, variants.PLAIN.schema, tracked=False, sql=False) as untracked, \
+                framework(dsn, variants.BEMI.schema, tracked=True, sql=False) as tracked:
+            fewest = {"untracked": float("inf"), "tracked": float("inf")}
+            for _ in range(RUNS):
+                for kind, run in (("untracked", untracked), ("tracked", tracked)):
+                    started = time.process_time()
+                    for n in range(transactions):
+                        run(n)
+                    fewest[kind] = min(fewest[kind], time.process_time() - started)
+        costs.update({f"{name} {kind}": seconds / transactions * 1e6 for kind, seconds in fewest.items()})
+    return costs
+
+
 def overheads(costs: dict[str, float]) -> dict[str, float]:
-    """µs with_context adds over conn.transaction(): {"sync": ..., "async": ...}."""
-    return {mode: costs[f"{mode} with_context"] - costs[f"{mode} conn.transaction()"] for mode in ("sync", "async")}
+    """µs bemi adds: with_context over conn.transaction() {"sync": ..., "async": ...}, and each
+    integration over the same transaction without it, when measured ({"django": ..., ...})."""
+    extra = {mode: costs[f"{mode} with_context"] - costs[f"{mode} conn.transaction()"] for mode in ("sync", "async")}
+    extra.update({name: costs[f"{name} tracked"] - costs[f"{name} untracked"]
+                  for name in ("django", "sqlalchemy") if f"{name} tracked" in costs})
+    return extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with server.bench_server() as dsn:
         with server.connect(dsn) as conn:
-            conn.execute("CREATE EXTENSION bemi")
-        costs = client_cost(dsn, args.iterations)
+            variants.create_all(conn)
+        costs = {**client_cost(dsn, args.iterations), **framework_cost(dsn, args.iterations // 10)}
     for name, value in costs.items():
         print(f"{name:32s} {value:8.1f} µs")
-    for mode, extra in overheads(costs).items():
-        print(f"with_context over conn.transaction(), {mode}: {extra:+.1f} µs")
+    for path, extra in overheads(costs).items():
+        over = "the same without bemi" if path in ("django", "sqlalchemy") else "conn.transaction()"
+        print(f"{path} over {over}: {extra:+.1f} µs")
     return 0
 
 

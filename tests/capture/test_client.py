@@ -5,6 +5,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import pq
 
 import bemi_pg
@@ -144,3 +146,40 @@ def test_closed_connection_is_reported(dsn: str) -> None:
     with pytest.raises(psycopg.InterfaceError, match="closed"):
         with bemi_pg.with_context(conn, {"a": 1}):
             pass
+
+
+# Keys and values with quotes, backslashes, comment and placeholder characters, any Unicode
+# but NUL (jsonb refuses \u0000: the next test).
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+_VALUES = st.one_of(_TEXT, st.integers(), st.booleans(), st.none(), st.lists(_TEXT, max_size=3))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(context=st.dictionaries(_TEXT, _VALUES, min_size=1, max_size=4),
+       conforming=st.sampled_from(["on", "off"]))
+def test_with_context_quotes_any_context_whatever_standard_conforming_strings_says(
+        conn: psycopg.Connection[Any], context: dict[str, Any], conforming: str) -> None:
+    """with_context writes the context into its CALL as a literal (not a bound parameter): the
+    server reads back exactly the context, sync and async, with backslashes read as escapes or not."""
+    conn.execute(f"SET standard_conforming_strings = {conforming}")
+    conn.commit()
+    with bemi_pg.with_context(conn, context):
+        assert conn.execute("SELECT bemi.context()").fetchone()[0] == context
+        with bemi_pg.with_context(conn, {"inner": "\\'"}):
+            assert conn.execute("SELECT bemi.context()").fetchone()[0] == {**context, "inner": "\\'"}
+        assert conn.execute("SELECT bemi.context()").fetchone()[0] == context
+
+    async def read_back() -> Any:
+        async with await psycopg.AsyncConnection.connect(conn.info.dsn, password=conn.info.password) as aconn:
+            await aconn.execute(f"SET standard_conforming_strings = {conforming}")
+            async with bemi_pg.with_context(aconn, context):
+                return (await (await aconn.execute("SELECT bemi.context()")).fetchone())[0]  # type: ignore[index]
+
+    assert asyncio.run(read_back()) == context
+
+
+def test_a_context_holding_nul_is_refused_by_the_server(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(psycopg.errors.UntranslatableCharacter):
+        with bemi_pg.with_context(conn, {"name": "a\x00b"}):
+            pass
+    assert conn.info.transaction_status == pq.TransactionStatus.IDLE
