@@ -94,9 +94,11 @@ def instructions(template: str, work: str, variant: Variant, statements: Stateme
     lines = [f"SET search_path = {variant.schema}, public", "SET synchronous_commit = off"]
     for n in range(1, count + 1):
         lines += statements(n)
-    script = "".join(line.replace("\n", " ") + ";\n\n" for line in lines)
+    # One statement a line, with no terminating semicolon: the query string each statement's
+    # current_query() returns is then what a driver sends (with -j it would end with ";").
+    script = "".join(line.replace("\n", " ") + "\n" for line in lines)
     done = subprocess.run([*as_postgres(), "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                           os.path.join(bindir(), "postgres"), "--single", "-j", "-D", work,
+                           os.path.join(bindir(), "postgres"), "--single", "-D", work,
                            "-c", "wal_level=logical", "postgres"],
                           input=script, capture_output=True, text=True)
     collected = re.search(r"Collected : (\d+)", done.stderr)
