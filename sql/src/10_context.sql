@@ -1,8 +1,8 @@
 ------------------------------------------------------------------------------------------
 -- 1. Context: the application says who, where and how, once per transaction.
 --    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
---    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.set_context(jsonb), bemi.use_context(text),
---    bemi.context().
+--    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.context_limit(), bemi.set_context(jsonb),
+--    bemi.use_context(text), bemi.context().
 ------------------------------------------------------------------------------------------
 
 -- What marks the settings of this transaction: its start time, to the microsecond, as the 16
@@ -19,6 +19,12 @@ CREATE FUNCTION bemi.marked(setting text) RETURNS text
 LANGUAGE sql STABLE
 RETURN CASE WHEN pg_catalog.starts_with(setting, bemi.transaction_mark()) THEN pg_catalog.substr(setting, 17) ELSE '' END;
 
+-- The most bytes a context may have: the setting bemi.max_context_bytes, 65536 when unset.
+CREATE FUNCTION bemi.context_limit() RETURNS int4
+LANGUAGE sql STABLE
+RETURN CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
+  THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END;
+
 -- set_context runs once per transaction in the request path. Its cost is the statement, the
 -- PL/pgSQL call and the JSON input (docs/benchmarks.md, counted by bench/server_cost.py): it
 -- has no SET clause (which cost a sixth of each call, saving and restoring search_path) and
@@ -31,16 +37,15 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
   body pg_catalog.text := context::pg_catalog.text;
-  setting pg_catalog.text := pg_catalog.current_setting('bemi.max_context_bytes', true);
-  limit_bytes pg_catalog.int4 := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
+  setting pg_catalog.text;
   written pg_catalog.pg_lsn;
 BEGIN
   IF pg_catalog.jsonb_typeof(context) OPERATOR(pg_catalog.<>) 'object' THEN
     RAISE EXCEPTION 'bemi: context must be a JSON object, not %', pg_catalog.jsonb_typeof(context)
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass an object such as {"user_id": 7}, or NULL to clear.';
   END IF;
-  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
-    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), limit_bytes
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) bemi.context_limit() THEN
+    RAISE EXCEPTION 'bemi: context is % bytes, over the limit of % bytes', pg_catalog.octet_length(body), bemi.context_limit()
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
   END IF;
   -- NULL and an empty object are no context at all. An assignment, not PERFORM: PL/pgSQL
@@ -76,9 +81,7 @@ BEGIN
   -- through and ingest could not store. Any bemi.emitted sends the call to set_context, which
   -- tells by its mark whether this transaction wrote before (cheaper than the mark here).
   IF context IS NULL OR pg_catalog.strpos(context, ':') OPERATOR(pg_catalog.=) 0
-     OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>)
-        (CASE WHEN pg_catalog.current_setting('bemi.max_context_bytes', true) OPERATOR(pg_catalog.<>) ''
-          THEN pg_catalog.current_setting('bemi.max_context_bytes', true)::pg_catalog.int4 ELSE 65536 END)
+     OR pg_catalog.octet_length(context) OPERATOR(pg_catalog.>) bemi.context_limit()
      OR pg_catalog.jsonb_typeof(context::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object'
      OR pg_catalog.current_setting('bemi.emitted', true) OPERATOR(pg_catalog.<>) '' THEN
     PERFORM bemi.set_context(context::pg_catalog.jsonb);

@@ -21,31 +21,32 @@ CREATE FUNCTION bemi.comment_context(query text, emitted text) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-  body pg_catalog.text := pg_catalog.split_part(query, '/*Bemi', -1);
+  tail pg_catalog.text := pg_catalog.split_part(query, '/*Bemi', -1);
+  body pg_catalog.text;
   head pg_catalog.text;
-  setting pg_catalog.text;
-  limit_bytes pg_catalog.int4;
   parsed pg_catalog.jsonb;
 BEGIN
-  IF body OPERATOR(pg_catalog.=) query THEN  -- no /*Bemi in it
+  IF tail OPERATOR(pg_catalog.=) query THEN  -- no /*Bemi in it
     query := bemi.statement_text(query);
-    body := pg_catalog.split_part(query, '/*Bemi', -1);
-    IF body OPERATOR(pg_catalog.=) query THEN
+    tail := pg_catalog.split_part(query, '/*Bemi', -1);
+    IF tail OPERATOR(pg_catalog.=) query THEN
       RETURN '';
     END IF;
   END IF;
   -- What follows the query's last /*Bemi: the comment's body, Bemi*/, then only blanks and ;.
-  body := pg_catalog.rtrim(body, E' \t\r\n;');
-  IF pg_catalog.right(body, 6) OPERATOR(pg_catalog.<>) 'Bemi*/' THEN
-    IF body OPERATOR(pg_catalog.=) '*/' THEN  -- /*Bemi*/
-      RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
-        USING ERRCODE = 'invalid_text_representation';
+  tail := pg_catalog.rtrim(tail, E' \t\r\n;');
+  body := CASE WHEN pg_catalog.right(tail, 6) OPERATOR(pg_catalog.=) 'Bemi*/'
+    THEN pg_catalog.btrim(pg_catalog.left(tail, -6), E' \t\r\n') END;
+  IF body IS NULL OR pg_catalog.strpos(query, ';') OPERATOR(pg_catalog.>) 0 OR pg_catalog.strpos(query, '--') OPERATOR(pg_catalog.>) 0 THEN
+    IF body IS NULL THEN
+      IF tail OPERATOR(pg_catalog.=) '*/' THEN  -- /*Bemi*/
+        RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment that is not JSON: '
+          USING ERRCODE = 'invalid_text_representation';
+      END IF;
+      RETURN '';
     END IF;
-    RETURN '';
-  END IF;
-  -- Outside string literals, quoted names and block comments, the query before the comment
-  -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
-  IF pg_catalog.strpos(query, ';') OPERATOR(pg_catalog.>) 0 OR pg_catalog.strpos(query, '--') OPERATOR(pg_catalog.>) 0 THEN
+    -- Outside string literals, quoted names and block comments, the query before the comment
+    -- holds no ; (one statement), and its last line no -- (the comment would be in a line comment).
     head := pg_catalog.left(query, pg_catalog.length(query)
       OPERATOR(pg_catalog.-) pg_catalog.length(pg_catalog.split_part(query, '/*Bemi', -1)) OPERATOR(pg_catalog.-) 6);
     IF pg_catalog.strpos(head, ';') OPERATOR(pg_catalog.>) 0
@@ -58,14 +59,11 @@ BEGIN
       END IF;
     END IF;
   END IF;
-  body := pg_catalog.btrim(pg_catalog.left(body, -6), E' \t\r\n');
   IF body OPERATOR(pg_catalog.=) emitted AND body OPERATOR(pg_catalog.<>) '' THEN
     RETURN body;
   END IF;
-  setting := pg_catalog.current_setting('bemi.max_context_bytes', true);
-  limit_bytes := CASE WHEN setting OPERATOR(pg_catalog.<>) '' THEN setting::pg_catalog.int4 ELSE 65536 END;
-  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) limit_bytes THEN
-    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', limit_bytes
+  IF pg_catalog.octet_length(body) OPERATOR(pg_catalog.>) bemi.context_limit() THEN
+    RAISE WARNING 'bemi: ignoring a /*Bemi ... Bemi*/ comment over the limit of % bytes', bemi.context_limit()
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep contexts small, or raise the setting bemi.max_context_bytes.';
     RETURN '';
   END IF;
