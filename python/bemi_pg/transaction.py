@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import psycopg
 from psycopg import generators, pq, sql
@@ -102,7 +102,44 @@ def _set_context_command(conn: psycopg.BaseConnection[Any], payload: str | None)
     return b"CALL bemi.use_context(" + literal + b")"
 
 
-def _begin(conn: psycopg.BaseConnection[Any]) -> bytes:
+class Opening(NamedTuple):
+    """What opens a transaction or savepoint (or nothing: b"") and sets a context in the same
+    simple-protocol query, and what undoes that opening (None: nothing can) when the extension
+    predates bemi.use_context (1.0, 1.1)."""
+
+    opening: bytes
+    undo: bytes | None
+    payload: str | None
+
+    def first(self, conn: psycopg.BaseConnection[Any]) -> bytes:
+        command = _set_context_command(conn, self.payload)
+        return self.opening + b"; " + command if self.opening else command
+
+    def again(self, conn: psycopg.BaseConnection[Any], error: psycopg.errors.UndefinedFunction) -> bytes:
+        """After ``first`` found no bemi.use_context: the same with set_context, the failed
+        opening undone first, in one round trip; the connection is sent set_context from now
+        on. Any other missing function is the caller's error."""
+        if conn in _without_use_context or self.undo is None:
+            raise error
+        _without_use_context.add(conn)
+        return self.undo + b"; " + _set_context_command(conn, self.payload)
+
+
+def open_with_context(conn: psycopg.Connection[Any], opening: Opening) -> None:
+    try:
+        _send(conn, opening.first(conn))
+    except psycopg.errors.UndefinedFunction as error:
+        _send(conn, opening.again(conn, error))
+
+
+async def open_with_context_async(conn: psycopg.AsyncConnection[Any], opening: Opening) -> None:
+    try:
+        await _send_async(conn, opening.first(conn))
+    except psycopg.errors.UndefinedFunction as error:
+        await _send_async(conn, opening.again(conn, error))
+
+
+def begin_command(conn: psycopg.BaseConnection[Any]) -> bytes:
     """BEGIN with the connection's transaction characteristics, as conn.transaction() sends it."""
     parts = ["BEGIN"]
     if conn.isolation_level is not None:
@@ -154,27 +191,18 @@ class _Block:
         self.opened = False  # whether there is a transaction or savepoint of this block to end
         self.token: Token[dict[int, dict[str, Any]]] | None = None
 
-    def entering(self) -> bytes:
+    def entering(self) -> Opening:
         conn = self.conn
         status = conn.pgconn.transaction_status
         # In a failed transaction the SAVEPOINT fails too: nothing of this block to roll back.
         self.opened = status != pq.TransactionStatus.INERROR
         if status == pq.TransactionStatus.IDLE:
-            opening = _begin(conn)
+            opening = begin_command(conn)
         else:
             self.savepoint = sql.Identifier(f"bemi_{next(_SAVEPOINTS)}").as_bytes(conn)
             opening = b"SAVEPOINT " + self.savepoint
-        return opening + b"; " + _set_context_command(conn, self.payload)
-
-    def entering_again(self, error: psycopg.errors.UndefinedFunction) -> bytes:
-        """After ``entering`` found no bemi.use_context (an extension before 1.2): the same with
-        set_context, the failed opening undone first, in one round trip; the connection is sent
-        set_context from now on. Any other missing function is the caller's error."""
-        if self.conn in _without_use_context:
-            raise error
-        _without_use_context.add(self.conn)
-        undo = b"ROLLBACK; " + _begin(self.conn) if self.savepoint is None else b"ROLLBACK TO SAVEPOINT " + self.savepoint
-        return undo + b"; " + _set_context_command(self.conn, self.payload)
+        undo = b"ROLLBACK; " + opening if self.savepoint is None else b"ROLLBACK TO SAVEPOINT " + self.savepoint
+        return Opening(opening, undo, self.payload)
 
     def activate(self) -> None:
         """Makes this block's context the one nested blocks merge into."""
@@ -218,10 +246,7 @@ class _SyncBlock(_Block):
         if self.manual:
             conn.autocommit = True
         try:
-            try:
-                _send(conn, self.entering())
-            except psycopg.errors.UndefinedFunction as error:
-                _send(conn, self.entering_again(error))
+            open_with_context(conn, self.entering())
         except BaseException as error:
             self._end(error)
             raise
@@ -257,10 +282,7 @@ class _AsyncBlock(_Block):
         if self.manual:
             await conn.set_autocommit(True)
         try:
-            try:
-                await _send_async(conn, self.entering())
-            except psycopg.errors.UndefinedFunction as error:
-                await _send_async(conn, self.entering_again(error))
+            await open_with_context_async(conn, self.entering())
         except BaseException as error:
             await self._end(error)
             raise

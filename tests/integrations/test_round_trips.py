@@ -1,11 +1,14 @@
 """What each integration really sends, read on the wire (tests/helpers/wire.py): a transaction with a
 context costs the round trips of the same transaction without one; the context rides with
-BEGIN (with_context) or inside each write (Django, SQLAlchemy), never in a statement of its
-own; the statement's SQL in the context is normalized; a request id can be added."""
+BEGIN (with_context, and Django's and SQLAlchemy's transactions) or inside each write (with
+the statement's SQL, or in autocommit mode), never in a statement of its own; the statement's
+SQL in the context is normalized; a request id can be added."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -179,6 +182,23 @@ def test_an_extension_before_use_context_is_sent_set_context(old_install: str, w
                                 ("CREATE", "4", step)]
 
 
+def test_an_extension_before_use_context_under_sqlalchemy(old_install: str, wire: Wire) -> None:
+    """The integrations' transactions fall back the same way: the first one of a connection is
+    begun again with set_context, later ones send set_context with BEGIN."""
+    with psycopg.connect(old_install, autocommit=True, row_factory=dict_row) as admin:
+        engine = sqlalchemy_app.engine(via(old_install, wire.port), pool_size=1, max_overflow=0)
+        wire.clear()
+        for first in (1, 2):
+            with bemi_pg.context(ALICE), engine.begin() as conn:
+                conn.execute(insert(Todo).values(id=first, task="task"))
+        engine.dispose()
+        begun = [trip[0] for trip in wire.trips() if "bemi." in trip[0]]
+        set_context = """SELECT bemi.set_context('{"user_id":1,"endpoint":"/alice"}'::jsonb)"""
+        assert begun == ["""BEGIN; CALL bemi.use_context('{"user_id":1,"endpoint":"/alice"}')""",
+                         "ROLLBACK; BEGIN; " + set_context, "BEGIN; " + set_context]
+        assert trail(admin) == [("CREATE", "1", ALICE), ("CREATE", "2", ALICE)]
+
+
 def test_an_extension_before_use_context_in_a_transaction_the_caller_owns(old_install: str) -> None:
     """The first block of the connection is a savepoint: the failed CALL is rolled back to it,
     the caller's transaction goes on."""
@@ -260,11 +280,14 @@ def test_sqlalchemy_behind_pgbouncer_with_sql(dsn: str, pgbouncer: int, admin: p
     assert rows[1][2] == {}
 
 
-def test_prepared_writes_keep_their_contexts(dsn: str, wire: Wire, admin: psycopg.Connection[Any]) -> None:
-    """With every statement prepared server-side (prepare_threshold=0), each write text, its
-    comment included, is its own prepared statement: contexts stay exact."""
+@pytest.mark.parametrize("sql", [False, True])
+def test_prepared_writes_keep_their_contexts(dsn: str, wire: Wire, admin: psycopg.Connection[Any], sql: bool) -> None:
+    """With every statement prepared server-side (prepare_threshold=0): without the statement's
+    SQL in the context, the context goes with each transaction's BEGIN and the writes' text
+    never changes, so each is prepared once (two statements); with it, each write text, its
+    comment included, is its own prepared statement. Either way contexts stay exact."""
     sqlalchemy_app.engine(dsn).dispose()
-    engine = sqlalchemy_app.engine(via(dsn, wire.port), pool_size=1, max_overflow=0,
+    engine = sqlalchemy_app.engine(via(dsn, wire.port), sql=sql, pool_size=1, max_overflow=0,
                                    connect_args={"prepare_threshold": 0})
     users = [{"user_id": n} for n in (1, 2, 1, 2, 3, 1)]
     for todo_id, user in enumerate(users, start=1):
@@ -272,34 +295,57 @@ def test_prepared_writes_keep_their_contexts(dsn: str, wire: Wire, admin: psycop
             conn.execute(insert(Todo).values(id=todo_id, task="task"))
             conn.execute(update(Todo).where(Todo.id == todo_id).values(is_completed=True))
     with engine.connect() as conn:
-        prepared = conn.execute(text("SELECT count(*) FROM pg_prepared_statements WHERE right(statement, 6) = 'Bemi*/'")).scalar()
+        prepared = conn.execute(text("SELECT count(*) FILTER (WHERE right(statement, 6) = 'Bemi*/'), count(*) "
+                                     "FROM pg_prepared_statements WHERE statement ~ '^(INSERT|UPDATE)'")).one()
     engine.dispose()
-    assert prepared == 6  # INSERT and UPDATE, for each of the three contexts
+    assert tuple(prepared) == ((6, 6) if sql else (0, 2))  # INSERT and UPDATE, for each context or once
     rows = trail(admin)
-    assert [(key, context) for _, key, context in rows] == [
+    assert [(key, {k: v for k, v in context.items() if k != "SQL"}) for _, key, context in rows] == [
         (str(todo_id), user) for todo_id, user in enumerate(users, start=1) for _ in range(2)]
 
 
 # ---------------------------------------------------------------------------------------
 # SQLAlchemy and Django: the context inside each write, the statement's SQL normalized
 
+def session_work(engine: Any, wire: Wire, first: int, inner: dict[str, Any] | None = None) -> list[list[str]]:
+    """The round trips of one Session transaction: an INSERT, an UPDATE (in ``inner``'s context
+    when given), a text UPDATE."""
+    wire.clear()
+    with Session(engine) as session, session.begin():
+        session.add(Todo(id=first, task="secret task"))
+        session.flush()
+        with bemi_pg.context(inner) if inner else contextlib.nullcontext():
+            session.get_one(Todo, first).is_completed = True
+            session.flush()
+        session.execute(text(f"UPDATE todo SET task = 'secret {first}' WHERE id = {first}"))
+    return wire.trips()
+
+
+def test_sqlalchemy_transaction_without_sql_sends_the_context_with_begin(dsn: str, wire: Wire,
+                                                                         admin: psycopg.Connection[Any]) -> None:
+    sqlalchemy_app.engine(dsn).dispose()
+    engine = sqlalchemy_app.engine(via(dsn, wire.port), sql=False)
+    plain = session_work(engine, wire, 1, {"step": "inner"})
+    with bemi_pg.context(ALICE):
+        tracked = session_work(engine, wire, 2, {"step": "inner"})
+    engine.dispose()
+    # The context goes with BEGIN, where psycopg would send BEGIN alone; only the change of
+    # context inside the transaction costs a round trip of its own. No write carries a comment.
+    assert plain[0] == ["BEGIN"]
+    assert tracked[0] == ["""BEGIN; CALL bemi.use_context('{"user_id":1,"endpoint":"/alice"}')"""]
+    calls = [trip for trip in tracked if "use_context" in trip[0]]
+    assert len(calls) == 3 and len(tracked) == len(plain) + 2  # the inner context, then ALICE's again
+    assert not any("Bemi*/" in statement for statement in statements(tracked))
+    assert [(op, key, context) for op, key, context in trail(admin) if key == "2"] == [
+        ("CREATE", "2", ALICE), ("UPDATE", "2", {**ALICE, "step": "inner"}), ("UPDATE", "2", ALICE)]
+
+
 def test_sqlalchemy_transaction_costs_no_round_trip(dsn: str, wire: Wire, admin: psycopg.Connection[Any]) -> None:
     sqlalchemy_app.engine(dsn).dispose()
     engine = sqlalchemy_app.engine(via(dsn, wire.port), sql=True)
-
-    def work(first: int) -> list[list[str]]:
-        wire.clear()
-        with Session(engine) as session, session.begin():
-            session.add(Todo(id=first, task="secret task"))
-            session.flush()
-            session.get_one(Todo, first).is_completed = True
-            session.flush()
-            session.execute(text(f"UPDATE todo SET task = 'secret {first}' WHERE id = {first}"))
-        return wire.trips()
-
-    plain = work(1)
+    plain = session_work(engine, wire, 1)
     with bemi_pg.context(ALICE):
-        tracked = work(2)
+        tracked = session_work(engine, wire, 2)
     engine.dispose()
     assert len(tracked) == len(plain)
     assert not any("set_context" in statement for statement in statements(tracked))
@@ -323,13 +369,20 @@ def wired_project(project: dict[str, Any], wire: Wire) -> dict[str, Any]:  # noq
     return project
 
 
-def test_django_request_costs_no_round_trip(wired_project: dict[str, Any], wire: Wire,
-                                            admin: psycopg.Connection[Any]) -> None:
-    with override_settings(MIDDLEWARE=[]):  # no middleware, no context
+def plain_request_trips(wire: Wire) -> list[list[str]]:
+    """The round trips of the Django view's request without bemi's middleware (no context);
+    its rows are deleted after."""
+    with override_settings(MIDDLEWARE=[]):
         wire.clear()
         assert Client().post("/todo/work/atomic").status_code == 200
         plain = wire.trips()
     DjangoTodo.objects.all().delete()
+    return plain
+
+
+def test_django_request_costs_no_round_trip(wired_project: dict[str, Any], wire: Wire,
+                                            admin: psycopg.Connection[Any]) -> None:
+    plain = plain_request_trips(wire)
     wire.clear()
     with override_settings(BEMI_CONTEXT_SQL=True):
         assert Client().post("/todo/work/atomic", headers={"X-User-Id": "7"}).status_code == 200
@@ -347,6 +400,21 @@ def test_django_request_costs_no_round_trip(wired_project: dict[str, Any], wire:
         ("DELETE", "2", 'DELETE FROM "todos_todo" WHERE "todos_todo"."id" IN ($1)'),
     ]
     assert all(context == request_context for _, _, context in rows)
+
+
+def test_django_transaction_without_sql_sends_the_context_with_begin(wired_project: dict[str, Any], wire: Wire,
+                                                                     admin: psycopg.Connection[Any]) -> None:
+    plain = plain_request_trips(wire)
+    wire.clear()
+    assert Client().post("/todo/work/atomic", headers={"X-User-Id": "7"}).status_code == 200
+    tracked = wire.trips()
+    request_context = {"user_id": 7, "endpoint": "/todo/work/atomic", "method": "POST"}
+    assert len(tracked) == len(plain)
+    begun = [trip[0] for trip in tracked if trip[0].startswith("BEGIN")]
+    assert begun == ["BEGIN; CALL bemi.use_context('" + json.dumps(request_context, separators=(",", ":")) + "')"]
+    assert not any("Bemi*/" in statement or "set_context" in statement for statement in statements(tracked))
+    assert [row for row in trail(admin) if row[2]] == [
+        (op, key, request_context) for op, key in (("CREATE", "1"), ("CREATE", "2"), ("UPDATE", "1"), ("DELETE", "2"))]
 
 
 @pytest.mark.usefixtures("project")

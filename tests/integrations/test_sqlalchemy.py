@@ -54,13 +54,20 @@ def test_core_in_autocommit(engine: Engine, admin: psycopg.Connection[Any]) -> N
     assert trail(admin) == [("CREATE", "1", odd), ("UPDATE", "1", odd), ("DELETE", "1", odd)]
 
 
-def test_reads_send_nothing(engine: Engine) -> None:
-    with bemi_pg.context(USER), engine.connect() as conn:
-        assert conn.execute(select(Todo)).all() == []
+def test_a_transaction_opened_in_a_context_has_it_from_its_first_statement(engine: Engine,
+                                                                            admin: psycopg.Connection[Any]) -> None:
+    with engine.connect() as conn:
+        with bemi_pg.context(USER):
+            assert conn.execute(select(Todo)).all() == []
+            # The transaction began with the context (BEGIN; CALL bemi.use_context): reads see it.
+            assert conn.execute(text("SELECT bemi.context()")).scalar() == USER
+            conn.execute(insert(Todo).values(id=1, task="Sleep"))
+            conn.commit()
+        # The next transaction of the same connection, out of the context, has none.
         assert conn.execute(text("SELECT bemi.context()")).scalar() is None
-        conn.execute(insert(Todo).values(id=1, task="Sleep"))
-        # The write carried the context in its own comment: nothing was set on the session.
-        assert conn.execute(text("SELECT bemi.context()")).scalar() is None
+        conn.execute(insert(Todo).values(id=2, task="Eat"))
+        conn.commit()
+    assert trail(admin) == [("CREATE", "1", USER), ("CREATE", "2", {})]
 
 
 def test_the_context_follows_the_code_inside_one_transaction(engine: Engine, admin: psycopg.Connection[Any]) -> None:
