@@ -14,6 +14,12 @@ Each write carries the context as a trailing comment instead (bemi_pg.comment) w
 holds the write's own text ("SQL", different for every statement), in autocommit mode, and in
 a transaction the integration did not open (the server takes a comment only when no context
 was set in the transaction).
+
+What a transaction was given is remembered per connection from its first statement. A
+transaction begun and ended behind the integration's back (raw psycopg on the same connection,
+between two of its statements) would leave that record behind, and a write of the next one
+could then go out without its context; never with another transaction's, which the server
+refuses by its mark.
 """
 
 from __future__ import annotations
