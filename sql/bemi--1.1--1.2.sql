@@ -1048,9 +1048,9 @@ CREATE FUNCTION bemi.transaction_mark() RETURNS text
 LANGUAGE sql STABLE
 RETURN pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.now()), 'hex');
 
-CREATE FUNCTION bemi.marked(setting text) RETURNS text
+CREATE FUNCTION bemi.marked(setting text, mark text DEFAULT bemi.transaction_mark()) RETURNS text
 LANGUAGE sql STABLE
-RETURN CASE WHEN pg_catalog.starts_with(setting, bemi.transaction_mark()) THEN pg_catalog.substr(setting, 17) ELSE '' END;
+RETURN CASE WHEN pg_catalog.starts_with(setting, mark) THEN pg_catalog.substr(setting, 17) ELSE '' END;
 
 -- The most bytes a context may have: the setting bemi.max_context_bytes, 65536 when unset.
 CREATE FUNCTION bemi.context_limit() RETURNS int4
@@ -1218,7 +1218,7 @@ BEGIN
         pg_catalog.substr(pg_catalog.set_config('bemi.emitted', pending, true), 17));
     END IF;
   ELSE
-    emitted := CASE WHEN pg_catalog.starts_with(emitted, mark) THEN pg_catalog.substr(emitted, 17) ELSE '' END;
+    emitted := bemi.marked(emitted, mark);
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
     pending := CASE WHEN pg_catalog.split_part(query, '/*Bemi', -1) OPERATOR(pg_catalog.<>) query

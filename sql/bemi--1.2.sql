@@ -25,8 +25,8 @@ GRANT USAGE ON SCHEMA bemi TO PUBLIC;
 ------------------------------------------------------------------------------------------
 -- 1. Context: the application says who, where and how, once per transaction.
 --    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
---    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.context_limit(), bemi.set_context(jsonb),
---    bemi.use_context(text), bemi.context().
+--    Holds: bemi.transaction_mark(), bemi.marked(text, text), bemi.context_limit(),
+--    bemi.set_context(jsonb), bemi.use_context(text), bemi.context().
 ------------------------------------------------------------------------------------------
 
 -- What marks the settings of this transaction: its start time, to the microsecond, as the 16
@@ -38,10 +38,11 @@ CREATE FUNCTION bemi.transaction_mark() RETURNS text
 LANGUAGE sql STABLE
 RETURN pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.now()), 'hex');
 
--- The value of a marked setting when this transaction made it; '' otherwise.
-CREATE FUNCTION bemi.marked(setting text) RETURNS text
+-- The value of a marked setting when this transaction made it; '' otherwise. (mark: this
+-- transaction's, for a caller that has it already.)
+CREATE FUNCTION bemi.marked(setting text, mark text DEFAULT bemi.transaction_mark()) RETURNS text
 LANGUAGE sql STABLE
-RETURN CASE WHEN pg_catalog.starts_with(setting, bemi.transaction_mark()) THEN pg_catalog.substr(setting, 17) ELSE '' END;
+RETURN CASE WHEN pg_catalog.starts_with(setting, mark) THEN pg_catalog.substr(setting, 17) ELSE '' END;
 
 -- The most bytes a context may have: the setting bemi.max_context_bytes, 65536 when unset.
 CREATE FUNCTION bemi.context_limit() RETURNS int4
@@ -296,7 +297,7 @@ BEGIN
         pg_catalog.substr(pg_catalog.set_config('bemi.emitted', pending, true), 17));
     END IF;
   ELSE
-    emitted := CASE WHEN pg_catalog.starts_with(emitted, mark) THEN pg_catalog.substr(emitted, 17) ELSE '' END;
+    emitted := bemi.marked(emitted, mark);
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
     pending := CASE WHEN pg_catalog.split_part(query, '/*Bemi', -1) OPERATOR(pg_catalog.<>) query

@@ -40,20 +40,6 @@ from bemi_pg.transaction import Opening, begin_command
 _UNKNOWN = object()
 _given: weakref.WeakKeyDictionary[psycopg.BaseConnection[Any], object] = weakref.WeakKeyDictionary()
 
-# The JSON of the last context seen, for the context objects of one request (one dict each).
-_last: tuple[dict[str, Any] | None, str | None] = (None, None)
-
-
-def _payload(values: dict[str, Any] | None) -> str | None:
-    global _last
-    last = _last
-    if last[0] is values:
-        return last[1]
-    payload = dump_context(values) if values else None
-    _last = (values, payload)
-    return payload
-
-
 def route(conn: psycopg.BaseConnection[Any], sql: str, *, bound: bool, include_sql: bool) -> tuple[str, Opening | None]:
     """The statement to send for ``sql`` on ``conn``, and what must be sent before it (None:
     nothing). ``bound``: the statement is sent with parameters; ``include_sql``: the context
@@ -61,7 +47,8 @@ def route(conn: psycopg.BaseConnection[Any], sql: str, *, bound: bool, include_s
     status = conn.pgconn.transaction_status
     if include_sql or conn.autocommit or status == pq.TransactionStatus.INERROR:
         return carry(sql, bound=bound, include_sql=include_sql), None
-    payload = _payload(current_context())
+    values = current_context()
+    payload = dump_context(values) if values else None
     if status == pq.TransactionStatus.IDLE:
         if payload is None:
             _given.pop(conn, None)

@@ -3,14 +3,14 @@
 ``with_context`` opens a transaction (a savepoint inside one) and sets the context in the
 same round trip: ``BEGIN; CALL bemi.use_context('...')`` goes out as one simple-protocol
 query, the context a quoted literal. A transaction with a context therefore costs the round
-trips of one without. Simple-protocol queries are never prepared, so the per-request context cannot fill psycopg's
-prepared-statement cache, and PgBouncer in transaction mode sees an ordinary transaction. They
-go out the way psycopg sends its own BEGIN and COMMIT (``conn.wait`` on its ``execute``
-generator, under the connection's lock), not through a cursor, which cost about 10 µs of client
-CPU per block (bench/client_cost.py). The literal's quotes are doubled, and one holding a
-backslash is an E'' literal with its backslashes doubled too: it reads the same whatever
-standard_conforming_strings says. The JSON is ASCII
-(the encoder escapes everything else), so it reads the same in every client encoding. On a
+trips of one without. Simple-protocol queries are never prepared, so the per-request context
+cannot fill psycopg's prepared-statement cache, and PgBouncer in transaction mode sees an
+ordinary transaction. They go out the way psycopg sends its own BEGIN and COMMIT
+(``conn.wait`` on its ``execute`` generator, under the connection's lock), not through a
+cursor, which cost about 10 µs of client CPU per block (bench/client_cost.py). The literal's
+quotes are doubled, and one holding a backslash is an E'' literal with its backslashes doubled
+too: it reads the same whatever standard_conforming_strings says. The JSON is ASCII (the
+encoder escapes everything else), so it reads the same in every client encoding. On a
 connection not in autocommit mode (where psycopg would first send a BEGIN of its own), the
 block runs with ``autocommit`` on, which its BEGIN ... COMMIT makes one transaction all the
 same, and switches it back when the transaction is over.

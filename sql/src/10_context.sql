@@ -1,8 +1,8 @@
 ------------------------------------------------------------------------------------------
 -- 1. Context: the application says who, where and how, once per transaction.
 --    It lives in a transaction-local setting, like SET LOCAL; nothing is written yet.
---    Holds: bemi.transaction_mark(), bemi.marked(text), bemi.context_limit(), bemi.set_context(jsonb),
---    bemi.use_context(text), bemi.context().
+--    Holds: bemi.transaction_mark(), bemi.marked(text, text), bemi.context_limit(),
+--    bemi.set_context(jsonb), bemi.use_context(text), bemi.context().
 ------------------------------------------------------------------------------------------
 
 -- What marks the settings of this transaction: its start time, to the microsecond, as the 16
@@ -14,10 +14,11 @@ CREATE FUNCTION bemi.transaction_mark() RETURNS text
 LANGUAGE sql STABLE
 RETURN pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.now()), 'hex');
 
--- The value of a marked setting when this transaction made it; '' otherwise.
-CREATE FUNCTION bemi.marked(setting text) RETURNS text
+-- The value of a marked setting when this transaction made it; '' otherwise. (mark: this
+-- transaction's, for a caller that has it already.)
+CREATE FUNCTION bemi.marked(setting text, mark text DEFAULT bemi.transaction_mark()) RETURNS text
 LANGUAGE sql STABLE
-RETURN CASE WHEN pg_catalog.starts_with(setting, bemi.transaction_mark()) THEN pg_catalog.substr(setting, 17) ELSE '' END;
+RETURN CASE WHEN pg_catalog.starts_with(setting, mark) THEN pg_catalog.substr(setting, 17) ELSE '' END;
 
 -- The most bytes a context may have: the setting bemi.max_context_bytes, 65536 when unset.
 CREATE FUNCTION bemi.context_limit() RETURNS int4

@@ -169,7 +169,7 @@ BEGIN
         pg_catalog.substr(pg_catalog.set_config('bemi.emitted', pending, true), 17));
     END IF;
   ELSE
-    emitted := CASE WHEN pg_catalog.starts_with(emitted, mark) THEN pg_catalog.substr(emitted, 17) ELSE '' END;
+    emitted := bemi.marked(emitted, mark);
     query := pg_catalog.current_query();
     -- A comment, or EXECUTE of a statement prepared with PREPARE (starting with e, E or a blank).
     pending := CASE WHEN pg_catalog.split_part(query, '/*Bemi', -1) OPERATOR(pg_catalog.<>) query
